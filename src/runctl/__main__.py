@@ -1,0 +1,3 @@
+from runctl.cli.main import run
+
+run()

@@ -1,0 +1,5 @@
+import sys
+
+from runctl.agent.cli import main
+
+sys.exit(main())

@@ -1,0 +1,60 @@
+"""The agent's command line: `python3 agent.pyz <command> ...`, one JSON document on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+from . import AGENT_PROTOCOL, ops
+from .launch import launch
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="runctl-agent")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("launch", help="start a run detached; spec JSON on stdin with --spec-stdin")
+    p.add_argument("run_dir")
+    p.add_argument("--spec-stdin", action="store_true")
+    p = sub.add_parser("probe")
+    p.add_argument("run_dir")
+    p = sub.add_parser("stop")
+    p.add_argument("run_dir")
+    p.add_argument("--grace", type=float, default=None)
+    p.add_argument("--message", default="stopped by the user")
+    p = sub.add_parser("wait")
+    p.add_argument("run_dir")
+    p.add_argument("--seq", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=30.0)
+    p = sub.add_parser("log")
+    p.add_argument("run_dir")
+    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--limit", type=int, default=1 << 20)
+    p = sub.add_parser("plain")
+    p.add_argument("project_dir")
+    sub.add_parser("version")
+    args = parser.parse_args(argv)
+
+    if args.command == "launch":
+        spec = json.loads(sys.stdin.read()) if args.spec_stdin else None
+        result = launch(args.run_dir, spec)
+        code = 0 if result.get("ok") else 1
+    elif args.command == "probe":
+        result, code = ops.probe(args.run_dir), 0
+    elif args.command == "stop":
+        result = ops.request_stop(args.run_dir, args.grace, args.message)
+        code = 0 if result.get("ok") else 1
+    elif args.command == "wait":
+        result, code = ops.wait_change(args.run_dir, args.seq, args.timeout), 0
+    elif args.command == "log":
+        out = ops.read_log(args.run_dir, args.offset, args.limit)
+        os.write(1, out)
+        return 0
+    elif args.command == "plain":
+        result, code = ops.plain_status(args.project_dir), 0
+    else:
+        result, code = {"protocol": AGENT_PROTOCOL, "python": sys.version.split()[0]}, 0
+    sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
+    return code

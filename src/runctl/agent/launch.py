@@ -1,0 +1,80 @@
+"""Start a supervisor fully detached (double fork + setsid) and report once the script is running.
+
+The launching process (a local controller, or an ssh session) gets one JSON line and exits; the
+supervisor keeps no descriptor of it, so closing the terminal or the connection changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, Optional
+
+from ..core import layout
+from ..core.fsutil import atomic_write_json
+from .supervisor import main_supervise
+
+
+def write_spec(run_dir: str, spec: Dict[str, Any]) -> None:
+    os.makedirs(run_dir, exist_ok=True)
+    atomic_write_json(os.path.join(run_dir, layout.SPEC), spec)
+    atomic_write_json(
+        os.path.join(run_dir, layout.STATUS),
+        {
+            "seq": 1,
+            "run_id": spec["run_id"],
+            "name": spec.get("name"),
+            "status": "pending",
+            "created_at": spec.get("created_at", time.time()),
+        },
+    )
+
+
+def launch(run_dir: str, spec: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    run_dir = os.path.abspath(run_dir)
+    if spec is not None:
+        write_spec(run_dir, spec)
+    read_fd, write_fd = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the forked children
+        try:
+            os.close(read_fd)
+            os.setsid()
+            if os.fork() > 0:
+                os._exit(0)
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            log = os.open(os.path.join(run_dir, layout.AGENT_LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(devnull, 0)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            for fd in (devnull, log):
+                os.close(fd)
+            sys.stdout = os.fdopen(1, "w", buffering=1)
+            sys.stderr = os.fdopen(2, "w", buffering=1)
+            os.closerange(3, write_fd)
+            os.closerange(write_fd + 1, 4096)
+            os._exit(main_supervise(run_dir, write_fd))
+        except BaseException:
+            os._exit(1)
+    os.close(write_fd)
+    os.waitpid(child, 0)
+    chunks = []
+    while True:
+        data = os.read(read_fd, 65536)
+        if not data:
+            break
+        chunks.append(data)
+    os.close(read_fd)
+    try:
+        message = json.loads(b"".join(chunks).decode() or "null")
+    except ValueError:
+        message = None
+    if not isinstance(message, dict):
+        message = {
+            "ok": False,
+            "error": "the agent exited before starting the script (see %s)" % layout.AGENT_LOG,
+        }
+    message.setdefault("run_dir", run_dir)
+    return message

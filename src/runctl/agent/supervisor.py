@@ -1,0 +1,717 @@
+"""The supervisor of one run: starts the script, owns its run directory, enforces policies.
+
+It runs detached from the controller (own session, stdio on files), so killing or closing the
+terminal of the `runctl` that started it changes nothing. Everything it knows is written to the
+run directory, which stays the source of truth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+from ..core import completion, layout, metrics, policies
+from ..core import status as st
+from ..core.fsutil import append_json, atomic_write, atomic_write_json, read_json, read_text
+from . import procs
+from .notify import Notifier
+
+TICK_SECONDS = 0.2
+STATUS_MIN_INTERVAL = 1.0
+DRAIN_SECONDS = 2.0
+LEFTOVER_GRACE = 5.0
+TAIL_BYTES = 4096
+
+
+def artifact_root() -> Optional[str]:
+    """The agent zip this code runs from, if any: put on the script's path for runctl.training."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return root if os.path.isfile(root) else None
+
+
+class Supervisor:
+    def __init__(self, run_dir: str, ready_fd: Optional[int] = None) -> None:
+        self.run_dir = os.path.abspath(run_dir)
+        spec = read_json(os.path.join(self.run_dir, layout.SPEC))
+        if spec is None:
+            raise RuntimeError("no readable %s in %s" % (layout.SPEC, self.run_dir))
+        self.spec: Dict[str, Any] = spec
+        self.run_id: str = spec["run_id"]
+        self.project_dir: str = spec["project_dir"]
+        self.ready_fd = ready_fd
+        self.state: Dict[str, Any] = read_json(self.path(layout.STATUS)) or {}
+        self.state.setdefault("seq", 0)
+        self.state.update(
+            {
+                "run_id": self.run_id,
+                "name": spec.get("name"),
+                "agent_pid": os.getpid(),
+                "agent_start": procs.start_time(os.getpid()),
+            }
+        )
+        self.proc: Optional[subprocess.Popen] = None
+        self.pgid = 0
+        self.log_fd = -1
+        self.metrics_offset = 0
+        self.helper_reports = False
+        self.pending = b""
+        custom = spec.get("metrics_regex")
+        self.custom_regex = re.compile(custom) if custom else None
+        self.stop_reason: Optional[policies.Decision] = None
+        self.own_stop_file = False
+        self.term_at: Optional[float] = None
+        self.kill_at: Optional[float] = None
+        self.term_sent = False
+        self.kill_sent = False
+        self.signal_stop = ""
+        self.last_status_write = 0.0
+        self.dirty = False
+        self.losses: List[float] = []
+        self.first_metric: Optional[Dict[str, Any]] = None
+        self.training_log_mtime: Optional[float] = None
+        self.engine: Optional[policies.PolicyEngine] = None
+        self.notifier = Notifier(spec.get("notify") or [], self._notify_failed)
+        self.marker_path = os.path.join(self.project_dir, layout.MARKER)
+        self.stop_file = self.path(layout.STOP_FILE)
+        self.original_stop_file = os.path.join(self.project_dir, layout.ORIGINAL_STOP_FILE)
+
+    # ---- small helpers -------------------------------------------------------------------
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.run_dir, name)
+
+    def event(self, name: str, **data: Any) -> None:
+        data.update({"t": time.time(), "event": name})
+        append_json(self.path(layout.EVENTS), data)
+
+    def write_status(self, fsync: bool = False, **changes: Any) -> None:
+        new = changes.get("status")
+        if new is not None and new != self.state.get("status"):
+            if not st.can_advance(self.state.get("status", st.PENDING), new):
+                changes.pop("status")
+        self.state.update(changes)
+        self.state["seq"] = int(self.state.get("seq", 0)) + 1
+        self.state["updated_at"] = time.time()
+        atomic_write_json(self.path(layout.STATUS), self.state, fsync=fsync)
+        self.last_status_write = time.monotonic()
+        self.dirty = False
+
+    def _notify_failed(self, url: str, error: str) -> None:
+        self.event("notify_failed", url=url, error=error)
+
+    def notify(self, event: str) -> None:
+        payload = {
+            k: self.state.get(k)
+            for k in ("run_id", "name", "status", "termination_status", "termination_message", "step", "loss")
+        }
+        payload.update({"event": event, "host": self.spec.get("host"), "project_dir": self.project_dir})
+        self.notifier.send(payload)
+
+    def ready(self, message: Dict[str, Any]) -> None:
+        if self.ready_fd is None:
+            return
+        try:
+            os.write(self.ready_fd, json.dumps(message).encode())
+        finally:
+            os.close(self.ready_fd)
+            self.ready_fd = None
+
+    # ---- start ---------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Clear what an earlier run left that could end this one, and name this run the latest."""
+        os.makedirs(os.path.join(self.project_dir, layout.RUNCTL_DIR), exist_ok=True)
+        if os.path.exists(self.marker_path):
+            os.replace(self.marker_path, self.path(layout.STALE_MARKER))
+            self.event("stale_marker_moved", to=layout.STALE_MARKER)
+        if os.path.exists(self.original_stop_file):
+            os.replace(self.original_stop_file, self.path("stale_STOP_TRAINING"))
+            self.event("stale_stop_file_moved")
+        atomic_write(os.path.join(self.project_dir, layout.LATEST_RUN), (self.run_id + "\n").encode())
+        os.makedirs(self.spec_checkpoint_dir(), exist_ok=True)
+        self.log_fd = os.open(self.path(layout.LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._mirror_log()
+
+    def spec_checkpoint_dir(self) -> str:
+        path = self.spec.get("checkpoint_dir") or layout.DEFAULT_CHECKPOINT_DIR
+        return path if os.path.isabs(path) else os.path.join(self.project_dir, path)
+
+    def _mirror_log(self) -> None:
+        """The project's training.log always shows the latest run: a symlink costs no extra I/O."""
+        link = os.path.join(self.project_dir, layout.LOG)
+        tmp = link + ".tmp-%d" % os.getpid()
+        try:
+            os.symlink(os.path.relpath(self.path(layout.LOG), self.project_dir), tmp)
+            os.replace(tmp, link)
+        except OSError as exc:
+            self.event("mirror_failed", file=layout.LOG, error=str(exc))
+
+    def _mirror(self, name: str, data: bytes) -> None:
+        atomic_write(self.path(name), data)
+        try:
+            atomic_write(os.path.join(self.project_dir, name), data)
+        except OSError as exc:
+            self.event("mirror_failed", file=name, error=str(exc))
+
+    def environment(self) -> Dict[str, str]:
+        env = dict(os.environ)
+        env.update({str(k): str(v) for k, v in (self.spec.get("env") or {}).items()})
+        env.update(
+            {
+                "RUNCTL_RUN_ID": self.run_id,
+                "RUNCTL_RUN_DIR": self.run_dir,
+                "RUNCTL_PROJECT_DIR": self.project_dir,
+                "RUNCTL_CHECKPOINT_DIR": self.spec_checkpoint_dir(),
+                "RUNCTL_STOP_FILE": self.stop_file,
+                "RUNCTL_METRICS_FILE": self.path(layout.METRICS),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        if self.spec.get("resume_from"):
+            env["RUNCTL_RESUME_FROM"] = str(self.spec["resume_from"])
+        root = artifact_root()
+        if root:
+            # First on the path, so runctl.training always matches the agent supervising it.
+            current = env.get("PYTHONPATH")
+            env["PYTHONPATH"] = root + os.pathsep + current if current else root
+        return env
+
+    def run_setup(self, env: Dict[str, str]) -> Optional[int]:
+        """The project's setup command, its output streamed into the run log under `setting_up`."""
+        setup = self.spec.get("setup")
+        if not setup:
+            return None
+        self.write_status(status=st.SETTING_UP)
+        self.event("setup_started")
+        os.write(self.log_fd, b"[runctl] setting up: " + setup.encode() + b"\n")
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", setup],
+            cwd=self.project_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log_fd,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        code = proc.wait()
+        self.event("setup_finished", exit_code=code)
+        return code
+
+    def spawn(self) -> None:
+        env = self.environment()
+        setup_code = self.run_setup(env)
+        if setup_code:
+            raise SetupFailed(setup_code)
+        started = time.time()
+        self.proc = subprocess.Popen(
+            self.spec["command"],
+            cwd=self.project_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            bufsize=0,
+        )
+        self.pgid = self.proc.pid
+        self.engine = policies.PolicyEngine(self.spec.get("policies"), started)
+        self._mirror(layout.PID, ("%d\n" % self.proc.pid).encode())
+        self.write_status(
+            fsync=True,
+            status=st.RUNNING,
+            started_at=started,
+            pid=self.proc.pid,
+            pid_start=procs.start_time(self.proc.pid),
+            host=self.spec.get("host"),
+        )
+        self.event("started", pid=self.proc.pid, command=self.spec["command"])
+        self.notify("started")
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            self.prepare()
+            self.spawn()
+        except SetupFailed as exc:
+            return self.fail_before_start("setup command exited with code %d" % exc.code)
+        except Exception as exc:
+            return self.fail_before_start(self.describe_spawn_error(exc))
+        assert self.proc is not None and self.proc.stdout is not None
+        self.ready({"ok": True, "run_id": self.run_id, "pid": self.proc.pid, "agent_pid": os.getpid()})
+        self.loop(self.proc.stdout.fileno())
+        return self.finish()
+
+    def describe_spawn_error(self, exc: Exception) -> str:
+        if isinstance(exc, FileNotFoundError):
+            return "cannot start %r: no such file or program" % self.spec["command"][0]
+        if isinstance(exc, PermissionError):
+            return "cannot start %r: permission denied (is it executable?)" % self.spec["command"][0]
+        return "cannot start the training command: %s" % exc
+
+    def fail_before_start(self, message: str) -> int:
+        self.event("start_failed", error=message)
+        self.write_status(
+            fsync=True,
+            status=st.FAILED,
+            termination_status=st.T_FAILED,
+            termination_message=message,
+            ended_at=time.time(),
+        )
+        self.ready({"ok": False, "error": message})
+        self.notify("ended")
+        self.notifier.flush()
+        return 1
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signal_stop = signal.Signals(signum).name
+
+    def loop(self, out_fd: int) -> None:
+        assert self.proc is not None and self.engine is not None
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        readers = [out_fd, wake_r]
+        next_tick = 0.0
+        next_poll = time.monotonic() + float(self.engine.cfg["poll_interval"])
+        while self.proc.poll() is None:
+            ready, _, _ = select.select(readers, [], [], TICK_SECONDS)
+            if wake_r in ready:
+                try:
+                    os.read(wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            if out_fd in ready and not self.pump(out_fd):
+                readers = [wake_r]
+            mono = time.monotonic()
+            if mono < next_tick:
+                continue
+            next_tick = mono + TICK_SECONDS
+            now = time.time()
+            self.check_controls()
+            self.read_metrics(now)
+            marker_ready = self.marker_ready(now)
+            if marker_ready and not st.is_terminal(self.state.get("status", "")) and self.stop_reason is None:
+                self.complete_by_marker(now)
+            self.apply(self.engine.on_tick(now, marker_ready))
+            if mono >= next_poll:
+                next_poll = mono + float(self.engine.cfg["poll_interval"])
+                self.read_training_log(now)
+                self.scan_checkpoints()
+                self.apply(self.engine.on_poll())
+            self.advance_stop(mono)
+            if self.dirty and mono - self.last_status_write >= STATUS_MIN_INTERVAL:
+                self.write_status()
+        signal.set_wakeup_fd(-1)
+        os.close(wake_r)
+        os.close(wake_w)
+
+    def pump(self, fd: int) -> bool:
+        """Copy available output to the log; False at end of stream."""
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return True
+        if not data:
+            return False
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.log_fd, view) :]
+        now = time.time()
+        if self.engine is not None:
+            self.engine.on_output(now)
+        self.state["last_output_at"] = now
+        if not self.helper_reports:
+            self.parse_output(data, now)
+        return True
+
+    def parse_output(self, data: bytes, now: float) -> None:
+        text = self.pending + data
+        cut = text.rfind(b"\n")
+        if cut < 0:
+            self.pending = text[-65536:]
+            return
+        complete, self.pending = text[: cut + 1], text[cut + 1 :]
+        if self.custom_regex is None and not metrics.chunk_may_have_metrics(complete):
+            return
+        lines = complete.decode("utf-8", "replace").splitlines()
+        records = metrics.parse_lines(lines, self.custom_regex)
+        for record in records:
+            record.update({"t": now, "source": "log"})
+            append_json(self.path(layout.METRICS), record)
+        if records:
+            self.read_metrics(now)
+
+    # ---- observations --------------------------------------------------------------------
+
+    def read_metrics(self, now: float) -> None:
+        path = self.path(layout.METRICS)
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(self.metrics_offset)
+                data = handle.read()
+        except OSError:
+            return
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            return
+        self.metrics_offset += cut + 1
+        for line in data[: cut + 1].splitlines():
+            try:
+                record = json.loads(line.decode("utf-8", "replace"))
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                self.on_metric(record, now)
+
+    def on_metric(self, record: Dict[str, Any], now: float) -> None:
+        assert self.engine is not None
+        if record.get("source") == "report":
+            self.helper_reports = True
+        t = float(record.get("t") or now)
+        update: Dict[str, Any] = {"last_metric_at": t}
+        for key in ("step", "epoch", "total_epochs", "loss", "total_steps"):
+            if key in record and record[key] is not None:
+                update[key] = record[key]
+        if policies.is_finite(record.get("loss")):
+            self.losses.append(float(record["loss"]))
+            current = self.state.get("min_loss")
+            loss = float(record["loss"])
+            update["min_loss"] = loss if current is None else min(float(current), loss)
+        if record.get("checkpoint"):
+            update["last_checkpoint"] = record["checkpoint"]
+        self.state.update(update)
+        self.update_rates(record, t)
+        self.dirty = True
+        self.apply(self.engine.on_metric(record, now))
+
+    def update_rates(self, record: Dict[str, Any], t: float) -> None:
+        """Steps per second since the first report, and an ETA when the total is known."""
+        if not policies.is_finite(record.get("step")):
+            return
+        step = float(record["step"])
+        if self.first_metric is None:
+            self.first_metric = {"t": t, "step": step}
+            return
+        elapsed = t - self.first_metric["t"]
+        done = step - self.first_metric["step"]
+        if elapsed <= 0 or done <= 0:
+            return
+        rate = done / elapsed
+        self.state["steps_per_sec"] = round(rate, 4)
+        total: Optional[float] = None
+        if policies.is_finite(self.state.get("total_steps")):
+            total = float(self.state["total_steps"])
+        epochs, epoch = self.state.get("total_epochs"), self.state.get("epoch")
+        if total is None and policies.is_finite(epochs) and policies.is_finite(epoch) and float(epoch) >= 1:
+            # Rough: assume the epoch in progress is half done.
+            total = step * float(epochs) / max(float(epoch) - 0.5, 0.5)
+        if total is not None:
+            self.state["eta_seconds"] = round(max(0.0, total - step) / rate, 1)
+
+    def read_training_log(self, now: float) -> None:
+        """Metrics from an openadapt-style training_output/training_log.json, when the script writes one."""
+        path = os.path.join(self.project_dir, layout.ORIGINAL_SUMMARY)
+        try:
+            mtime = os.stat(path).st_mtime
+        except OSError:
+            return
+        if mtime == self.training_log_mtime or mtime < float(self.state.get("started_at") or 0):
+            return
+        self.training_log_mtime = mtime
+        data = read_json(path)
+        record = metrics.from_training_log(data) if data else None
+        if record and not self.helper_reports:
+            record.update({"t": now, "source": "training_log"})
+            append_json(self.path(layout.METRICS), record)
+            self.read_metrics(now)
+
+    def scan_checkpoints(self) -> None:
+        """The newest finished checkpoint written during this run (temp and hidden files skipped)."""
+        directory = self.spec_checkpoint_dir()
+        started = float(self.state.get("started_at") or 0)
+        newest, newest_mtime = None, started
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith(".") or ".tmp" in entry.name:
+                continue
+            try:
+                mtime = entry.stat().st_mtime
+            except OSError:
+                continue
+            if mtime >= newest_mtime:
+                newest, newest_mtime = entry.path, mtime
+        if newest and newest != self.state.get("last_checkpoint"):
+            self.state["last_checkpoint"] = newest
+            self.dirty = True
+
+    def marker_info(self) -> Dict[str, Any]:
+        """The completion marker of this run: the run dir's copy, else the project's.
+
+        The project's marker only counts while this run is the project's latest, so parallel runs
+        in one project dir cannot complete each other.
+        """
+        for path in (self.path(layout.MARKER), self.marker_path):
+            if path == self.marker_path:
+                latest = read_text(os.path.join(self.project_dir, layout.LATEST_RUN)) or ""
+                if latest.strip() != self.run_id:
+                    return {}
+            try:
+                info = os.stat(path)
+            except OSError:
+                continue
+            return {"size": info.st_size, "mtime": info.st_mtime}
+        return {}
+
+    def marker_ready(self, now: float) -> bool:
+        info = self.marker_info()
+        return (
+            completion.marker_state(info.get("size"), info.get("mtime"), self.state.get("started_at"), now)
+            == completion.MARKER_READY
+        )
+
+    def complete_by_marker(self, now: float) -> None:
+        """A stable marker proves the work is done: the run is completed now, not when the process exits."""
+        assert self.engine is not None
+        grace = float(self.engine.cfg["exit_grace"])
+        message = "completion marker written; the process gets %gs to exit before it is stopped" % grace
+        self.event("marker_complete", exit_grace=grace)
+        self.write_status(
+            fsync=True,
+            status=st.COMPLETED,
+            termination_status=st.T_AUTO_COMPLETE,
+            termination_message=message,
+            ended_at=now,
+        )
+        self.notify("ended")
+
+    def check_controls(self) -> None:
+        """Stop requests from the controller, the user's STOP_TRAINING files, and signals to the agent."""
+        if self.stop_reason is not None:
+            return
+        request = read_json(self.path(layout.STOP_REQUEST))
+        if request is not None:
+            grace = request.get("grace")
+            self.initiate(
+                policies.Decision(st.T_USER_STOP, request.get("message") or "stopped by the user"),
+                grace=float(grace) if grace is not None else None,
+            )
+        elif self.signal_stop:
+            self.initiate(policies.Decision(st.T_USER_STOP, "the agent received %s" % self.signal_stop))
+        elif not self.own_stop_file and os.path.exists(self.stop_file):
+            self.initiate(policies.Decision(st.T_USER_STOP, "STOP_TRAINING file created"))
+        elif os.path.exists(self.original_stop_file):
+            self.initiate(policies.Decision(st.T_USER_STOP, "%s file created" % layout.ORIGINAL_STOP_FILE))
+
+    # ---- stopping ------------------------------------------------------------------------
+
+    def apply(self, decision: Optional[policies.Decision]) -> None:
+        if decision is None:
+            return
+        if decision.action == policies.NOTIFY:
+            self.event("policy_notice", termination_status=decision.termination_status, message=decision.message)
+            self.state.update({"notice": decision.message})
+            self.notify("policy")
+            return
+        grace = 0.0 if decision.termination_status == st.T_AUTO_COMPLETE else None
+        self.initiate(decision, grace=grace)
+
+    def initiate(self, decision: policies.Decision, grace: Optional[float] = None) -> None:
+        """Graceful first: STOP_TRAINING for the script, then SIGTERM to the group, then SIGKILL."""
+        if self.stop_reason is not None or self.engine is None:
+            return
+        self.stop_reason = decision
+        if grace is None:
+            grace = float(self.engine.cfg["stop_grace"])
+        if not os.path.exists(self.stop_file):
+            self.own_stop_file = True
+            atomic_write(self.stop_file, (decision.message + "\n").encode())
+        self.term_at = time.monotonic() + max(0.0, grace)
+        self.event(
+            "stop_initiated",
+            termination_status=decision.termination_status,
+            message=decision.message,
+            grace=grace,
+        )
+        if st.is_terminal(self.state.get("status", "")):
+            return
+        self.write_status(
+            fsync=True,
+            status=st.STOPPING,
+            termination_status=decision.termination_status,
+            termination_message=decision.message,
+        )
+        self.notify("policy")
+
+    def advance_stop(self, mono: float) -> None:
+        if self.stop_reason is None or self.engine is None:
+            return
+        if not self.term_sent and self.term_at is not None and mono >= self.term_at:
+            self.term_sent = True
+            self.kill_at = mono + float(self.engine.cfg["term_grace"])
+            self.event("signal", signal="SIGTERM", target="process group %d" % self.pgid)
+            procs.signal_group(self.pgid, signal.SIGTERM)
+        elif self.term_sent and not self.kill_sent and self.kill_at is not None and mono >= self.kill_at:
+            self.kill_sent = True
+            self.event("signal", signal="SIGKILL", target="process group %d" % self.pgid)
+            procs.signal_group(self.pgid, signal.SIGKILL)
+
+    # ---- the end -------------------------------------------------------------------------
+
+    def finish(self) -> int:
+        assert self.proc is not None and self.proc.stdout is not None
+        code = self.proc.returncode
+        exit_code = code if code >= 0 else 128 - code
+        exit_signal = signal.Signals(-code).name if code < 0 else None
+        self._mirror(layout.EXIT_CODE, ("%d\n" % exit_code).encode())
+        ended = time.time()
+        self.event("exited", exit_code=exit_code, signal=exit_signal)
+        leftovers = procs.group_alive(self.pgid) or bool(procs.tagged_processes(self.run_id))
+        if leftovers:
+            self.event("leftover_processes", action="SIGTERM then SIGKILL")
+            procs.kill_all(self.pgid, self.run_id, LEFTOVER_GRACE)
+        self.drain(self.proc.stdout.fileno())
+        self.read_metrics(ended)
+        self.scan_checkpoints()
+        exit_info = {"exit_code": exit_code, "exit_signal": exit_signal, "exited_at": ended}
+        if st.is_terminal(self.state.get("status", "")):
+            # Completed by its marker earlier; a terminal status never changes, the exit is still recorded.
+            if exit_code != 0 and not self.term_sent:
+                exit_info["warning"] = "%s after writing its completion marker" % (completion.describe_exit(exit_code))
+            self.write_status(fsync=True, **exit_info)
+        else:
+            status, termination, message = self.verdict(exit_code, ended)
+            self.write_status(
+                fsync=True,
+                status=status,
+                termination_status=termination,
+                termination_message=message,
+                ended_at=ended,
+                duration=round(ended - float(self.state.get("started_at") or ended), 3),
+                **exit_info,
+            )
+            self.notify("ended")
+        self.write_summary()
+        self.event("ended", status=self.state["status"], termination_status=self.state.get("termination_status"))
+        self.notifier.flush()
+        for fd in (self.log_fd,):
+            os.close(fd)
+        return 0
+
+    def drain(self, fd: int) -> None:
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready or not self.pump(fd):
+                break
+        if self.pending and not self.helper_reports:
+            self.parse_output(self.pending + b"\n", time.time())
+            self.pending = b""
+
+    def verdict(self, exit_code: int, now: float) -> "tuple[str, str, str]":
+        reason = self.stop_reason
+        if reason is not None:
+            status = policies.final_status(reason, exit_code, self.term_sent)
+            if status == st.FAILED and reason.termination_status != st.T_DIVERGED:
+                return (
+                    status,
+                    st.T_FAILED,
+                    "%s while stopping (%s: %s)"
+                    % (completion.describe_exit(exit_code), reason.termination_status, reason.message),
+                )
+            return status, reason.termination_status, reason.message
+        info = self.marker_info()
+        found = completion.classify(
+            completion.Evidence(
+                now=now + completion.MARKER_STABLE_SECONDS,  # the process is gone: the marker can't change
+                started_at=self.state.get("started_at"),
+                exit_code=exit_code,
+                marker_size=info.get("size"),
+                marker_mtime=info.get("mtime"),
+            )
+        )
+        message = found.message
+        if found.status == st.FAILED:
+            last = self.last_log_line()
+            if last:
+                message += ": " + last
+        return found.status, found.termination_status, message
+
+    def last_log_line(self) -> str:
+        try:
+            with open(self.path(layout.LOG), "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                size = handle.tell()
+                handle.seek(max(0, size - TAIL_BYTES))
+                tail = handle.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        lines = [line.strip() for line in tail.splitlines() if line.strip()]
+        return lines[-1][:300] if lines else ""
+
+    def write_summary(self) -> None:
+        """A training_log.json-compatible summary (the original dashboards' keys)."""
+        s = self.state
+        summary = {
+            "job_id": self.run_id,
+            "run_id": self.run_id,
+            "name": s.get("name"),
+            "status": s.get("status"),
+            "epoch": s.get("epoch"),
+            "total_epochs": s.get("total_epochs"),
+            "step": s.get("step"),
+            "loss": s.get("loss"),
+            "min_loss": s.get("min_loss"),
+            "losses": self.loss_history(),
+            "elapsed_time": s.get("duration"),
+            "start_time": s.get("started_at"),
+            "termination_status": s.get("termination_status") or "",
+            "termination_message": s.get("termination_message") or "",
+            "exit_code": s.get("exit_code"),
+        }
+        atomic_write_json(self.path(layout.SUMMARY), summary)
+
+    def loss_history(self) -> List[Dict[str, Any]]:
+        history = []
+        text = read_text(self.path(layout.METRICS)) or ""
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and "loss" in record:
+                history.append({k: record.get(k) for k in ("epoch", "step", "loss", "t")})
+        return history[-10000:]
+
+
+class SetupFailed(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def main_supervise(run_dir: str, ready_fd: Optional[int]) -> int:
+    try:
+        supervisor = Supervisor(run_dir, ready_fd)
+    except Exception as exc:
+        if ready_fd is not None:
+            os.write(ready_fd, json.dumps({"ok": False, "error": str(exc)}).encode())
+            os.close(ready_fd)
+        print("runctl agent: %s" % exc, file=sys.stderr)
+        return 1
+    return supervisor.run()

@@ -1,0 +1,49 @@
+"""The agent artifact: one zip holding exactly the parts that travel to hosts.
+
+`runctl.core`, `runctl.agent` and `runctl.training` are standard-library only; zipped with a
+`__main__.py` they run as `python3 runctl-agent-<hash>.pyz ...` on any host with Python >= 3.8.
+The name carries a hash of the content, so a host keeps the artifact until the code changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from pathlib import Path
+
+from . import paths
+
+TRAVELLING_PACKAGES = ("core", "agent", "training")
+MAIN = b"import sys\nfrom runctl.agent.cli import main\nsys.exit(main())\n"
+_FIXED_DATE = (2020, 1, 1, 0, 0, 0)
+
+
+def _sources() -> list[tuple[str, bytes]]:
+    root = Path(__file__).resolve().parent
+    files = [("runctl/__init__.py", (root / "__init__.py").read_bytes())]
+    for package in TRAVELLING_PACKAGES:
+        for path in sorted((root / package).glob("*.py")):
+            files.append(("runctl/%s/%s" % (package, path.name), path.read_bytes()))
+    files.append(("__main__.py", MAIN))
+    return files
+
+
+def agent_artifact() -> Path:
+    """Path of the current agent zip in the local cache, built when missing."""
+    files = _sources()
+    digest = hashlib.sha256()
+    for name, data in files:
+        digest.update(name.encode() + b"\0" + data + b"\0")
+    target = paths.agent_cache() / ("runctl-agent-%s.pyz" % digest.hexdigest()[:12])
+    if target.exists():
+        return target
+    tmp = target.with_name(target.name + ".tmp-%d" % os.getpid())
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files:
+            info = zipfile.ZipInfo(name, date_time=_FIXED_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, data)
+    os.replace(tmp, target)
+    return target

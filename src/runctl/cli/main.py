@@ -1,0 +1,62 @@
+"""The `runctl` entry point: sub-apps, and one place that turns errors into exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from ..core.errors import RunctlError
+from . import local, runs
+
+app = typer.Typer(
+    name="runctl",
+    help="Run ML training on rented machines; know exactly when and how it ended.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(local.app, name="local")
+app.add_typer(runs.app, name="runs")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print("runctl %s" % __version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit")
+    ] = False,
+) -> None:
+    """Run ML training on rented machines; know exactly when and how it ended."""
+
+
+def run() -> None:
+    """Console-script entry: expected errors become one or two lines and their exit code."""
+    debug = os.environ.get("RUNCTL_DEBUG") == "1"
+    try:
+        app(prog_name="runctl")
+    except RunctlError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write("runctl: %s\n" % exc.message)
+        if exc.hint:
+            sys.stderr.write("  %s\n" % exc.hint)
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if debug:
+            raise
+        sys.stderr.write("runctl: internal error: %s: %s\n" % (type(exc).__name__, exc))
+        sys.stderr.write("  rerun with RUNCTL_DEBUG=1 for a traceback\n")
+        sys.exit(1)

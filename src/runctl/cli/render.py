@@ -1,0 +1,123 @@
+"""Human rendering of runs (text mode). JSON mode never comes through here."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from typing import Any
+
+from ..core.durations import format_duration
+
+STYLE = {
+    "completed": "green",
+    "failed": "red",
+    "lost": "red",
+    "stopped": "yellow",
+    "interrupted": "yellow",
+    "running": "cyan",
+    "stopping": "yellow",
+}
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def _num(value: Any, fmt: str = "%.4g") -> str:
+    if value is None:
+        return "-"
+    try:
+        return fmt % float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def progress(run: dict[str, Any]) -> str:
+    parts = []
+    if run.get("epoch") is not None:
+        epoch = float(run["epoch"])
+        shown = "%d" % epoch if epoch == int(epoch) else "%.2f" % epoch
+        total = run.get("total_epochs")
+        parts.append("epoch %s%s" % (shown, "/%d" % int(float(total)) if total else ""))
+    if run.get("step") is not None:
+        parts.append("step %s" % _num(run["step"], "%d"))
+    if run.get("loss") is not None:
+        parts.append("loss %s (min %s)" % (_num(run["loss"]), _num(run.get("min_loss"))))
+    if run.get("steps_per_sec"):
+        parts.append("%s steps/s" % _num(run["steps_per_sec"], "%.3g"))
+    if run.get("eta_seconds") is not None and run.get("status") == "running":
+        parts.append("ETA %s" % format_duration(float(run["eta_seconds"])))
+    return " · ".join(parts) or "-"
+
+
+def elapsed(run: dict[str, Any]) -> str:
+    start = run.get("started_at")
+    if not start:
+        return "-"
+    end = run.get("ended_at") or time.time()
+    return format_duration(float(end) - float(start))
+
+
+def status_label(run: dict[str, Any]) -> str:
+    label = run["status"]
+    if run.get("termination_status") and run["termination_status"] not in ("failed", "lost"):
+        label += " (%s)" % run["termination_status"]
+    return label
+
+
+def _console():  # type: ignore[no-untyped-def]
+    """Pipes get a wide console: run ids and paths are data and must never be truncated."""
+    from rich.console import Console
+
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 250)
+
+
+def run_detail(run: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console = _console()
+    style = STYLE.get(run["status"], "white")
+    console.print(
+        "[bold]run %s[/bold]  %s  [%s]%s[/%s]" % (run["run_id"], run["name"], style, status_label(run), style)
+    )
+    if run.get("termination_message"):
+        console.print("  " + run["termination_message"], markup=False)
+    for key in ("warning", "notice"):
+        if run.get(key):
+            console.print("  [yellow]%s:[/yellow] %s" % (key, run[key]))
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="dim")
+    table.add_column()
+    table.add_row("host", "%s (%s)" % (run["host"], run["provider"]))
+    table.add_row("project", run["project_dir"])
+    table.add_row("command", shlex.join(run["command"]))
+    table.add_row("started", "%s  (running for %s)" % (_when(run["started_at"]), elapsed(run)))
+    if run.get("ended_at"):
+        table.add_row("ended", "%s  (took %s)" % (_when(run["ended_at"]), elapsed(run)))
+    table.add_row("progress", progress(run))
+    table.add_row("checkpoint", run.get("last_checkpoint") or "-")
+    table.add_row("pid", str(run.get("pid") or "-"))
+    table.add_row("exit code", "-" if run.get("exit_code") is None else str(run["exit_code"]))
+    table.add_row("run dir", run["run_dir"])
+    console.print(table)
+
+
+def run_table(runs: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("ID", "NAME", "STATUS", "HOST", "PROGRESS", "STARTED", "ELAPSED"):
+        table.add_column(column, no_wrap=True, overflow="fold" if column == "PROGRESS" else "ellipsis")
+    for run in runs:
+        style = STYLE.get(run["status"], "white")
+        table.add_row(
+            run["run_id"],
+            run["name"],
+            "[%s]%s[/%s]" % (style, status_label(run), style),
+            run["host"],
+            progress(run),
+            _when(run.get("started_at") or run.get("created_at")),
+            elapsed(run),
+        )
+    _console().print(table)

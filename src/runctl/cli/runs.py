@@ -1,0 +1,144 @@
+"""`runctl runs`: list, inspect, follow, wait for and stop runs on any host."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from ..core import status as st
+from ..core.errors import UsageError
+from . import options as o
+from .common import Detached, Output, duration_option, emit_json, exit_with, say, store
+
+app = typer.Typer(help="Inspect, follow, wait for and stop runs.", no_args_is_help=True, rich_markup_mode=None)
+
+RunId = Annotated[str, typer.Argument(help="Run id or a unique prefix of it")]
+
+
+@app.command("list")
+def list_runs(
+    all_runs: Annotated[bool, typer.Option("--all", "-a", help="Include runs that ended more than a day ago")] = False,
+    output: o.OutputOpt = Output.text,
+) -> None:
+    """Active runs and those that ended in the last day."""
+    from .. import controller
+    from .render import run_table
+
+    db = store()
+    runs = [controller.refresh(db, row) for row in db.list(include_all=all_runs)]
+    if output == Output.json:
+        emit_json(runs)
+    elif runs:
+        run_table(runs)
+    else:
+        say(
+            "no runs%s; start one with: runctl local train SCRIPT"
+            % ("" if all_runs else " in the last day (--all shows older)")
+        )
+
+
+@app.command()
+def status(run_id: RunId, output: o.OutputOpt = Output.text) -> None:
+    """Status, progress, and how the run ended."""
+    from .. import controller
+    from .render import run_detail
+
+    db = store()
+    run = controller.refresh(db, db.resolve(run_id))
+    if output == Output.json:
+        emit_json(run)
+    else:
+        run_detail(run)
+
+
+@app.command()
+def logs(
+    run_id: RunId,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends")] = False,
+    tail: Annotated[int | None, typer.Option("--tail", "-n", help="Only the last N lines")] = None,
+) -> None:
+    """The run's training log (stdout and stderr of the script)."""
+    from .. import controller
+
+    db = store()
+    row = db.resolve(run_id)
+    if tail is not None and tail < 0:
+        raise UsageError("--tail must be 0 or more, got %d" % tail)
+    transport = controller.transport_for(row)
+    data = transport.read_file(controller.log_path(row)) or b""
+    if tail is not None:
+        lines = data.splitlines(keepends=True)
+        data = b"".join(lines[-tail:]) if tail else b""
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+    if not follow:
+        return
+    size = len(transport.read_file(controller.log_path(row)) or b"") if tail is not None else None
+    offset = size if size is not None else len(data)
+    try:
+        for kind, payload in transport.follow(row["run_dir"], offset, 0):
+            if kind == "log":
+                sys.stdout.buffer.write(payload)
+                sys.stdout.flush()
+            elif kind in ("status", "end"):
+                db.update_state(row["run_id"], payload)
+                if kind == "end":
+                    break
+    except KeyboardInterrupt:
+        raise Detached("stopped following run %s; it keeps going" % row["run_id"]) from None
+
+
+@app.command()
+def wait(
+    run_id: RunId,
+    timeout: Annotated[str | None, typer.Option("--timeout", help="Give up waiting after DURATION (exit 3)")] = None,
+    output: o.OutputOpt = Output.text,
+) -> None:
+    """Block until the run ends; exit 0 only if it completed."""
+
+    from .waiting import wait_for
+
+    seconds = duration_option(timeout, "--timeout")
+    db = store()
+    row = db.resolve(run_id)
+    exit_with(wait_for(db, row, output, seconds, stream_log=False))
+
+
+@app.command()
+def stop(
+    run_id: RunId,
+    grace: Annotated[
+        float | None,
+        typer.Option("--grace", help="Seconds the script gets after STOP_TRAINING before SIGTERM"),
+    ] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once the stop is requested")] = False,
+    output: o.OutputOpt = Output.text,
+) -> None:
+    """Stop a run gracefully: STOP_TRAINING, then SIGTERM, then SIGKILL to its process group."""
+    from .. import controller
+    from .waiting import report_end
+
+    if grace is not None and grace < 0:
+        raise UsageError("--grace must be 0 or more, got %g" % grace)
+    db = store()
+    row = db.resolve(run_id)
+    controller.stop(db, row, grace)
+    if no_wait:
+        if output == Output.json:
+            emit_json(controller.refresh(db, row))
+        else:
+            say("stop requested for run %s" % row["run_id"])
+        return
+    if output == Output.text:
+        say("stopping run %s (graceful: STOP_TRAINING, then SIGTERM, then SIGKILL)..." % row["run_id"])
+    try:
+        run = controller.follow(db, row, None, None)
+    except KeyboardInterrupt:
+        raise Detached(
+            "stop requested; run %s is still stopping" % row["run_id"],
+            "check it with: runctl runs status %s" % row["run_id"],
+        ) from None
+    report_end(run, output)
+    exit_with(0 if st.is_terminal(run["status"]) else 1)

@@ -1,0 +1,49 @@
+"""Following a run to its end from the CLI: shared by `train --wait` and `runs wait`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from .. import controller
+from ..core import status as st
+from ..core.durations import format_duration
+from ..store import Store
+from .common import Detached, Output, emit_json, say
+
+
+def _write_log(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+
+
+def wait_for(
+    store: Store,
+    row: dict[str, Any],
+    output: Output,
+    timeout: float | None,
+    stream_log: bool,
+) -> int:
+    """Follow until the run ends; returns the documented exit code for its outcome."""
+    on_log = _write_log if (stream_log and output == Output.text) else None
+    try:
+        run = controller.follow(store, row, on_log, timeout)
+    except KeyboardInterrupt:
+        raise Detached(
+            "detached from run %s; it keeps going" % row["run_id"],
+            "reattach with: runctl runs wait %s   (or: runctl runs logs %s --follow)" % (row["run_id"], row["run_id"]),
+        ) from None
+    report_end(run, output)
+    return st.exit_code_for(run["status"])
+
+
+def report_end(run: dict[str, Any], output: Output) -> None:
+    if output == Output.json:
+        emit_json(run)
+        return
+    took = ""
+    if run.get("started_at") and run.get("ended_at"):
+        took = " after %s" % format_duration(float(run["ended_at"]) - float(run["started_at"]))
+    reason = run.get("termination_status") or ""
+    label = run["status"] + (" (%s)" % reason if reason and reason not in ("failed", "lost") else "")
+    say("run %s %s%s: %s" % (run["run_id"], label, took, run.get("termination_message") or ""))

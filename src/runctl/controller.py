@@ -1,0 +1,270 @@
+"""Controller-side operations on runs: validate and start, refresh, follow, wait, stop.
+
+The CLI stays thin: it parses flags, calls these, and renders what they return.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from .core import layout
+from .core import status as st
+from .core.errors import RunctlError, UsageError, WaitTimeout
+from .core.spec import RunSpec, new_run_id
+from .store import Store
+from .transport.base import Transport
+from .transport.local import LocalTransport
+
+PROJECT_MARKERS = (".git", "pyproject.toml")
+
+
+def find_project_root(start: Path) -> Path:
+    """The nearest ancestor holding .git or pyproject.toml, else `start` itself."""
+    start = start.resolve()
+    for candidate in (start, *start.parents):
+        if any((candidate / marker).exists() for marker in PROJECT_MARKERS):
+            return candidate
+    return start
+
+
+def parse_env(items: Iterable[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not (key.replace("_", "a").isalnum() and not key[0].isdigit()):
+            raise UsageError(
+                "invalid --env %r: expected KEY=VALUE with KEY a variable name" % item,
+                "for example: --env CUDA_VISIBLE_DEVICES=0",
+            )
+        env[key] = value
+    return env
+
+
+def default_python() -> str:
+    """The Python a user would get by typing `python`: the active venv's, else python3 on PATH."""
+    venv = os.environ.get("VIRTUAL_ENV")
+    if venv and (Path(venv) / "bin" / "python").exists():
+        return str(Path(venv) / "bin" / "python")
+    return shutil.which("python3") or shutil.which("python") or sys.executable
+
+
+def resolve_python(python: str | None) -> str:
+    if python is None:
+        return default_python()
+    found = shutil.which(python)
+    if found is None:
+        raise UsageError("--python %r is not an executable" % python, "pass the path of a Python interpreter")
+    return found
+
+
+def resolve_script(script: str, project_dir: Path) -> tuple[Path, str]:
+    """(absolute script path, path relative to the project dir); it must exist inside the project."""
+    path = Path(script).expanduser()
+    if not path.is_absolute():
+        path = Path.cwd() / path
+    path = path.resolve()
+    if not path.exists():
+        raise UsageError("script %s does not exist" % script, "check the path (it is relative to your cwd)")
+    if not path.is_file():
+        raise UsageError("script %s is not a file" % script, "name the training script itself")
+    try:
+        relative = path.relative_to(project_dir)
+    except ValueError:
+        raise UsageError(
+            "script %s is outside the project dir %s" % (path, project_dir),
+            "pass --project-dir %s, or move the script into the project" % path.parent,
+        ) from None
+    return path, str(relative)
+
+
+def build_command(script_path: Path, relative: str, python: str | None, args: list[str]) -> list[str]:
+    """A .py script runs with the chosen Python; anything else must be an executable itself."""
+    if script_path.suffix == ".py":
+        return [resolve_python(python), relative, *args]
+    if not os.access(script_path, os.X_OK):
+        raise UsageError(
+            "script %s is not executable" % script_path,
+            "run: chmod +x %s   (or use a .py script, which runs with --python)" % script_path,
+        )
+    return ["./" + relative if "/" not in relative else relative, *args]
+
+
+def local_spec(
+    script: str,
+    project_dir: str | None,
+    name: str | None,
+    env: Iterable[str],
+    python: str | None,
+    script_args: list[str],
+    policies: dict[str, Any],
+    notify: list[str],
+    metrics_regex: str | None,
+    checkpoint_dir: str | None,
+    resume_from: str | None,
+) -> RunSpec:
+    """A validated RunSpec for a local run; raises UsageError before anything is created."""
+    root = Path(project_dir).expanduser().resolve() if project_dir else find_project_root(Path.cwd())
+    if not root.is_dir():
+        raise UsageError("project dir %s does not exist" % project_dir, "pass an existing directory")
+    script_path, relative = resolve_script(script, root)
+    command = build_command(script_path, relative, python, list(script_args))
+    check_regex(metrics_regex)
+    return RunSpec(
+        run_id=new_run_id(),
+        name=name or script_path.stem,
+        project_dir=str(root),
+        command=command,
+        script=relative,
+        script_args=list(script_args),
+        env=parse_env(env),
+        checkpoint_dir=checkpoint_dir or "",
+        resume_from=resume_from,
+        policies=policies,
+        notify=list(notify),
+        metrics_regex=metrics_regex,
+    )
+
+
+def check_regex(pattern: str | None) -> None:
+    if pattern is None:
+        return
+    import re
+
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise UsageError("invalid --metrics-regex: %s" % exc, "use Python regex syntax") from None
+    if not compiled.groupindex:
+        raise UsageError("--metrics-regex has no named group", r"name each metric, e.g. 'acc=(?P<accuracy>[\d.]+)'")
+
+
+# ---- runs -------------------------------------------------------------------------------
+
+
+def transport_for(row: dict[str, Any]) -> Transport:
+    kind = row.get("transport", {}).get("kind", "local")
+    if kind == "local":
+        return LocalTransport()
+    raise RunctlError("run %s uses an unknown transport %r" % (row["run_id"], kind))
+
+
+def start(store: Store, spec: RunSpec, transport: Transport) -> dict[str, Any]:
+    """Record the run, start its agent, and return its first status. Nothing is left if it can't start."""
+    data = spec.to_dict()
+    store.add_run(data, transport.to_dict(), {"status": st.PENDING, "seq": 0})
+    try:
+        result = transport.launch(spec.run_dir, data)
+    except BaseException:
+        store.delete_run(spec.run_id)
+        raise
+    state = transport.probe(spec.run_dir)
+    if not result.get("ok"):
+        if state.get("status") == st.FAILED and not state.get("started_at"):
+            store.delete_run(spec.run_id)
+            remove_run_dir(spec)
+            raise UsageError(str(result.get("error")), "fix the command and start the run again")
+    store.update_state(spec.run_id, state)
+    store.add_event(spec.run_id, "launched", {"pid": result.get("pid"), "agent_pid": result.get("agent_pid")})
+    return state
+
+
+def remove_run_dir(spec: RunSpec) -> None:
+    if spec.provider == "local":
+        shutil.rmtree(spec.run_dir, ignore_errors=True)
+
+
+def refresh(store: Store, row: dict[str, Any]) -> dict[str, Any]:
+    """The run's current state from its run dir, recorded in the store."""
+    # A run completed by its marker may still have a lingering process whose exit is yet to be recorded.
+    if st.is_terminal(row["status"]) and ("exited_at" in row["state"] or row["status"] != st.COMPLETED):
+        return view(row)
+    state = transport_for(row).probe(row["run_dir"])
+    if state.get("seq") is not None:
+        store.update_state(row["run_id"], state)
+    return view(store.get(row["run_id"]) or row)
+
+
+def view(row: dict[str, Any]) -> dict[str, Any]:
+    """The documented JSON shape of a run (`runs status --output json`)."""
+    state = row.get("state", {})
+    out = {
+        "run_id": row["run_id"],
+        "name": row["name"],
+        "provider": row["provider"],
+        "host": row["host"],
+        "project_dir": row["project_dir"],
+        "run_dir": row["run_dir"],
+        "command": row["command"],
+        "status": row["status"],
+        "exit_code": row["exit_code"],
+        "termination_status": row["termination_status"],
+        "termination_message": row["termination_message"],
+        "created_at": row["created_at"],
+        "started_at": row["started_at"],
+        "ended_at": row["ended_at"],
+        "pid": row["pid"],
+        "step": state.get("step"),
+        "epoch": state.get("epoch"),
+        "total_epochs": state.get("total_epochs"),
+        "loss": state.get("loss"),
+        "min_loss": state.get("min_loss"),
+        "steps_per_sec": state.get("steps_per_sec"),
+        "eta_seconds": state.get("eta_seconds"),
+        "last_checkpoint": state.get("last_checkpoint"),
+        "duration": state.get("duration"),
+    }
+    for key in ("agent_alive", "warning", "notice", "exit_signal"):
+        if state.get(key) is not None:
+            out[key] = state[key]
+    return out
+
+
+def follow(
+    store: Store,
+    row: dict[str, Any],
+    on_log: Callable[[bytes], None] | None,
+    timeout: float | None,
+    from_start: bool = True,
+) -> dict[str, Any]:
+    """Stream the log (when `on_log`) and status changes until the run ends; WaitTimeout after `timeout`."""
+    transport = transport_for(row)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    offset = 0 if (on_log is not None and from_start) else -1
+    for kind, payload in transport.follow(row["run_dir"], offset, 0):
+        if kind == "log" and on_log is not None:
+            on_log(payload)
+        elif kind in ("status", "end"):
+            store.update_state(row["run_id"], payload)
+            if kind == "end":
+                return view(store.get(row["run_id"]) or row)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise WaitTimeout(
+                "timed out after %gs; run %s is still %s and keeps going"
+                % (timeout or 0, row["run_id"], (store.get(row["run_id"]) or row)["status"]),
+                "wait again with: runctl runs wait %s" % row["run_id"],
+            )
+    return refresh(store, store.get(row["run_id"]) or row)
+
+
+def stop(store: Store, row: dict[str, Any], grace: float | None) -> dict[str, Any]:
+    current = refresh(store, row)
+    if st.is_terminal(current["status"]):
+        raise UsageError(
+            "run %s already ended (%s)" % (row["run_id"], current["status"]),
+            "nothing to stop; see it with: runctl runs status %s" % row["run_id"],
+        )
+    result = transport_for(row).request_stop(row["run_dir"], grace, "stopped by the user (runctl runs stop)")
+    if not result.get("ok"):
+        raise RunctlError(str(result.get("error")))
+    store.add_event(row["run_id"], "stop_requested", {"grace": grace})
+    return result
+
+
+def log_path(row: dict[str, Any]) -> str:
+    return os.path.join(row["run_dir"], layout.LOG)

@@ -1,0 +1,42 @@
+"""The one place that knows the run-directory layout and the original system's file names."""
+
+from __future__ import annotations
+
+import os
+
+RUNCTL_DIR = ".runctl"
+RUNS_DIR = os.path.join(RUNCTL_DIR, "runs")
+LATEST_RUN = os.path.join(RUNCTL_DIR, "latest_run")
+
+# Inside <project>/.runctl/runs/<run_id>/
+SPEC = "spec.json"
+STATUS = "status.json"
+LOG = "training.log"
+METRICS = "metrics.jsonl"
+EVENTS = "events.jsonl"
+PID = "training.pid"
+EXIT_CODE = "training_exit_code.txt"
+STOP_FILE = "STOP_TRAINING"
+STOP_REQUEST = "stop_request.json"
+AGENT_LOG = "agent.log"
+SUMMARY = "training_log.json"
+STALE_MARKER = "stale_training_complete.txt"
+
+# In the project dir (the original system's names).
+MARKER = "training_complete.txt"
+MIRRORED = (LOG, PID, EXIT_CODE)
+ORIGINAL_STOP_FILE = os.path.join("training_output", STOP_FILE)
+ORIGINAL_SUMMARY = os.path.join("training_output", SUMMARY)
+DEFAULT_CHECKPOINT_DIR = "checkpoints"
+
+# Paths a code sync must never delete on a host: they hold the run's outputs.
+PROTECTED_OUTPUTS = (RUNCTL_DIR, DEFAULT_CHECKPOINT_DIR, "training_output")
+
+
+def run_dir(project_dir: str, run_id: str) -> str:
+    return os.path.join(project_dir, RUNS_DIR, run_id)
+
+
+def project_of(run_dir_path: str) -> str:
+    """The project dir a run dir belongs to (three levels up)."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(run_dir_path))))

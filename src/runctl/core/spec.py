@@ -1,0 +1,55 @@
+"""RunSpec: what to run, where, and under which policies. Travels to the host as spec.json."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+from . import layout
+
+
+def new_run_id() -> str:
+    """Short, typeable and unique enough to address by a 2–3 character prefix."""
+    return secrets.token_hex(4)
+
+
+@dataclass
+class RunSpec:
+    run_id: str
+    name: str
+    project_dir: str
+    command: List[str]
+    provider: str = "local"
+    host: str = "localhost"
+    script: str = ""
+    script_args: List[str] = field(default_factory=list)
+    env: Dict[str, str] = field(default_factory=dict)
+    checkpoint_dir: str = ""
+    resume_from: Optional[str] = None
+    policies: Dict[str, Any] = field(default_factory=dict)
+    notify: List[str] = field(default_factory=list)
+    metrics_regex: Optional[str] = None
+    setup: Optional[str] = None
+    created_at: float = field(default_factory=time.time)
+
+    @property
+    def run_dir(self) -> str:
+        return layout.run_dir(self.project_dir, self.run_id)
+
+    @property
+    def resolved_checkpoint_dir(self) -> str:
+        path = self.checkpoint_dir or layout.DEFAULT_CHECKPOINT_DIR
+        return path if os.path.isabs(path) else os.path.join(self.project_dir, path)
+
+    def to_dict(self) -> Dict[str, Any]:
+        data = asdict(self)
+        data["run_dir"] = self.run_dir
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> RunSpec:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})

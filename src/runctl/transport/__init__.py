@@ -1,0 +1,1 @@
+"""Transports run agent operations on a host and move files to and from it."""
