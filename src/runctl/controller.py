@@ -268,3 +268,7 @@ def stop(store: Store, row: dict[str, Any], grace: float | None) -> dict[str, An
 
 def log_path(row: dict[str, Any]) -> str:
     return os.path.join(row["run_dir"], layout.LOG)
+
+
+def metrics_path(row: dict[str, Any]) -> str:
+    return os.path.join(row["run_dir"], layout.METRICS)

@@ -411,13 +411,11 @@ class Supervisor:
             return
         rate = done / elapsed
         self.state["steps_per_sec"] = round(rate, 4)
-        total: Optional[float] = None
-        if policies.is_finite(self.state.get("total_steps")):
-            total = float(self.state["total_steps"])
-        epochs, epoch = self.state.get("total_epochs"), self.state.get("epoch")
-        if total is None and policies.is_finite(epochs) and policies.is_finite(epoch) and float(epoch) >= 1:
+        total = policies.finite(self.state.get("total_steps"))
+        epochs, epoch = policies.finite(self.state.get("total_epochs")), policies.finite(self.state.get("epoch"))
+        if total is None and epochs is not None and epoch is not None and epoch >= 1:
             # Rough: assume the epoch in progress is half done.
-            total = step * float(epochs) / max(float(epoch) - 0.5, 0.5)
+            total = step * epochs / max(epoch - 0.5, 0.5)
         if total is not None:
             self.state["eta_seconds"] = round(max(0.0, total - step) / rate, 1)
 

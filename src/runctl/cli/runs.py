@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from typing import Annotated
 
 import typer
@@ -142,3 +143,59 @@ def stop(
         ) from None
     report_end(run, output)
     exit_with(0 if st.is_terminal(run["status"]) else 1)
+
+
+class SeriesFormat(str, Enum):
+    text = "text"
+    json = "json"
+    csv = "csv"
+
+
+@app.command()
+def metrics(
+    run_id: RunId,
+    output: Annotated[SeriesFormat, typer.Option("--output", "-o", help="text, json or csv")] = SeriesFormat.text,
+) -> None:
+    """The run's metric series (metrics.jsonl), one record per report."""
+    import csv
+    import json
+
+    from .. import controller
+    from .common import _jsonable
+
+    db = store()
+    row = db.resolve(run_id)
+    data = controller.transport_for(row).read_file(controller.metrics_path(row)) or b""
+    records = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    if output == SeriesFormat.json:
+        emit_json(records)
+        return
+    keys = ["t", "step", "epoch", "loss"]
+    keys += [*sorted({k for r in records for k in r} - set(keys) - {"source"}), "source"]
+    if output == SeriesFormat.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for record in records:
+            writer.writerow(_jsonable(record))
+        return
+    if not records:
+        say("no metrics yet for run %s" % row["run_id"])
+        return
+    from rich.table import Table
+
+    from .render import _console
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    shown = [k for k in keys if k != "t"]
+    for key in shown:
+        table.add_column(key.upper())
+    for record in records:
+        table.add_row(*("" if record.get(k) is None else str(record.get(k)) for k in shown))
+    _console().print(table)

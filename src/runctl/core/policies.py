@@ -49,10 +49,16 @@ def normalize(policies: Optional[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def is_finite(value: Any) -> bool:
+    return finite(value) is not None
+
+
+def finite(value: Any) -> Optional[float]:
+    """`value` as a finite float, or None."""
     try:
-        return math.isfinite(float(value))
+        number = float(value)
     except (TypeError, ValueError):
-        return False
+        return None
+    return number if math.isfinite(number) else None
 
 
 class PolicyEngine:
