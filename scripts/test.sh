@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs what it needs, then ruff, mypy and pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v rsync >/dev/null 2>&1 || need_apt+=(rsync)
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+command -v ssh >/dev/null 2>&1 || need_apt+=(openssh-client)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "==> apt-get install ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "note: ${need_apt[*]} missing and not root: SSH tests will be skipped" >&2
+  fi
+fi
+
+scripts/setup-env.sh
+echo "==> ruff"
+.venv/bin/ruff check src tests examples bench
+.venv/bin/ruff format --check src tests examples bench
+echo "==> mypy"
+.venv/bin/mypy
+echo "==> pytest"
+exec .venv/bin/pytest -q -p no:cacheprovider "$@"
