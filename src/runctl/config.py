@@ -15,11 +15,17 @@ from .core.errors import UsageError
 PROJECT_CONFIG = "runctl.toml"
 
 
-def _load_toml(path: Path) -> dict[str, Any]:
+def toml():  # type: ignore[no-untyped-def]
+    """tomllib, or its backport on Python 3.10."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover
         import tomli as tomllib
+    return tomllib
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    tomllib = toml()
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)

@@ -151,6 +151,10 @@ def transport_for(row: dict[str, Any]) -> Transport:
     kind = row.get("transport", {}).get("kind", "local")
     if kind == "local":
         return LocalTransport()
+    if kind == "ssh":
+        from .transport.ssh import SshTransport
+
+        return SshTransport.from_dict(row["transport"])
     raise RunctlError("run %s uses an unknown transport %r" % (row["run_id"], kind))
 
 
@@ -164,7 +168,7 @@ def start(store: Store, spec: RunSpec, transport: Transport) -> dict[str, Any]:
         store.delete_run(spec.run_id)
         raise
     state = transport.probe(spec.run_dir)
-    if not result.get("ok"):
+    if not result.get("ok") and not result.get("setup_failed"):
         if state.get("status") == st.FAILED and not state.get("started_at"):
             store.delete_run(spec.run_id)
             remove_run_dir(spec)

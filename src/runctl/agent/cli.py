@@ -32,6 +32,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("run_dir")
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--limit", type=int, default=1 << 20)
+    p = sub.add_parser("follow", help="stream log bytes and status changes as frames until the run ends")
+    p.add_argument("run_dir")
+    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--seq", type=int, default=0)
+    p.add_argument("--heartbeat", type=float, default=2.0)
+    p = sub.add_parser("checkpoints")
+    p.add_argument("run_dir")
     p = sub.add_parser("plain")
     p.add_argument("project_dir")
     sub.add_parser("version")
@@ -52,9 +59,37 @@ def main(argv: Optional[List[str]] = None) -> int:
         out = ops.read_log(args.run_dir, args.offset, args.limit)
         os.write(1, out)
         return 0
+    elif args.command == "follow":
+        return stream_frames(args.run_dir, args.offset, args.seq, args.heartbeat)
+    elif args.command == "checkpoints":
+        result, code = ops.list_checkpoints(args.run_dir), 0
     elif args.command == "plain":
         result, code = ops.plain_status(args.project_dir), 0
     else:
         result, code = {"protocol": AGENT_PROTOCOL, "python": sys.version.split()[0]}, 0
     sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
     return code
+
+
+def stream_frames(run_dir: str, offset: int, seq: int, heartbeat: float) -> int:
+    """Frames on stdout: `L <offset> <n>\\n<n bytes>`, `S <json>\\n`, `H\\n`, `E <json>\\n`.
+
+    Every log frame names the byte offset it starts at, so a controller that reconnects after a
+    dropped link can ask for exactly the bytes it lacks: no gap and no duplicate line.
+    """
+    out = sys.stdout.buffer
+    if offset < 0:
+        offset = 0
+    position = offset
+    for kind, payload in ops.follow(run_dir, offset, seq, heartbeat=heartbeat):
+        if kind == "log":
+            out.write(b"L %d %d\n" % (position, len(payload)))
+            out.write(payload)
+            position += len(payload)
+        elif kind == "heartbeat":
+            out.write(b"H\n")
+        else:
+            tag = b"E" if kind == "end" else b"S"
+            out.write(tag + b" " + json.dumps(payload, sort_keys=True).encode() + b"\n")
+        out.flush()
+    return 0

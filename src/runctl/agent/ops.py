@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ..core import completion, layout
 from ..core import status as st
@@ -138,6 +138,42 @@ def read_log(run_dir: str, offset: int, limit: int = 1 << 20) -> bytes:
             return handle.read(limit)
     except OSError:
         return b""
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".json", ".safetensors", ".bin", ".npz", ".h5")
+
+
+def list_checkpoints(run_dir: str) -> Dict[str, Any]:
+    """Files in the run's checkpoint dir, newest first, marking those written during this run."""
+    spec = read_json(os.path.join(run_dir, layout.SPEC)) or {}
+    state = read_status(run_dir)
+    project = spec.get("project_dir") or layout.project_of(run_dir)
+    directory = spec.get("checkpoint_dir") or layout.DEFAULT_CHECKPOINT_DIR
+    directory = directory if os.path.isabs(directory) else os.path.join(project, directory)
+    started = float(state.get("started_at") or 0)
+    ended = float(state.get("exited_at") or state.get("ended_at") or 0) or None
+    files: List[Dict[str, Any]] = []
+    for base, dirs, names in os.walk(directory):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in names:
+            if name.startswith(".") or ".tmp" in name:
+                continue
+            path = os.path.join(base, name)
+            try:
+                info = os.stat(path)
+            except OSError:
+                continue
+            this_run = info.st_mtime >= started and (ended is None or info.st_mtime <= ended + 60)
+            files.append(
+                {
+                    "path": os.path.relpath(path, directory),
+                    "size": info.st_size,
+                    "mtime": info.st_mtime,
+                    "this_run": this_run,
+                }
+            )
+    files.sort(key=lambda f: f["mtime"], reverse=True)
+    return {"checkpoint_dir": directory, "files": files}
 
 
 def plain_status(project_dir: str) -> Dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 from ..core import completion, layout, metrics, policies
 from ..core import status as st
 from ..core.fsutil import append_json, atomic_write, atomic_write_json, read_json, read_text
-from . import procs
+from . import procs, pyenv
 from .notify import Notifier
 
 TICK_SECONDS = 0.2
@@ -176,6 +176,8 @@ class Supervisor:
         )
         if self.spec.get("resume_from"):
             env["RUNCTL_RESUME_FROM"] = str(self.spec["resume_from"])
+        if self.spec.get("data_dir"):
+            env["RUNCTL_DATA_DIR"] = str(self.spec["data_dir"])
         root = artifact_root()
         if root:
             # First on the path, so runctl.training always matches the agent supervising it.
@@ -204,11 +206,29 @@ class Supervisor:
         self.event("setup_finished", exit_code=code)
         return code
 
+    def python_env(self, env: Dict[str, str]) -> None:
+        """Build or reuse the project's venv; its python then runs the .py script."""
+        spec_env = self.spec.get("python_env")
+        if not spec_env:
+            return
+        self.write_status(status=st.SETTING_UP)
+        self.event("env_setup_started", kind=spec_env.get("kind"))
+        python = pyenv.ensure_venv(spec_env, self.project_dir, self.log_fd, env)
+        self.event("env_setup_finished", python=python)
+        if self.spec.get("python_script"):
+            self.spec["command"] = [python, *self.spec["command"][1:]]
+        env["VIRTUAL_ENV"] = os.path.dirname(os.path.dirname(python))
+        env["PATH"] = os.path.dirname(python) + os.pathsep + env.get("PATH", "")
+
     def spawn(self) -> None:
         env = self.environment()
+        try:
+            self.python_env(env)
+        except pyenv.EnvSetupFailed as exc:
+            raise SetupFailed(1, str(exc)) from None
         setup_code = self.run_setup(env)
         if setup_code:
-            raise SetupFailed(setup_code)
+            raise SetupFailed(setup_code, "setup command exited with code %d" % setup_code)
         started = time.time()
         self.proc = subprocess.Popen(
             self.spec["command"],
@@ -244,7 +264,7 @@ class Supervisor:
             self.prepare()
             self.spawn()
         except SetupFailed as exc:
-            return self.fail_before_start("setup command exited with code %d" % exc.code)
+            return self.fail_before_start(exc.message, started_setup=True)
         except Exception as exc:
             return self.fail_before_start(self.describe_spawn_error(exc))
         assert self.proc is not None and self.proc.stdout is not None
@@ -259,7 +279,8 @@ class Supervisor:
             return "cannot start %r: permission denied (is it executable?)" % self.spec["command"][0]
         return "cannot start the training command: %s" % exc
 
-    def fail_before_start(self, message: str) -> int:
+    def fail_before_start(self, message: str, started_setup: bool = False) -> int:
+        """The script never ran. A failed setup is a real (failed) run; a command that can't start is not."""
         self.event("start_failed", error=message)
         self.write_status(
             fsync=True,
@@ -268,7 +289,7 @@ class Supervisor:
             termination_message=message,
             ended_at=time.time(),
         )
-        self.ready({"ok": False, "error": message})
+        self.ready({"ok": False, "error": message, "setup_failed": started_setup})
         self.notify("ended")
         self.notifier.flush()
         return 1
@@ -698,9 +719,10 @@ class Supervisor:
 
 
 class SetupFailed(Exception):
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
         self.code = code
+        self.message = message
 
 
 def main_supervise(run_dir: str, ready_fd: Optional[int]) -> int:

@@ -10,7 +10,7 @@ import typer
 
 from .. import __version__
 from ..core.errors import RunctlError
-from . import local, runs
+from . import checkpoint, local, runs, ssh
 
 app = typer.Typer(
     name="runctl",
@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 app.add_typer(local.app, name="local")
 app.add_typer(runs.app, name="runs")
+app.add_typer(ssh.app, name="ssh")
+app.add_typer(checkpoint.app, name="checkpoint")
 
 
 def _version(value: bool) -> None:

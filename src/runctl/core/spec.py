@@ -33,6 +33,9 @@ class RunSpec:
     notify: List[str] = field(default_factory=list)
     metrics_regex: Optional[str] = None
     setup: Optional[str] = None
+    python_env: Optional[Dict[str, Any]] = None
+    python_script: bool = False
+    data_dir: Optional[str] = None
     created_at: float = field(default_factory=time.time)
 
     @property

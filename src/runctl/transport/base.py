@@ -10,7 +10,9 @@ class Transport(Protocol):
     """What the controller needs from a host to run and follow a run there."""
 
     name: str
-    host: str
+
+    @property
+    def host(self) -> str: ...
 
     def launch(self, run_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
         """Write the spec, start the agent detached, return once the script runs (or failed to)."""

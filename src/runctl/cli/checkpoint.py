@@ -1,0 +1,58 @@
+"""`runctl checkpoint`: see and fetch a run's checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import options as o
+from .common import Output, emit_json, say, store
+
+app = typer.Typer(help="List and download run checkpoints.", no_args_is_help=True, rich_markup_mode=None)
+RunId = Annotated[str, typer.Argument(help="Run id or a unique prefix of it")]
+
+
+@app.command("list")
+def list_(run_id: RunId, output: o.OutputOpt = Output.text) -> None:
+    """Checkpoint files in the run's checkpoint dir, newest first (* = written by this run)."""
+    import time
+
+    from .. import remote
+
+    db = store()
+    row = db.resolve(run_id)
+    listing = remote.checkpoints(db, row)
+    if output == Output.json:
+        emit_json(listing)
+        return
+    say("checkpoint dir %s on %s" % (listing["checkpoint_dir"], row["host"]))
+    if not listing["files"]:
+        say("no checkpoints yet")
+    for item in listing["files"]:
+        print(
+            "%s %10.1f MB  %s  %s"
+            % ("*" if item["this_run"] else " ", item["size"] / 1e6, time.strftime("%Y-%m-%d %H:%M:%S",
+               time.localtime(item["mtime"])), item["path"])
+        )  # fmt: skip
+
+
+@app.command()
+def download(
+    run_id: RunId,
+    dest: Annotated[str | None, typer.Option("--dest", help="Local dir (default ./checkpoints/<run_id>/)")] = None,
+    all_files: Annotated[bool, typer.Option("--all", help="Also files written before this run")] = False,
+) -> None:
+    """Pull the run's checkpoints with rsync (resumable, with progress)."""
+    import sys
+
+    from .. import remote
+
+    db = store()
+    row = db.resolve(run_id)
+    target, files = remote.download_checkpoints(
+        db, row, Path(dest).expanduser() if dest else None, all_files, progress=sys.stderr.isatty()
+    )
+    print(target)
+    say("%d file(s) in %s" % (len(files), target) if files else "no checkpoints to download for run %s" % row["run_id"])

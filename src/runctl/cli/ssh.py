@@ -1,0 +1,187 @@
+"""`runctl ssh`: train on any SSH host, run commands there, and see what it is doing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..core.errors import UsageError
+from . import options as o
+from .common import Output, duration_option, emit_json, exit_with, say, store
+
+app = typer.Typer(help="Run training on any SSH host (OpenSSH + rsync).", no_args_is_help=True, rich_markup_mode=None)
+
+DestArg = Annotated[str, typer.Argument(help="[user@]host[:port] or a Host alias from ~/.ssh/config")]
+IdentityOpt = Annotated[str | None, typer.Option("--identity", "-i", help="Private key file")]
+InsecureOpt = Annotated[
+    bool, typer.Option("--insecure-host-key", help="Skip host key checking (default: accept-new into known_hosts)")
+]
+
+
+def make_transport(dest: str, identity: str | None, insecure: bool):  # type: ignore[no-untyped-def]
+    from ..transport.ssh import Dest, SshTransport
+
+    if identity is not None and not Path(identity).expanduser().is_file():
+        raise UsageError("identity file %s does not exist" % identity, "pass the path of a private key with -i")
+    key = str(Path(identity).expanduser()) if identity else None
+    return SshTransport(Dest.parse(dest), identity=key, insecure_host_key=insecure)
+
+
+@app.command()
+def train(
+    dest: DestArg,
+    script: Annotated[str, typer.Argument(help="Training script inside the project")],
+    script_args: o.ScriptArgs = None,
+    identity: IdentityOpt = None,
+    insecure_host_key: InsecureOpt = False,
+    project_dir: Annotated[
+        str | None, typer.Option("--project-dir", help="Local project root (default: nearest .git/pyproject.toml)")
+    ] = None,
+    project_name: Annotated[str | None, typer.Option("--project-name", help="Name on the host")] = None,
+    remote_dir: Annotated[
+        str | None, typer.Option("--remote-dir", help="Project dir on the host (default ~/runctl/<project-name>)")
+    ] = None,
+    sync_code: Annotated[bool, typer.Option("--sync-code/--no-sync-code", help="rsync the project first")] = True,
+    include: Annotated[
+        list[str] | None, typer.Option("--include", help="Sync this pattern even if ignored (repeatable)")
+    ] = None,
+    data: Annotated[
+        list[str] | None, typer.Option("--data", help="Local file or dir staged to <remote>/data/ (repeatable)")
+    ] = None,
+    setup: Annotated[
+        str | None, typer.Option("--setup", help="Shell command run on the host before the script")
+    ] = None,
+    download_checkpoints: Annotated[
+        bool,
+        typer.Option("--download-checkpoints/--no-download-checkpoints", help="Pull checkpoints when the run ends"),
+    ] = True,
+    name: o.NameOpt = None,
+    env: o.EnvOpt = None,
+    wait: o.WaitOpt = False,
+    timeout: o.TimeoutOpt = None,
+    output: o.OutputOpt = Output.text,
+    checkpoint_dir: o.CheckpointDirOpt = None,
+    resume_from: o.ResumeOpt = None,
+    metrics_regex: o.MetricsRegexOpt = None,
+    notify: o.NotifyOpt = None,
+    auto_stop_loss: o.AutoStopLoss = None,
+    auto_stop_patience: o.AutoStopPatience = None,
+    exit_grace: o.ExitGrace = None,
+    stall_polls: o.StallPolls = None,
+    poll_interval: o.PollInterval = None,
+    hang_timeout: o.HangTimeout = None,
+    on_hang: o.OnHang = None,
+    max_duration: o.MaxDuration = None,
+    on_nan: o.OnNan = None,
+    stop_grace: o.StopGrace = None,
+) -> None:
+    """Sync the project to DEST and start SCRIPT there detached (follow it with --wait)."""
+    from .. import remote
+    from ..config import load_policies, merge_policies
+    from .waiting import wait_for
+
+    wait_timeout = duration_option(timeout, "--timeout")
+    if wait_timeout is not None and not wait:
+        raise UsageError("--timeout only applies with --wait", "to limit the run itself use --max-duration")
+    flags = o.policy_flags(
+        auto_stop_loss, auto_stop_patience, exit_grace, stall_polls, poll_interval,
+        hang_timeout, on_hang, max_duration, on_nan, stop_grace,
+    )  # fmt: skip
+    data_paths = [Path(p).expanduser().resolve() for p in data or []]
+    for path in data_paths:
+        if not path.exists():
+            raise UsageError("--data %s does not exist" % path, "pass an existing local file or directory")
+    transport = make_transport(dest, identity, insecure_host_key)
+    spec, root = remote.remote_spec(
+        script, project_dir, project_name, name, env or [], script_args or [], {}, notify or [],
+        metrics_regex, checkpoint_dir, resume_from, setup,
+    )  # fmt: skip
+    config = load_policies(root)
+    spec.notify = list(config.pop("notify", [])) + spec.notify
+    spec.policies = merge_policies(config, flags)
+    db = store()
+    state = remote.start_remote(
+        db, transport, spec, root, remote_dir, sync_code, include or [], data_paths, download_checkpoints,
+        say=None if output == Output.json else say,
+    )  # fmt: skip
+    row = db.get(spec.run_id)
+    assert row is not None
+    if not wait:
+        if output == Output.json:
+            from .. import controller
+
+            emit_json(controller.view(row))
+        else:
+            print(spec.run_id)
+            say("started run %s (%s) on %s, pid %s" % (spec.run_id, spec.name, transport.dest, state.get("pid")))
+            say("  follow: runctl runs logs %s --follow" % spec.run_id)
+            say("  wait:   runctl runs wait %s" % spec.run_id)
+        return
+    if output == Output.text:
+        say("run %s (%s) started on %s; Ctrl-C detaches" % (spec.run_id, spec.name, transport.dest))
+    exit_with(wait_for(db, row, output, wait_timeout, stream_log=True))
+
+
+@app.command("exec", context_settings={"allow_interspersed_args": False})
+def exec_(
+    dest: DestArg,
+    command: Annotated[list[str], typer.Argument(help="Command and arguments, after --")],
+    identity: IdentityOpt = None,
+    insecure_host_key: InsecureOpt = False,
+) -> None:
+    """Run a command on DEST (arguments are quoted, never re-split by a shell); exit with its code."""
+    import shlex
+    import sys
+
+    transport = make_transport(dest, identity, insecure_host_key)
+    proc = transport.run(shlex.join(command), check=False, timeout=None)
+    sys.stdout.buffer.write(proc.stdout)
+    sys.stderr.buffer.write(proc.stderr)
+    exit_with(proc.returncode)
+
+
+@app.command()
+def status(
+    dest: DestArg,
+    identity: IdentityOpt = None,
+    insecure_host_key: InsecureOpt = False,
+    output: o.OutputOpt = Output.text,
+) -> None:
+    """CPU, memory, disk, GPUs (nvidia-smi) of DEST, and the runctl runs on it."""
+    from .. import controller, remote
+
+    transport = make_transport(dest, identity, insecure_host_key)
+    facts = remote.host_status(transport)
+    db = store()
+    runs = [
+        controller.refresh(db, row)
+        for row in db.list(include_all=False)
+        if row["provider"] == "ssh" and row["transport"].get("host") == transport.dest.host
+        and row["transport"].get("port") == transport.dest.port
+    ]  # fmt: skip
+    facts["runs"] = runs
+    if output == Output.json:
+        emit_json(facts)
+        return
+    gib = 1024 * 1024
+    print("host       %s" % facts["host"])
+    print("cpu        %s cores, load %s" % (facts.get("cores"), facts.get("load")))
+    total, avail = facts.get("memtotal_kb", 0), facts.get("memavailable_kb", 0)
+    print("memory     %.1f GiB used of %.1f GiB" % ((total - avail) / gib, total / gib))
+    disk_total, disk_avail = int(facts.get("disk_total_kb", 0)), int(facts.get("disk_avail_kb", 0))
+    print("disk       %.1f GiB free of %.1f GiB" % (disk_avail / gib, disk_total / gib))
+    if not facts["gpus"]:
+        print("gpus       none (no nvidia-smi)")
+    for gpu in facts["gpus"]:
+        print(
+            "gpu %s      %s: %s%% busy, %s/%s MiB"
+            % (gpu["index"], gpu["name"], gpu["utilization_pct"], gpu["memory_used_mb"], gpu["memory_total_mb"])
+        )
+    if runs:
+        from .render import run_table
+
+        run_table(runs)
+    else:
+        print("runs       none active")

@@ -1,0 +1,248 @@
+"""Runs on SSH hosts: validate locally, connect, sync code and data, launch, pull checkpoints.
+
+Every cloud host (EC2, Lambda) goes through here once it is up: it is an SSH host like any other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import controller
+from .config import toml
+from .core import layout
+from .core import status as st
+from .core.errors import HostError, RunctlError, UsageError
+from .core.spec import RunSpec, new_run_id
+from .store import Store
+from .transport.ssh import SshTransport
+from .transport.sync import download, stage_data, sync_code
+
+_PEP723 = re.compile(r"(?m)^# /// script\s*$(?P<body>(?:^#(?:| .*)$\s*)+?)^# ///\s*$")
+
+
+def pep723_dependencies(script: Path) -> list[str] | None:
+    """Dependencies from a PEP 723 `# /// script` header, or None when the script has none."""
+    try:
+        text = script.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    match = _PEP723.search(text)
+    if not match:
+        return None
+    body = "\n".join(line[2:] if line.startswith("# ") else line[1:] for line in match.group("body").splitlines())
+    tomllib = toml()
+    try:
+        data = tomllib.loads(body)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError("invalid PEP 723 header in %s: %s" % (script, exc), "fix the `# /// script` block") from None
+    deps = data.get("dependencies") or []
+    return [str(d) for d in deps] or None
+
+
+def python_env_for(root: Path, script: Path) -> dict[str, Any] | None:
+    """How to build the project's environment on the host, keyed by a hash of what defines it."""
+
+    def key(*parts: bytes) -> str:
+        digest = hashlib.sha256(b"runctl-env-1\0")
+        for part in parts:
+            digest.update(part + b"\0")
+        return digest.hexdigest()[:16]
+
+    deps = pep723_dependencies(script) if script.suffix == ".py" else None
+    if deps:
+        return {"kind": "pep723", "file": script.name, "dependencies": deps, "hash": key(*(d.encode() for d in deps))}
+    requirements = root / "requirements.txt"
+    if requirements.is_file():
+        return {"kind": "requirements", "file": "requirements.txt", "hash": key(requirements.read_bytes())}
+    pyproject = root / "pyproject.toml"
+    if pyproject.is_file():
+        tomllib = toml()
+        try:
+            data = tomllib.loads(pyproject.read_text())
+        except tomllib.TOMLDecodeError:
+            return None
+        if (data.get("project") or {}).get("dependencies"):
+            return {"kind": "pyproject", "file": "pyproject.toml", "hash": key(pyproject.read_bytes())}
+    return None
+
+
+def remote_spec(
+    script: str,
+    project_dir: str | None,
+    project_name: str | None,
+    name: str | None,
+    env: list[str],
+    script_args: list[str],
+    policies: dict[str, Any],
+    notify: list[str],
+    metrics_regex: str | None,
+    checkpoint_dir: str | None,
+    resume_from: str | None,
+    setup: str | None,
+) -> tuple[RunSpec, Path]:
+    """A validated spec (project_dir still to be placed on the host) and the local project root."""
+    root = Path(project_dir).expanduser().resolve() if project_dir else controller.find_project_root(Path.cwd())
+    if not root.is_dir():
+        raise UsageError("project dir %s does not exist" % project_dir, "pass an existing directory")
+    script_path, relative = controller.resolve_script(script, root)
+    is_py = script_path.suffix == ".py"
+    if is_py:
+        command = ["python3", relative, *script_args]
+    else:
+        command = ["./" + relative if "/" not in relative else relative, *script_args]
+    controller.check_regex(metrics_regex)
+    if project_name is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", project_name):
+        raise UsageError("invalid --project-name %r" % project_name, "use letters, digits, '.', '_' and '-'")
+    spec = RunSpec(
+        run_id=new_run_id(),
+        name=name or script_path.stem,
+        project_dir=project_name or root.name,
+        command=command,
+        provider="ssh",
+        script=relative,
+        script_args=list(script_args),
+        env=controller.parse_env(env),
+        checkpoint_dir=checkpoint_dir or "",
+        resume_from=resume_from,
+        policies=policies,
+        notify=list(notify),
+        metrics_regex=metrics_regex,
+        setup=setup,
+        python_env=python_env_for(root, script_path),
+        python_script=is_py,
+    )
+    return spec, root
+
+
+def start_remote(
+    store: Store,
+    transport: SshTransport,
+    spec: RunSpec,
+    local_root: Path,
+    remote_dir: str | None,
+    sync: bool,
+    includes: list[str],
+    data: list[Path],
+    download_checkpoints: bool,
+    say: Any = None,
+) -> dict[str, Any]:
+    """Connect, place the project, sync, launch. Host problems before launch leave nothing behind."""
+    notify = say or (lambda message: None)
+    transport.connect()
+    spec.project_dir = transport.expand(remote_dir or "~/runctl/%s" % spec.project_dir)
+    spec.host = transport.host
+    if data:
+        spec.data_dir = spec.project_dir + "/data"
+    record = spec.to_dict()
+    info = transport.to_dict()
+    info["download_checkpoints"] = download_checkpoints
+    info["local_root"] = str(local_root)
+    store.add_run(record, info, {"status": st.SYNCING, "seq": 0})
+    try:
+        if sync:
+            result = sync_code(transport, local_root, spec.project_dir, includes)
+            notify(
+                "synced %s -> %s:%s (%d files sent, %.1fs)"
+                % (local_root, transport.dest, spec.project_dir, result.files_sent, result.seconds)
+            )
+            if result.warning:
+                notify("warning: " + result.warning)
+        if data:
+            stage_data(transport, data, spec.project_dir + "/data")
+            notify("staged %d data path(s) into %s/data" % (len(data), spec.project_dir))
+        launched = transport.launch(spec.run_dir, record)
+    except BaseException:
+        store.delete_run(spec.run_id)
+        raise
+    state = transport.probe(spec.run_dir)
+    store.update_state(spec.run_id, state)
+    store.add_event(spec.run_id, "launched", {"pid": launched.get("pid"), "host": transport.host})
+    if not launched.get("ok") and not launched.get("setup_failed"):
+        raise RunctlError(
+            "run %s could not start on %s: %s" % (spec.run_id, transport.dest, launched.get("error")),
+            "check the script on the host: runctl runs logs %s" % spec.run_id,
+        )
+    return state
+
+
+def checkpoints(store: Store, row: dict[str, Any]) -> dict[str, Any]:
+    transport = controller.transport_for(row)
+    if isinstance(transport, SshTransport):
+        return transport.agent_json("checkpoints", row["run_dir"])
+    from .agent import ops
+
+    return ops.list_checkpoints(row["run_dir"])
+
+
+def download_checkpoints(
+    store: Store, row: dict[str, Any], dest: Path | None, include_all: bool, progress: bool
+) -> tuple[Path, list[str]]:
+    """Pull this run's checkpoints (or all with include_all) into dest, default ./checkpoints/<run_id>/."""
+    transport = controller.transport_for(row)
+    if not isinstance(transport, SshTransport):
+        raise UsageError(
+            "run %s is local; its checkpoints are already here" % row["run_id"],
+            "see them with: runctl checkpoint list %s" % row["run_id"],
+        )
+    listing = transport.agent_json("checkpoints", row["run_dir"])
+    files = [f["path"] for f in listing.get("files", []) if include_all or f.get("this_run")]
+    local_root = Path(row["transport"].get("local_root") or Path.cwd())
+    target = dest or local_root / layout.DEFAULT_CHECKPOINT_DIR / row["run_id"]
+    if files:
+        download(transport, listing["checkpoint_dir"], files, target, progress)
+    store.add_event(row["run_id"], "checkpoints_downloaded", {"dest": str(target), "files": len(files)})
+    return target, files
+
+
+def after_end(store: Store, row: dict[str, Any], say: Any) -> None:
+    """End-of-run actions on the controller: pull checkpoints once, before any host action."""
+    if row.get("transport", {}).get("kind") != "ssh" or not row["transport"].get("download_checkpoints", True):
+        return
+    if any(e["kind"] == "checkpoints_downloaded" for e in store.events(row["run_id"])):
+        return
+    try:
+        target, files = download_checkpoints(store, row, None, False, progress=False)
+    except HostError as exc:
+        say(
+            "warning: checkpoint download failed: %s (retry: runctl checkpoint download %s)"
+            % (exc.message, row["run_id"])
+        )
+        return
+    if files:
+        say("downloaded %d checkpoint file(s) to %s" % (len(files), target))
+
+
+def host_status(transport: SshTransport) -> dict[str, Any]:
+    """CPU, memory, disk and GPU of the host in one round trip."""
+    script = (
+        "echo cores=$(nproc); echo load=$(cut -d' ' -f1-3 /proc/loadavg); "
+        "awk '/MemTotal|MemAvailable/ {print $1 $2}' /proc/meminfo; "
+        'df -Pk "$HOME" | awk \'NR==2 {print "disk_total_kb=" $2; print "disk_avail_kb=" $4}\'; '
+        "if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi --query-gpu=index,name,utilization.gpu,"
+        "memory.used,memory.total --format=csv,noheader,nounits | sed 's/^/gpu=/'; fi"
+    )
+    out = transport.run(script).stdout.decode("utf-8", "replace")
+    facts: dict[str, Any] = {"host": transport.host, "gpus": []}
+    for line in out.splitlines():
+        key, _, value = line.partition("=") if "=" in line else line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "gpu":
+            parts = [p.strip() for p in value.split(",")]
+            if len(parts) == 5:
+                facts["gpus"].append(
+                    {"index": parts[0], "name": parts[1], "utilization_pct": parts[2], "memory_used_mb": parts[3],
+                     "memory_total_mb": parts[4]}
+                )  # fmt: skip
+        elif key in ("MemTotal", "MemAvailable"):
+            facts[key.lower() + "_kb"] = int(re.sub(r"\D", "", value) or 0)
+        elif key:
+            facts[key] = value
+    return facts
+
+
+def stderr_say(message: str) -> None:
+    sys.stderr.write(message + "\n")

@@ -1,0 +1,408 @@
+"""The ssh transport: system OpenSSH and rsync, so ~/.ssh/config, agents, ProxyJump just work.
+
+One multiplexed master connection per host (ControlMaster, sockets in a private directory) carries
+every command. Log following runs as one long-lived agent command that streams frames; when the
+link drops, it reconnects and resumes at the exact byte offset it had reached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import select
+import shlex
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import paths
+from ..bundle import agent_artifact
+from ..core.errors import HostError, UsageError
+
+CONNECT_TIMEOUT = 10
+STALL_SECONDS = 8.0
+MIN_PYTHON = (3, 8)
+_DEST = re.compile(
+    r"^(?:(?P<user>[A-Za-z0-9._][A-Za-z0-9._-]*)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(?P<port>\d+))?$"
+)
+
+
+@dataclass(frozen=True)
+class Dest:
+    """`[user@]host[:port]` or an ssh_config alias."""
+
+    host: str
+    user: str | None = None
+    port: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Dest:
+        match = _DEST.match(text.strip())
+        if not match or text.startswith("-"):
+            raise UsageError("invalid host %r" % text, "use [user@]host[:port] or a Host alias from ~/.ssh/config")
+        port = int(match.group("port")) if match.group("port") else None
+        if port is not None and not 0 < port < 65536:
+            raise UsageError("invalid port in %r" % text, "ports are 1-65535")
+        return cls(host=match.group("host").strip("[]"), user=match.group("user"), port=port)
+
+    @property
+    def target(self) -> str:
+        return "%s@%s" % (self.user, self.host) if self.user else self.host
+
+    def __str__(self) -> str:
+        return self.target + (":%d" % self.port if self.port else "")
+
+
+def control_dir() -> Path:
+    """A private directory for control sockets, short enough for the 108-byte socket path limit."""
+    preferred = paths.home() / "ssh"
+    if len(str(preferred)) > 60:
+        digest = hashlib.sha256(str(paths.home()).encode()).hexdigest()[:10]
+        preferred = Path("/tmp") / ("runctl-%d-%s" % (os.getuid(), digest))
+    preferred.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = preferred.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        os.chmod(preferred, 0o700)
+    return preferred
+
+
+def classify_ssh_error(dest: str, stderr: str) -> HostError:
+    """One actionable line for the usual ways an ssh connection fails."""
+    text = stderr.strip()
+    last = text.splitlines()[-1] if text else "no error output"
+    if "Could not resolve hostname" in text:
+        return HostError("unknown host %s: %s" % (dest, last), "check the name, or add a Host entry to ~/.ssh/config")
+    if "Permission denied" in text or "Too many authentication failures" in text:
+        return HostError(
+            "authentication failed for %s" % dest, "pass -i/--identity KEY, or load the key into ssh-agent"
+        )
+    if "Host key verification failed" in text or "IDENTIFICATION HAS CHANGED" in text:
+        return HostError(
+            "host key of %s does not match known_hosts" % dest,
+            "if the host was rebuilt: ssh-keygen -R HOST; to skip the check: --insecure-host-key",
+        )
+    if any(s in text for s in ("timed out", "No route to host", "Network is unreachable", "Connection refused")):
+        return HostError(
+            "cannot reach %s: %s" % (dest, last), "check that the host is up and its address and port are right"
+        )
+    return HostError("ssh to %s failed: %s" % (dest, last), "try: ssh %s true" % dest)
+
+
+@dataclass
+class HostInfo:
+    home: str
+    python: str | None
+    agent_present: bool
+    has_uv: bool
+
+
+@dataclass
+class SshTransport:
+    dest: Dest
+    identity: str | None = None
+    insecure_host_key: bool = False
+    connect_timeout: int = CONNECT_TIMEOUT
+    name: str = "ssh"
+    _home: str | None = field(default=None, repr=False)
+    _agent_path: str | None = field(default=None, repr=False)
+
+    @property
+    def host(self) -> str:
+        return str(self.dest)
+
+    # ---- ssh plumbing --------------------------------------------------------------------
+
+    def ssh_options(self) -> list[str]:
+        opts: list[str] = []
+        config = os.environ.get("RUNCTL_SSH_CONFIG")
+        if config:
+            opts += ["-F", config]
+        opts += [
+            "-o", "BatchMode=yes",
+            "-o", "ConnectTimeout=%d" % self.connect_timeout,
+            "-o", "ServerAliveInterval=5",
+            "-o", "ServerAliveCountMax=3",
+            "-o", "ControlPath=%s/%%C" % control_dir(),
+        ]  # fmt: skip
+        if self.insecure_host_key:
+            opts += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+        else:
+            opts += ["-o", "StrictHostKeyChecking=accept-new"]
+        if self.dest.port:
+            opts += ["-p", str(self.dest.port)]
+        if self.identity:
+            opts += ["-i", self.identity, "-o", "IdentitiesOnly=yes"]
+        return opts
+
+    def ssh_argv(self, command: str, master: str = "no") -> list[str]:
+        return ["ssh", *self.ssh_options(), "-o", "ControlMaster=%s" % master, self.dest.target, command]
+
+    def rsync_rsh(self) -> str:
+        return shlex.join(["ssh", *self.ssh_options(), "-o", "ControlMaster=no"])
+
+    def ensure_master(self) -> None:
+        """Start the shared connection if it is not up; its stdio never holds our pipes open."""
+        check = subprocess.run(
+            ["ssh", *self.ssh_options(), "-O", "check", self.dest.target],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if check.returncode == 0:
+            return
+        proc = subprocess.run(
+            ["ssh", *self.ssh_options(), "-o", "ControlMaster=yes", "-o", "ControlPersist=300", "-f", "-N",
+             self.dest.target],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=self.connect_timeout + 30,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise classify_ssh_error(str(self.dest), proc.stderr.decode("utf-8", "replace"))
+
+    def drop_master(self) -> None:
+        subprocess.run(
+            ["ssh", *self.ssh_options(), "-O", "exit", self.dest.target],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def run(
+        self, command: str, input: bytes | None = None, timeout: float | None = 120, check: bool = True
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run a shell command on the host; ssh-level failures become HostError (exit 4)."""
+        self.ensure_master()
+        try:
+            proc = subprocess.run(
+                self.ssh_argv(command),
+                input=input,
+                stdin=None if input is not None else subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise HostError("ssh to %s timed out after %gs" % (self.dest, timeout or 0)) from None
+        if proc.returncode == 255:
+            raise classify_ssh_error(str(self.dest), proc.stderr.decode("utf-8", "replace"))
+        if check and proc.returncode != 0:
+            raise HostError(
+                "command failed on %s (exit %d): %s"
+                % (self.dest, proc.returncode, proc.stderr.decode("utf-8", "replace").strip()[-400:])
+            )
+        return proc
+
+    # ---- bootstrap -----------------------------------------------------------------------
+
+    def connect(self) -> HostInfo:
+        """One round trip: home, python3 version, whether this agent version is already there."""
+        artifact = agent_artifact()
+        script = (
+            'printf "home=%s\\n" "$HOME"; '
+            "if command -v python3 >/dev/null 2>&1; then "
+            'python3 -c \'import sys; print("python=" + ".".join(map(str, sys.version_info[:3])))\'; '
+            "else echo python=none; fi; "
+            'test -f "$HOME/.runctl/agent/' + artifact.name + '" && echo agent=present; '
+            "command -v uv >/dev/null 2>&1 && echo uv=yes; true"
+        )
+        out = self.run(script, timeout=self.connect_timeout + 30).stdout.decode("utf-8", "replace")
+        facts = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        home = facts.get("home", "").strip()
+        if not home:
+            raise HostError("could not read $HOME on %s" % self.dest)
+        self._home = home
+        python = facts.get("python", "none").strip()
+        info = HostInfo(home, None if python == "none" else python, facts.get("agent") == "present", "uv" in facts)
+        if info.python is None:
+            raise HostError(
+                "no python3 on %s" % self.dest,
+                "install Python >= 3.8 there (e.g. apt-get install -y python3), then retry",
+            )
+        version = tuple(int(p) for p in info.python.split(".")[:2])
+        if version < MIN_PYTHON:
+            raise HostError(
+                "python3 on %s is %s; runctl needs >= 3.8" % (self.dest, info.python),
+                "install a newer python3 on the host",
+            )
+        self._agent_path = "%s/.runctl/agent/%s" % (home, artifact.name)
+        if not info.agent_present:
+            self.ship_agent(artifact)
+        return info
+
+    def ship_agent(self, artifact: Path) -> None:
+        """Upload the agent zip once per version (content-hashed name; reused while unchanged)."""
+        assert self._agent_path is not None
+        target = shlex.quote(self._agent_path)
+        tmp = shlex.quote(self._agent_path + ".tmp")
+        self.run(
+            'mkdir -p "$HOME/.runctl/agent" && cat > %s && mv -f %s %s' % (tmp, tmp, target),
+            input=artifact.read_bytes(),
+        )
+
+    @property
+    def home(self) -> str:
+        if self._home is None:
+            self.connect()
+        assert self._home is not None
+        return self._home
+
+    def agent(self, *args: str) -> str:
+        if self._agent_path is None:
+            self.connect()
+        assert self._agent_path is not None
+        return "python3 %s %s" % (shlex.quote(self._agent_path), shlex.join(args))
+
+    def agent_json(self, *args: str, input: bytes | None = None, timeout: float = 120) -> dict[str, Any]:
+        proc = self.run(self.agent(*args), input=input, timeout=timeout, check=False)
+        lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()
+        try:
+            result: dict[str, Any] = json.loads(lines[-1])
+        except (ValueError, IndexError):
+            raise HostError(
+                "the runctl agent on %s failed: %s"
+                % (self.dest, proc.stderr.decode("utf-8", "replace").strip()[-400:] or "no output")
+            ) from None
+        return result
+
+    def expand(self, path: str) -> str:
+        """A remote path with `~` resolved against the host's home."""
+        if path == "~" or path.startswith("~/"):
+            return self.home + path[1:]
+        if not path.startswith("/"):
+            return self.home + "/" + path
+        return path
+
+    # ---- Transport interface -------------------------------------------------------------
+
+    def launch(self, run_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return self.agent_json("launch", run_dir, "--spec-stdin", input=json.dumps(spec).encode(), timeout=3600)
+
+    def probe(self, run_dir: str) -> dict[str, Any]:
+        return self.agent_json("probe", run_dir)
+
+    def request_stop(self, run_dir: str, grace: float | None, message: str) -> dict[str, Any]:
+        args = ["stop", run_dir, "--message", message]
+        if grace is not None:
+            args += ["--grace", str(grace)]
+        return self.agent_json(*args)
+
+    def read_file(self, path: str) -> bytes | None:
+        proc = self.run("cat %s" % shlex.quote(path), check=False)
+        return proc.stdout if proc.returncode == 0 else None
+
+    def follow(self, run_dir: str, offset: int, seq: int) -> Iterator[tuple[str, Any]]:
+        """Frames from the agent's `follow`; on a dropped link, reconnect and resume at `offset`."""
+        if offset < 0:
+            size = self.run("stat -c %%s %s 2>/dev/null || echo 0" % shlex.quote(run_dir + "/training.log"))
+            offset = int(size.stdout.decode().strip() or 0)
+        backoff = 0.5
+        while True:
+            try:
+                self.ensure_master()
+            except HostError as exc:
+                yield "reconnecting", {"error": exc.message}
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            command = self.agent("follow", run_dir, "--offset", str(offset), "--seq", str(seq), "--heartbeat", "2")
+            proc = subprocess.Popen(
+                self.ssh_argv(command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            assert proc.stdout is not None
+            try:
+                for kind, payload in _frames(proc.stdout.fileno(), offset):
+                    backoff = 0.5
+                    if kind == "log":
+                        start, data = payload
+                        offset = start + len(data)
+                        yield "log", data
+                    elif kind in ("status", "end"):
+                        seq = max(seq, int(payload.get("seq", 0)))
+                        yield kind, payload
+                        if kind == "end":
+                            return
+                    else:
+                        yield kind, payload
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+            # The stream ended without an end frame: the link dropped or the master went stale.
+            self.drop_master()
+            yield "reconnecting", {"offset": offset}
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "ssh",
+            "host": self.dest.host,
+            "user": self.dest.user,
+            "port": self.dest.port,
+            "identity": self.identity,
+            "insecure_host_key": self.insecure_host_key,
+            "home": self._home,
+            "agent_path": self._agent_path,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SshTransport:
+        transport = cls(
+            Dest(host=data["host"], user=data.get("user"), port=data.get("port")),
+            identity=data.get("identity"),
+            insecure_host_key=bool(data.get("insecure_host_key")),
+        )
+        transport._home = data.get("home")
+        transport._agent_path = data.get("agent_path")
+        return transport
+
+
+def _frames(fd: int, offset: int) -> Iterator[tuple[str, Any]]:
+    """Parse the agent's frames; overlapping log bytes (after a reconnect) are trimmed, not repeated.
+
+    Stops (without an end frame) at EOF or when nothing, not even a heartbeat, arrived for
+    STALL_SECONDS: a silent link is treated as a dropped one.
+    """
+    buffer = b""
+    while True:
+        newline = buffer.find(b"\n")
+        if newline < 0:
+            ready, _, _ = select.select([fd], [], [], STALL_SECONDS)
+            if not ready:
+                return
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return
+            buffer += chunk
+            continue
+        header, rest = buffer[:newline], buffer[newline + 1 :]
+        tag = header[:1]
+        if tag == b"L":
+            _, start_text, size_text = header.split(b" ")
+            start, size = int(start_text), int(size_text)
+            while len(rest) < size:
+                ready, _, _ = select.select([fd], [], [], STALL_SECONDS)
+                chunk = os.read(fd, 1 << 16) if ready else b""
+                if not chunk:
+                    return
+                rest += chunk
+            data, buffer = rest[:size], rest[size:]
+            if start + size <= offset:
+                continue
+            if start < offset:
+                data, start = data[offset - start :], offset
+            offset = start + len(data)
+            yield "log", (start, data)
+        else:
+            buffer = rest
+            if tag == b"H":
+                yield "heartbeat", None
+            elif tag in (b"S", b"E"):
+                payload = json.loads(header[2:].decode("utf-8", "replace"))
+                yield ("end" if tag == b"E" else "status"), payload
