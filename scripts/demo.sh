@@ -16,6 +16,6 @@ echo
 echo "==> runctl runs status $id"
 runctl runs status "$id"
 echo
-echo "==> checkpoints kept in examples/checkpoints/:"
-ls examples/checkpoints/ | tail -n 3
+echo "==> checkpoints kept in ./checkpoints/:"
+ls checkpoints/ | tail -n 3
 exit "$code"

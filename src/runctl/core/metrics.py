@@ -8,7 +8,6 @@ epoch is the one where `epoch >= total_epochs`.
 
 from __future__ import annotations
 
-import ast
 import math
 import re
 from typing import Any, Dict, List, Optional, Pattern
@@ -16,9 +15,11 @@ from typing import Any, Dict, List, Optional, Pattern
 _NUM = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|NaN|inf|Inf|-inf))"
 _QUICK = re.compile(rb"(?i)loss|step|epoch")
 _LOSS = re.compile(r"(?<![\w-])(?:train_)?loss\s*[=:]\s*" + _NUM, re.IGNORECASE)
-_STEP = re.compile(r"(?<![\w-])(?:global_)?step\s*[=:]?\s*(\d+)(?:\s*/\s*(\d+))?", re.IGNORECASE)
-_EPOCH = re.compile(r"(?<![\w-])epoch\s*[=:]?\s*(\d+(?:\.\d+)?)(?:\s*/\s*(\d+))?", re.IGNORECASE)
+# "per epoch"/"per step" name a count, not the current value; `[2/5]` brackets are the PyTorch tutorial shape.
+_STEP = re.compile(r"(?<![\w-])(?<!per )(?:global_)?step\s*[=:]?\s*\[?\s*(\d+)(?:\s*/\s*(\d+))?", re.IGNORECASE)
+_EPOCH = re.compile(r"(?<![\w-])(?<!per )epoch\s*[=:]?\s*\[?\s*(\d+(?:\.\d+)?)(?:\s*/\s*(\d+))?", re.IGNORECASE)
 _DICT = re.compile(r"\{[^{}]*'(?:loss|train_loss|eval_loss)'[^{}]*\}")
+_DICT_ITEM = re.compile(r"'(\w+)'\s*:\s*" + _NUM)
 
 
 def _number(text: str) -> Optional[float]:
@@ -45,14 +46,12 @@ def parse_line(line: str, custom: Optional[Pattern[str]] = None) -> Optional[Dic
                     record[key] = number if number is not None else value
     dict_match = _DICT.search(line)
     if dict_match:
-        try:
-            data = ast.literal_eval(dict_match.group(0))
-        except (ValueError, SyntaxError):
-            data = None
-        if isinstance(data, dict):
-            for key, value in data.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    record.setdefault(str(key), float(value))
+        # Key/number pairs, not literal_eval: Python prints NaN as a bare `nan`, which must still count.
+        for key, value in _DICT_ITEM.findall(dict_match.group(0)):
+            number = _number(value)
+            if number is not None:
+                record.setdefault(key, number)
+        if record:
             if "epoch" in record:
                 # Hugging Face logs fractional progress (2.5 = half-way through the 3rd epoch).
                 record["epoch_progress"] = record["epoch"]
