@@ -235,6 +235,7 @@ def follow(
     on_log: Callable[[bytes], None] | None,
     timeout: float | None,
     from_start: bool = True,
+    on_notice: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Stream the log (when `on_log`) and status changes until the run ends; WaitTimeout after `timeout`."""
     transport = transport_for(row)
@@ -243,6 +244,8 @@ def follow(
     for kind, payload in transport.follow(row["run_dir"], offset, 0):
         if kind == "log" and on_log is not None:
             on_log(payload)
+        elif kind == "reconnecting" and on_notice is not None:
+            on_notice("connection to %s lost; reconnecting..." % row["host"])
         elif kind in ("status", "end"):
             store.update_state(row["run_id"], payload)
             if kind == "end":

@@ -83,6 +83,8 @@ def logs(
             if kind == "log":
                 sys.stdout.buffer.write(payload)
                 sys.stdout.flush()
+            elif kind == "reconnecting":
+                say("connection to %s lost; reconnecting..." % row["host"])
             elif kind in ("status", "end"):
                 db.update_state(row["run_id"], payload)
                 if kind == "end":

@@ -27,7 +27,7 @@ def wait_for(
     """Follow until the run ends; returns the documented exit code for its outcome."""
     on_log = _write_log if (stream_log and output == Output.text) else None
     try:
-        run = controller.follow(store, row, on_log, timeout)
+        run = controller.follow(store, row, on_log, timeout, on_notice=say if output == Output.text else None)
     except KeyboardInterrupt:
         raise Detached(
             "detached from run %s; it keeps going" % row["run_id"],

@@ -1,0 +1,62 @@
+"""The agent artifact runs on the oldest Python hosts may have (3.8), with runctl.training importable."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from runctl.bundle import agent_artifact
+
+OLD_PYTHONS = ["/root/.pyenv/versions/3.8.18/bin/python", "python3.8"]
+
+
+def _python38() -> str | None:
+    for candidate in OLD_PYTHONS:
+        found = shutil.which(candidate) or (candidate if Path(candidate).exists() else None)
+        if found:
+            return found
+    return None
+
+
+@pytest.mark.skipif(_python38() is None, reason="no Python 3.8 on this machine")
+def test_agent_zip_supervises_a_run_on_python38(tmp_path: Path, runctl_home: Path) -> None:
+    py38 = _python38()
+    assert py38 is not None
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "t.py").write_text(
+        "import sys\n"
+        "from runctl.training import report\n"
+        "assert sys.version_info[:2] == (3, 8), sys.version_info\n"
+        "for i in range(3):\n"
+        "    report(step=i + 1, loss=1.0 / (i + 1))\n"
+        "print('py38 ok')\n"
+        "sys.exit(3)\n"
+    )
+    run_dir = project / ".runctl" / "runs" / "py38run"
+    spec = {"run_id": "py38run", "name": "t", "project_dir": str(project), "command": [py38, "t.py"], "created_at": 1}
+    artifact = str(agent_artifact())
+    launched = subprocess.run(
+        [py38, artifact, "launch", str(run_dir), "--spec-stdin"],
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert launched.returncode == 0, launched.stderr
+    assert json.loads(launched.stdout)["ok"] is True
+    waited = subprocess.run(
+        [py38, artifact, "wait", str(run_dir), "--seq", "2", "--timeout", "20"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    state = json.loads(waited.stdout)
+    assert state["status"] == "failed"
+    assert state["exit_code"] == 3
+    assert state["step"] == 3 and state["loss"] == pytest.approx(1 / 3)
+    assert "py38 ok" in (run_dir / "training.log").read_text()
