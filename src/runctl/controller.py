@@ -15,7 +15,7 @@ from typing import Any
 
 from .core import layout
 from .core import status as st
-from .core.errors import RunctlError, UsageError, WaitTimeout
+from .core.errors import HostError, RunctlError, UsageError, WaitTimeout
 from .core.spec import RunSpec, new_run_id
 from .store import Store
 from .transport.base import Transport
@@ -188,7 +188,13 @@ def refresh(store: Store, row: dict[str, Any]) -> dict[str, Any]:
     # A run completed by its marker may still have a lingering process whose exit is yet to be recorded.
     if st.is_terminal(row["status"]) and ("exited_at" in row["state"] or row["status"] != st.COMPLETED):
         return view(row)
-    state = transport_for(row).probe(row["run_dir"])
+    try:
+        state = transport_for(row).probe(row["run_dir"])
+    except HostError as exc:
+        # The host is out of reach: show what was last known, and say so.
+        stale = view(row)
+        stale["warning"] = "last known state; %s" % exc.message
+        return stale
     if state.get("seq") is not None:
         store.update_state(row["run_id"], state)
     return view(store.get(row["run_id"]) or row)
