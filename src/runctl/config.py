@@ -57,7 +57,12 @@ def _validate(section: dict[str, Any], path: Path) -> dict[str, Any]:
         @field_validator("exit_grace", "poll_interval", "hang_timeout", "max_duration", "stop_grace", mode="before")
         @classmethod
         def _duration(cls, value: Any) -> Any:
-            return parse_duration(value) if isinstance(value, str) else value
+            if not isinstance(value, str):
+                return value
+            try:
+                return parse_duration(value)
+            except UsageError as exc:
+                raise ValueError("%s (%s)" % (exc.message, exc.hint)) from None
 
     try:
         return Policies(**section).model_dump(exclude_none=True)

@@ -28,6 +28,7 @@ STATUS_MIN_INTERVAL = 1.0
 DRAIN_SECONDS = 2.0
 LEFTOVER_GRACE = 5.0
 TAIL_BYTES = 4096
+LOG_METRIC_DELAY = 0.3
 
 
 def artifact_root() -> Optional[str]:
@@ -62,6 +63,7 @@ class Supervisor:
         self.metrics_offset = 0
         self.helper_reports = False
         self.pending = b""
+        self.log_records: List[Dict[str, Any]] = []
         custom = spec.get("metrics_regex")
         self.custom_regex = re.compile(custom) if custom else None
         self.stop_reason: Optional[policies.Decision] = None
@@ -322,7 +324,7 @@ class Supervisor:
             next_tick = mono + TICK_SECONDS
             now = time.time()
             self.check_controls()
-            self.read_metrics(now)
+            self.flush_log_metrics(now)
             marker_ready = self.marker_ready(now)
             if marker_ready and not st.is_terminal(self.state.get("status", "")) and self.stop_reason is None:
                 self.complete_by_marker(now)
@@ -368,12 +370,27 @@ class Supervisor:
         if self.custom_regex is None and not metrics.chunk_may_have_metrics(complete):
             return
         lines = complete.decode("utf-8", "replace").splitlines()
-        records = metrics.parse_lines(lines, self.custom_regex)
-        for record in records:
+        for record in metrics.parse_lines(lines, self.custom_regex):
             record.update({"t": now, "source": "log"})
+            self.log_records.append(record)
+
+    def flush_log_metrics(self, now: float, final: bool = False) -> None:
+        """Publish metrics parsed from the log, unless the script reports through runctl.training.
+
+        Parsed records wait LOG_METRIC_DELAY first: a script that both prints and reports its loss
+        must not have each value counted twice, and its first report may land just after the line.
+        """
+        self.read_metrics(now)
+        if self.helper_reports:
+            self.log_records = []
+            return
+        ready = [r for r in self.log_records if final or now - r["t"] >= LOG_METRIC_DELAY]
+        if not ready:
+            return
+        self.log_records = self.log_records[len(ready) :]
+        for record in ready:
             append_json(self.path(layout.METRICS), record)
-        if records:
-            self.read_metrics(now)
+        self.read_metrics(now)
 
     # ---- observations --------------------------------------------------------------------
 
@@ -544,7 +561,7 @@ class Supervisor:
             return
         if decision.action == policies.NOTIFY:
             self.event("policy_notice", termination_status=decision.termination_status, message=decision.message)
-            self.state.update({"notice": decision.message})
+            self.write_status(notice=decision.message)
             self.notify("policy")
             return
         grace = 0.0 if decision.termination_status == st.T_AUTO_COMPLETE else None
@@ -606,7 +623,10 @@ class Supervisor:
             procs.kill_all(self.pgid, self.run_id, LEFTOVER_GRACE)
         self.drain(self.proc.stdout.fileno())
         self.read_metrics(ended)
+        self.flush_log_metrics(ended, final=True)
         self.scan_checkpoints()
+        # A script that honoured a user's STOP_TRAINING may exit before the next tick saw the file.
+        self.check_controls()
         exit_info = {"exit_code": exit_code, "exit_signal": exit_signal, "exited_at": ended}
         if st.is_terminal(self.state.get("status", "")):
             # Completed by its marker earlier; a terminal status never changes, the exit is still recorded.
