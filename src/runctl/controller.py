@@ -15,7 +15,7 @@ from typing import Any
 
 from .core import layout
 from .core import status as st
-from .core.errors import HostError, RunctlError, UsageError, WaitTimeout
+from .core.errors import Detached, HostError, RunctlError, UsageError, WaitTimeout
 from .core.spec import RunSpec, new_run_id
 from .store import Store
 from .transport.base import Transport
@@ -31,6 +31,15 @@ def find_project_root(start: Path) -> Path:
         if any((candidate / marker).exists() for marker in PROJECT_MARKERS):
             return candidate
     return start
+
+
+def check_project_dir(root: Path, given: str | None) -> None:
+    if not root.exists():
+        raise UsageError("project dir %s does not exist" % (given or root), "pass --project-dir an existing directory")
+    if not root.is_dir():
+        raise UsageError(
+            "project dir %s is not a directory" % (given or root), "pass --project-dir the directory holding your code"
+        )
 
 
 def parse_env(items: Iterable[str]) -> dict[str, str]:
@@ -110,8 +119,7 @@ def local_spec(
 ) -> RunSpec:
     """A validated RunSpec for a local run; raises UsageError before anything is created."""
     root = Path(project_dir).expanduser().resolve() if project_dir else find_project_root(Path.cwd())
-    if not root.is_dir():
-        raise UsageError("project dir %s does not exist" % project_dir, "pass an existing directory")
+    check_project_dir(root, project_dir)
     script_path, relative = resolve_script(script, root)
     command = build_command(script_path, relative, python, list(script_args))
     check_regex(metrics_regex)
@@ -164,6 +172,9 @@ def start(store: Store, spec: RunSpec, transport: Transport) -> dict[str, Any]:
     store.add_run(data, transport.to_dict(), {"status": st.PENDING, "seq": 0})
     try:
         result = transport.launch(spec.run_dir, data)
+    except KeyboardInterrupt:
+        interrupted_start(store, spec, transport)
+        raise
     except BaseException:
         store.delete_run(spec.run_id)
         raise
@@ -176,6 +187,22 @@ def start(store: Store, spec: RunSpec, transport: Transport) -> dict[str, Any]:
     store.update_state(spec.run_id, state)
     store.add_event(spec.run_id, "launched", {"pid": result.get("pid"), "agent_pid": result.get("agent_pid")})
     return state
+
+
+def interrupted_start(store: Store, spec: RunSpec, transport: Transport) -> None:
+    """Ctrl-C while the agent was starting: keep the record if the run may be alive, and say how to find it."""
+    try:
+        state = transport.probe(spec.run_dir)
+    except Exception:
+        state = {}
+    if state.get("seq") is None:
+        store.delete_run(spec.run_id)
+        raise Detached("interrupted before run %s started" % spec.run_id, "nothing is running; start it again")
+    store.update_state(spec.run_id, state)
+    raise Detached(
+        "interrupted while starting run %s; it keeps going" % spec.run_id,
+        "reattach with: runctl runs wait %s   (or stop it: runctl runs stop %s)" % (spec.run_id, spec.run_id),
+    )
 
 
 def remove_run_dir(spec: RunSpec) -> None:
@@ -195,8 +222,26 @@ def refresh(store: Store, row: dict[str, Any]) -> dict[str, Any]:
         stale = view(row)
         stale["warning"] = "last known state; %s" % exc.message
         return stale
-    if state.get("seq") is not None:
-        store.update_state(row["run_id"], state)
+    if state.get("seq") is None:
+        return record_gone(store, row, state)
+    store.update_state(row["run_id"], state)
+    return view(store.get(row["run_id"]) or row)
+
+
+def record_gone(store: Store, row: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    """The run dir is gone: nothing can say how the run ended, so it is lost (never success)."""
+    message = "the run directory %s on %s is gone" % (row["run_dir"], row["host"])
+    store.update_state(
+        row["run_id"],
+        {
+            **row["state"],
+            "status": st.LOST,
+            "termination_status": st.T_LOST,
+            "termination_message": message,
+            "seq": int(row.get("seq") or 0) + 1,
+        },
+    )
+    store.add_event(row["run_id"], "run_dir_gone", {"error": state.get("error")})
     return view(store.get(row["run_id"]) or row)
 
 
@@ -252,6 +297,8 @@ def follow(
             on_log(payload)
         elif kind == "reconnecting" and on_notice is not None:
             on_notice("connection to %s lost; reconnecting..." % row["host"])
+        elif kind == "gone":
+            return record_gone(store, store.get(row["run_id"]) or row, payload)
         elif kind in ("status", "end"):
             store.update_state(row["run_id"], payload)
             if kind == "end":

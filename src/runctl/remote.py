@@ -86,8 +86,7 @@ def remote_spec(
 ) -> tuple[RunSpec, Path]:
     """A validated spec (project_dir still to be placed on the host) and the local project root."""
     root = Path(project_dir).expanduser().resolve() if project_dir else controller.find_project_root(Path.cwd())
-    if not root.is_dir():
-        raise UsageError("project dir %s does not exist" % project_dir, "pass an existing directory")
+    controller.check_project_dir(root, project_dir)
     script_path, relative = controller.resolve_script(script, root)
     is_py = script_path.suffix == ".py"
     if is_py:
@@ -154,7 +153,14 @@ def start_remote(
         if data:
             stage_data(transport, data, spec.project_dir + "/data")
             notify("staged %d data path(s) into %s/data" % (len(data), spec.project_dir))
+    except BaseException:
+        store.delete_run(spec.run_id)
+        raise
+    try:
         launched = transport.launch(spec.run_dir, record)
+    except KeyboardInterrupt:
+        controller.interrupted_start(store, spec, transport)
+        raise
     except BaseException:
         store.delete_run(spec.run_id)
         raise

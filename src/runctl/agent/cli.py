@@ -88,6 +88,8 @@ def stream_frames(run_dir: str, offset: int, seq: int, heartbeat: float) -> int:
             position += len(payload)
         elif kind == "heartbeat":
             out.write(b"H\n")
+        elif kind == "gone":
+            out.write(b"G " + json.dumps(payload, sort_keys=True).encode() + b"\n")
         else:
             tag = b"E" if kind == "end" else b"S"
             out.write(tag + b" " + json.dumps(payload, sort_keys=True).encode() + b"\n")

@@ -268,6 +268,9 @@ def follow(
         elif mtime != last_mtime:
             state = read_status(run_dir)
         last_mtime = mtime
+        if state is not None and state.get("seq") is None:
+            yield "gone", state
+            return
         if state is not None and int(state.get("seq", 0)) > seq:
             seq = int(state.get("seq", 0))
             if st.is_terminal(state.get("status", "")):

@@ -121,6 +121,8 @@ class Supervisor:
             return
         try:
             os.write(self.ready_fd, json.dumps(message).encode())
+        except OSError:
+            pass  # the launcher is gone (its controller was killed): the run goes on regardless
         finally:
             os.close(self.ready_fd)
             self.ready_fd = None

@@ -11,18 +11,12 @@ from typing import Any
 import typer
 
 from ..core.durations import parse_duration
-from ..core.errors import EXIT_INTERRUPTED, RunctlError
+from ..core.errors import Detached as Detached
 
 
 class Output(str, Enum):
     text = "text"
     json = "json"
-
-
-class Detached(RunctlError):
-    """Ctrl-C while following a run: the run keeps going."""
-
-    exit_code = EXIT_INTERRUPTED
 
 
 def _jsonable(value: Any) -> Any:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..core.errors import UsageError
+from ..core.errors import Detached, UsageError
 from . import options as o
 from .common import Output, duration_option, emit_json, exit_with, say, store
 
@@ -93,9 +93,15 @@ def train(
             say("  wait:   runctl runs wait %s" % spec.run_id)
             say("  stop:   runctl runs stop %s" % spec.run_id)
         return
-    if output == Output.text:
-        say("run %s (%s) started, pid %s; Ctrl-C detaches" % (spec.run_id, spec.name, state.get("pid")))
-    exit_with(wait_for(db, row, output, wait_timeout, stream_log=True))
+    try:
+        if output == Output.text:
+            say("run %s (%s) started, pid %s; Ctrl-C detaches" % (spec.run_id, spec.name, state.get("pid")))
+        code = wait_for(db, row, output, wait_timeout, stream_log=True)
+    except KeyboardInterrupt:
+        raise Detached(
+            "detached from run %s; it keeps going" % spec.run_id, "reattach: runctl runs wait %s" % spec.run_id
+        ) from None
+    exit_with(code)
 
 
 @app.command()
@@ -106,12 +112,12 @@ def status(
     """How the latest training in a project dir ended, from its files (works without runctl runs too)."""
 
     from ..agent import ops
+    from ..controller import check_project_dir
     from ..core import layout
     from ..core.fsutil import read_text
 
     root = Path(project_dir).expanduser().resolve()
-    if not root.is_dir():
-        raise UsageError("project dir %s does not exist" % project_dir, "pass an existing directory")
+    check_project_dir(root, project_dir)
     latest = (read_text(str(root / layout.LATEST_RUN)) or "").strip()
     if latest and (root / layout.RUNS_DIR / latest / layout.STATUS).exists():
         result = ops.probe(str(root / layout.RUNS_DIR / latest))

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..core import status as st
-from ..core.errors import UsageError
+from ..core.errors import RunGone, UsageError
 from . import options as o
 from .common import Detached, Output, duration_option, emit_json, exit_with, say, store
 
@@ -85,6 +85,9 @@ def logs(
                 sys.stdout.flush()
             elif kind == "reconnecting":
                 say("connection to %s lost; reconnecting..." % row["host"])
+            elif kind == "gone":
+                controller.record_gone(db, row, payload)
+                raise RunGone("the run directory %s is gone; run %s is lost" % (row["run_dir"], row["run_id"]))
             elif kind in ("status", "end"):
                 db.update_state(row["run_id"], payload)
                 if kind == "end":

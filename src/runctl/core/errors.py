@@ -40,3 +40,13 @@ class WaitTimeout(RunctlError):
     """Waiting ended before the run did; the run keeps going."""
 
     exit_code = EXIT_TIMEOUT
+
+
+class Detached(RunctlError):
+    """Ctrl-C while starting or following a run: the run keeps going."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+class RunGone(RunctlError):
+    """The run directory vanished, so the run's state can no longer be known."""

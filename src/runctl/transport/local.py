@@ -25,6 +25,7 @@ class LocalTransport:
             input=json.dumps(spec).encode(),
             capture_output=True,
             timeout=120,
+            start_new_session=True,  # a signal to the controller's process group never reaches it
         )
         try:
             result: dict[str, Any] = json.loads(proc.stdout.decode().strip().splitlines()[-1])

@@ -322,10 +322,10 @@ class SshTransport:
                         start, data = payload
                         offset = start + len(data)
                         yield "log", data
-                    elif kind in ("status", "end"):
+                    elif kind in ("status", "end", "gone"):
                         seq = max(seq, int(payload.get("seq", 0)))
                         yield kind, payload
-                        if kind == "end":
+                        if kind != "status":
                             return
                     else:
                         yield kind, payload
@@ -403,6 +403,6 @@ def _frames(fd: int, offset: int) -> Iterator[tuple[str, Any]]:
             buffer = rest
             if tag == b"H":
                 yield "heartbeat", None
-            elif tag in (b"S", b"E"):
+            elif tag in (b"S", b"E", b"G"):
                 payload = json.loads(header[2:].decode("utf-8", "replace"))
-                yield ("end" if tag == b"E" else "status"), payload
+                yield {b"E": "end", b"S": "status", b"G": "gone"}[tag], payload
