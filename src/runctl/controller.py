@@ -178,7 +178,7 @@ def start(store: Store, spec: RunSpec, transport: Transport) -> dict[str, Any]:
     except BaseException:
         store.delete_run(spec.run_id)
         raise
-    state = transport.probe(spec.run_dir)
+    state = result.get("state") or transport.probe(spec.run_dir)
     if not result.get("ok") and not result.get("setup_failed"):
         if state.get("status") == st.FAILED and not state.get("started_at"):
             store.delete_run(spec.run_id)

@@ -164,7 +164,7 @@ def start_remote(
     except BaseException:
         store.delete_run(spec.run_id)
         raise
-    state = transport.probe(spec.run_dir)
+    state = launched.get("state") or transport.probe(spec.run_dir)
     store.update_state(spec.run_id, state)
     store.add_event(spec.run_id, "launched", {"pid": launched.get("pid"), "host": transport.host})
     if not launched.get("ok") and not launched.get("setup_failed"):

@@ -9,7 +9,6 @@ import sys
 from typing import List, Optional
 
 from . import AGENT_PROTOCOL, ops
-from .launch import launch
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -45,6 +44,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "launch":
+        from .launch import launch  # the supervisor's imports are paid only when starting a run
+
         spec = json.loads(sys.stdin.read()) if args.spec_stdin else None
         result = launch(args.run_dir, spec)
         code = 0 if result.get("ok") else 1

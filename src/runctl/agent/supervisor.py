@@ -272,7 +272,9 @@ class Supervisor:
         except Exception as exc:
             return self.fail_before_start(self.describe_spawn_error(exc))
         assert self.proc is not None and self.proc.stdout is not None
-        self.ready({"ok": True, "run_id": self.run_id, "pid": self.proc.pid, "agent_pid": os.getpid()})
+        self.ready(
+            {"ok": True, "run_id": self.run_id, "pid": self.proc.pid, "agent_pid": os.getpid(), "state": self.state}
+        )
         self.loop(self.proc.stdout.fileno())
         return self.finish()
 
@@ -293,7 +295,7 @@ class Supervisor:
             termination_message=message,
             ended_at=time.time(),
         )
-        self.ready({"ok": False, "error": message, "setup_failed": started_setup})
+        self.ready({"ok": False, "error": message, "setup_failed": started_setup, "state": self.state})
         self.notify("ended")
         self.notifier.flush()
         return 1

@@ -110,6 +110,7 @@ class SshTransport:
     name: str = "ssh"
     _home: str | None = field(default=None, repr=False)
     _agent_path: str | None = field(default=None, repr=False)
+    _master_ok: bool = field(default=False, repr=False)
 
     @property
     def host(self) -> str:
@@ -146,7 +147,12 @@ class SshTransport:
         return shlex.join(["ssh", *self.ssh_options(), "-o", "ControlMaster=no"])
 
     def ensure_master(self) -> None:
-        """Start the shared connection if it is not up; its stdio never holds our pipes open."""
+        """Start the shared connection if it is not up; its stdio never holds our pipes open.
+
+        Checked once per transport; a command failing at the ssh level (exit 255) clears the mark.
+        """
+        if self._master_ok:
+            return
         check = subprocess.run(
             ["ssh", *self.ssh_options(), "-O", "check", self.dest.target],
             stdin=subprocess.DEVNULL,
@@ -154,6 +160,7 @@ class SshTransport:
             stderr=subprocess.DEVNULL,
         )
         if check.returncode == 0:
+            self._master_ok = True
             return
         proc = subprocess.run(
             ["ssh", *self.ssh_options(), "-o", "ControlMaster=yes", "-o", "ControlPersist=300", "-f", "-N",
@@ -165,8 +172,10 @@ class SshTransport:
         )  # fmt: skip
         if proc.returncode != 0:
             raise classify_ssh_error(str(self.dest), proc.stderr.decode("utf-8", "replace"))
+        self._master_ok = True
 
     def drop_master(self) -> None:
+        self._master_ok = False
         subprocess.run(
             ["ssh", *self.ssh_options(), "-O", "exit", self.dest.target],
             stdin=subprocess.DEVNULL,
@@ -190,6 +199,7 @@ class SshTransport:
         except subprocess.TimeoutExpired:
             raise HostError("ssh to %s timed out after %gs" % (self.dest, timeout or 0)) from None
         if proc.returncode == 255:
+            self._master_ok = False
             raise classify_ssh_error(str(self.dest), proc.stderr.decode("utf-8", "replace"))
         if check and proc.returncode != 0:
             raise HostError(

@@ -35,6 +35,11 @@ class SyncResult:
     warning: str | None = None
 
 
+def mkdir_then_rsync(remote_dir: str) -> str:
+    """Create the target dir in the same round trip as the transfer (older rsyncs lack --mkpath)."""
+    return "--rsync-path=mkdir -p %s && rsync" % shlex.quote(remote_dir)
+
+
 def code_filters(includes: list[str]) -> list[str]:
     rules = ["--include=%s" % pattern for pattern in includes]
     rules += ["--exclude=%s" % pattern for pattern in REMOTE_OUTPUTS]
@@ -76,10 +81,17 @@ def sync_code(transport: SshTransport, local_root: Path, remote_dir: str, includ
 
     started = time.monotonic()
     filters = code_filters(includes)
-    transport.run("mkdir -p %s" % shlex.quote(remote_dir))
     proc = _rsync(
         transport,
-        ["-az", "--delete", "--stats", *filters, str(local_root) + "/", "%s:%s/" % (transport.dest.target, remote_dir)],
+        [
+            "-az",
+            "--delete",
+            "--stats",
+            mkdir_then_rsync(remote_dir),
+            *filters,
+            str(local_root) + "/",
+            "%s:%s/" % (transport.dest.target, remote_dir),
+        ],
         "code sync",
     )
     total = _stat(_TOTAL, proc.stdout)
@@ -110,11 +122,14 @@ def biggest_files(local_root: Path, filters: list[str], count: int = 5) -> list[
 
 def stage_data(transport: SshTransport, local_paths: list[Path], remote_data_dir: str) -> None:
     """Each --data path goes to <remote>/data/<name>, incrementally; nothing remote is deleted."""
-    transport.run("mkdir -p %s" % shlex.quote(remote_data_dir))
     for path in local_paths:
         source = str(path) + ("/" if path.is_dir() else "")
         target = "%s/%s%s" % (remote_data_dir, path.name, "/" if path.is_dir() else "")
-        _rsync(transport, ["-az", "--partial", source, "%s:%s" % (transport.dest.target, target)], "data sync")
+        _rsync(
+            transport,
+            ["-az", "--partial", mkdir_then_rsync(remote_data_dir), source, "%s:%s" % (transport.dest.target, target)],
+            "data sync",
+        )
 
 
 def download(transport: SshTransport, remote_dir: str, files: list[str], local_dest: Path, progress: bool) -> None:
