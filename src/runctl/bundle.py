@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import zipfile
 from pathlib import Path
 
@@ -29,10 +30,30 @@ def _sources() -> list[tuple[str, bytes]]:
     return files
 
 
+def _bytecode(files: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """Unchecked-hash .pyc files for this interpreter, so the local agent starts without compiling.
+
+    Zip imports never write bytecode caches; a host with another Python version ignores these
+    (wrong magic number) and compiles the sources instead.
+    """
+    import importlib.util
+    import marshal
+
+    out = []
+    for name, data in files:
+        if not name.endswith(".py") or name == "__main__.py":
+            continue
+        code = compile(data, name, "exec", dont_inherit=True)
+        source_hash = importlib.util.source_hash(data)
+        header = importlib.util.MAGIC_NUMBER + (0b01).to_bytes(4, "little") + source_hash
+        out.append((name + "c", header + marshal.dumps(code)))
+    return out
+
+
 def agent_artifact() -> Path:
     """Path of the current agent zip in the local cache, built when missing."""
     files = _sources()
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(sys.implementation.cache_tag.encode())
     for name, data in files:
         digest.update(name.encode() + b"\0" + data + b"\0")
     target = paths.agent_cache() / ("runctl-agent-%s.pyz" % digest.hexdigest()[:12])
@@ -40,7 +61,7 @@ def agent_artifact() -> Path:
         return target
     tmp = target.with_name(target.name + ".tmp-%d" % os.getpid())
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, data in files:
+        for name, data in files + _bytecode(files):
             info = zipfile.ZipInfo(name, date_time=_FIXED_DATE)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-import urllib.parse
-import urllib.request
 from typing import Any, Callable, Dict, List
 
 TIMEOUT_SECONDS = 5.0
@@ -26,6 +24,8 @@ def slack_text(payload: Dict[str, Any]) -> str:
 
 def redact(url: str) -> str:
     """Webhook URLs often embed their secret in the path: only scheme and host are ever logged."""
+    import urllib.parse
+
     parts = urllib.parse.urlsplit(url)
     return "%s://%s/..." % (parts.scheme, parts.hostname or "?")
 
@@ -48,6 +48,8 @@ class Notifier:
             self.threads.append(thread)
 
     def _post(self, url: str, data: bytes) -> None:
+        import urllib.request  # only runs with --notify pay for http.client, ssl and email
+
         request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:

@@ -29,6 +29,20 @@ DRAIN_SECONDS = 2.0
 LEFTOVER_GRACE = 5.0
 TAIL_BYTES = 4096
 LOG_METRIC_DELAY = 0.3
+READ_BYTES = 1 << 20
+BATCH_BYTES = 1 << 16
+BATCH_SECONDS = 0.01
+F_SETPIPE_SZ = 1031  # Linux fcntl
+
+
+def widen_pipe(fd: int) -> None:
+    """A 1 MiB pipe lets a chatty script write without blocking while the agent batches reads."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, F_SETPIPE_SZ, READ_BYTES)
+    except (ImportError, OSError):
+        pass
 
 
 def artifact_root() -> Optional[str]:
@@ -63,6 +77,7 @@ class Supervisor:
         self.metrics_offset = 0
         self.helper_reports = False
         self.pending = b""
+        self.last_read = 0
         self.log_records: List[Dict[str, Any]] = []
         custom = spec.get("metrics_regex")
         self.custom_regex = re.compile(custom) if custom else None
@@ -166,7 +181,11 @@ class Supervisor:
 
     def environment(self) -> Dict[str, str]:
         env = dict(os.environ)
+        # Unbuffered output so the log is live; a user may opt out with --env PYTHONUNBUFFERED=
+        env["PYTHONUNBUFFERED"] = "1"
         env.update({str(k): str(v) for k, v in (self.spec.get("env") or {}).items()})
+        if env.get("PYTHONUNBUFFERED") == "":
+            del env["PYTHONUNBUFFERED"]
         env.update(
             {
                 "RUNCTL_RUN_ID": self.run_id,
@@ -175,7 +194,6 @@ class Supervisor:
                 "RUNCTL_CHECKPOINT_DIR": self.spec_checkpoint_dir(),
                 "RUNCTL_STOP_FILE": self.stop_file,
                 "RUNCTL_METRICS_FILE": self.path(layout.METRICS),
-                "PYTHONUNBUFFERED": "1",
             }
         )
         if self.spec.get("resume_from"):
@@ -245,6 +263,8 @@ class Supervisor:
             bufsize=0,
         )
         self.pgid = self.proc.pid
+        assert self.proc.stdout is not None
+        widen_pipe(self.proc.stdout.fileno())
         self.engine = policies.PolicyEngine(self.spec.get("policies"), started)
         self._mirror(layout.PID, ("%d\n" % self.proc.pid).encode())
         self.write_status(
@@ -320,8 +340,12 @@ class Supervisor:
                     os.read(wake_r, 4096)
                 except BlockingIOError:
                     pass
-            if out_fd in ready and not self.pump(out_fd):
-                readers = [wake_r]
+            if out_fd in ready:
+                if not self.pump(out_fd):
+                    readers = [wake_r]
+                elif self.last_read < BATCH_BYTES:
+                    # A chatty script would wake us every line or two; let output gather briefly.
+                    time.sleep(BATCH_SECONDS)
             mono = time.monotonic()
             if mono < next_tick:
                 continue
@@ -348,9 +372,10 @@ class Supervisor:
     def pump(self, fd: int) -> bool:
         """Copy available output to the log; False at end of stream."""
         try:
-            data = os.read(fd, 65536)
+            data = os.read(fd, READ_BYTES)
         except BlockingIOError:
             return True
+        self.last_read = len(data)
         if not data:
             return False
         view = memoryview(data)

@@ -33,9 +33,10 @@ def wait_for(
             "detached from run %s; it keeps going" % row["run_id"],
             "reattach with: runctl runs wait %s   (or: runctl runs logs %s --follow)" % (row["run_id"], row["run_id"]),
         ) from None
-    from ..remote import after_end
+    if row.get("transport", {}).get("kind") == "ssh":
+        from ..remote import after_end
 
-    after_end(store, store.get(row["run_id"]) or row, say)
+        after_end(store, store.get(row["run_id"]) or row, say)
     report_end(run, output)
     return st.exit_code_for(run["status"])
 

@@ -13,7 +13,6 @@ import re
 from typing import Any, Dict, List, Optional, Pattern
 
 _NUM = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|NaN|inf|Inf|-inf))"
-_QUICK = re.compile(rb"(?i)loss|step|epoch")
 _LOSS = re.compile(r"(?<![\w-])(?:train_)?loss\s*[=:]\s*" + _NUM, re.IGNORECASE)
 # "per epoch"/"per step" name a count, not the current value; `[2/5]` brackets are the PyTorch tutorial shape.
 _STEP = re.compile(r"(?<![\w-])(?<!per )(?:global_)?step\s*[=:]?\s*\[?\s*(\d+)(?:\s*/\s*(\d+))?", re.IGNORECASE)
@@ -30,8 +29,13 @@ def _number(text: str) -> Optional[float]:
 
 
 def chunk_may_have_metrics(chunk: bytes) -> bool:
-    """A cheap pre-filter so high-volume logs without metrics cost almost nothing."""
-    return _QUICK.search(chunk) is not None
+    """A cheap pre-filter so high-volume logs without metrics cost almost nothing.
+
+    Substring search on a lowercased copy runs at memory speed; a case-insensitive regex
+    alternation is about a hundred times slower on megabytes of output.
+    """
+    low = chunk.lower()
+    return b"loss" in low or b"step" in low or b"epoch" in low
 
 
 def parse_line(line: str, custom: Optional[Pattern[str]] = None) -> Optional[Dict[str, Any]]:

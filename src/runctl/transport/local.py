@@ -21,7 +21,7 @@ class LocalTransport:
         # A fresh interpreter from the artifact: the supervisor carries none of the controller's
         # imports, and the same zip that travels to remote hosts is exercised here.
         proc = subprocess.run(
-            [sys.executable, str(agent_artifact()), "launch", run_dir, "--spec-stdin"],
+            [sys.executable, "-S", str(agent_artifact()), "launch", run_dir, "--spec-stdin"],
             input=json.dumps(spec).encode(),
             capture_output=True,
             timeout=120,
@@ -43,7 +43,7 @@ class LocalTransport:
         return ops.request_stop(run_dir, grace, message)
 
     def follow(self, run_dir: str, offset: int, seq: int) -> Iterator[tuple[str, Any]]:
-        return ops.follow(run_dir, offset, seq, heartbeat=0.25)
+        return ops.follow(run_dir, offset, seq, poll=0.02, heartbeat=0.25)
 
     def read_file(self, path: str) -> bytes | None:
         try:

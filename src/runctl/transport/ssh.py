@@ -266,7 +266,8 @@ class SshTransport:
         if self._agent_path is None:
             self.connect()
         assert self._agent_path is not None
-        return "python3 %s %s" % (shlex.quote(self._agent_path), shlex.join(args))
+        # -S: the agent needs only the standard library, so skip site-packages processing.
+        return "python3 -S %s %s" % (shlex.quote(self._agent_path), shlex.join(args))
 
     def agent_json(self, *args: str, input: bytes | None = None, timeout: float = 120) -> dict[str, Any]:
         proc = self.run(self.agent(*args), input=input, timeout=timeout, check=False)
