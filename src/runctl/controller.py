@@ -22,6 +22,14 @@ from .transport.base import Transport
 from .transport.local import LocalTransport
 
 PROJECT_MARKERS = (".git", "pyproject.toml")
+PRE_LAUNCH = (st.PENDING, st.PROVISIONING, st.SYNCING)
+
+
+def controller_identity() -> dict[str, Any]:
+    """Who is starting a run: lets others tell a run being set up from one whose controller died."""
+    from .agent.procs import start_time
+
+    return {"pid": os.getpid(), "start": start_time(os.getpid())}
 
 
 def find_project_root(start: Path) -> Path:
@@ -169,7 +177,7 @@ def transport_for(row: dict[str, Any]) -> Transport:
 def start(store: Store, spec: RunSpec, transport: Transport) -> dict[str, Any]:
     """Record the run, start its agent, and return its first status. Nothing is left if it can't start."""
     data = spec.to_dict()
-    store.add_run(data, transport.to_dict(), {"status": st.PENDING, "seq": 0})
+    store.add_run(data, {**transport.to_dict(), "controller": controller_identity()}, {"status": st.PENDING, "seq": 0})
     try:
         result = transport.launch(spec.run_dir, data)
     except KeyboardInterrupt:
@@ -212,6 +220,13 @@ def remove_run_dir(spec: RunSpec) -> None:
 
 def refresh(store: Store, row: dict[str, Any]) -> dict[str, Any]:
     """The run's current state from its run dir, recorded in the store."""
+    if row["status"] in PRE_LAUNCH and not row.get("seq"):
+        # No run dir exists yet: the controller starting it is still syncing or launching.
+        owner = row["transport"].get("controller")
+        from .agent.procs import is_alive
+
+        if owner and is_alive(owner.get("pid"), owner.get("start")):
+            return view(row)
     # A run completed by its marker may still have a lingering process whose exit is yet to be recorded.
     if st.is_terminal(row["status"]) and ("exited_at" in row["state"] or row["status"] != st.COMPLETED):
         return view(row)
@@ -231,6 +246,8 @@ def refresh(store: Store, row: dict[str, Any]) -> dict[str, Any]:
 def record_gone(store: Store, row: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     """The run dir is gone: nothing can say how the run ended, so it is lost (never success)."""
     message = "the run directory %s on %s is gone" % (row["run_dir"], row["host"])
+    if row["status"] in PRE_LAUNCH:
+        message = "the controller stopped before the run was launched"
     store.update_state(
         row["run_id"],
         {

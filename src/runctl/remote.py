@@ -140,6 +140,7 @@ def start_remote(
     info = transport.to_dict()
     info["download_checkpoints"] = download_checkpoints
     info["local_root"] = str(local_root)
+    info["controller"] = controller.controller_identity()
     store.add_run(record, info, {"status": st.SYNCING, "seq": 0})
     try:
         if sync:

@@ -286,6 +286,10 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
         try:
             self.prepare()
+            if self.spec.get("python_env") or self.spec.get("setup"):
+                # Answer the launcher now, so the controller follows the setup output as it happens.
+                self.write_status(status=st.SETTING_UP)
+                self.ready({"ok": True, "run_id": self.run_id, "agent_pid": os.getpid(), "state": self.state})
             self.spawn()
         except SetupFailed as exc:
             return self.fail_before_start(exc.message, started_setup=True)

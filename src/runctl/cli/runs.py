@@ -124,7 +124,7 @@ def stop(
 ) -> None:
     """Stop a run gracefully: STOP_TRAINING, then SIGTERM, then SIGKILL to its process group."""
     from .. import controller
-    from .waiting import report_end
+    from .waiting import report_end, run_ended
 
     if grace is not None and grace < 0:
         raise UsageError("--grace must be 0 or more, got %g" % grace)
@@ -146,6 +146,7 @@ def stop(
             "stop requested; run %s is still stopping" % row["run_id"],
             "check it with: runctl runs status %s" % row["run_id"],
         ) from None
+    run_ended(db, row)
     report_end(run, output)
     exit_with(0 if st.is_terminal(run["status"]) else 1)
 

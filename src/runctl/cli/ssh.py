@@ -135,6 +135,10 @@ def exec_(
     import shlex
     import sys
 
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError("no command given", "for example: runctl ssh exec %s -- nvidia-smi" % dest)
     transport = make_transport(dest, identity, insecure_host_key)
     proc = transport.run(shlex.join(command), check=False, timeout=None)
     sys.stdout.buffer.write(proc.stdout)
@@ -151,6 +155,7 @@ def status(
 ) -> None:
     """CPU, memory, disk, GPUs (nvidia-smi) of DEST, and the runctl runs on it."""
     from .. import controller, remote
+    from ..core import status as st
 
     transport = make_transport(dest, identity, insecure_host_key)
     facts = remote.host_status(transport)
@@ -158,7 +163,8 @@ def status(
     runs = [
         controller.refresh(db, row)
         for row in db.list(include_all=False)
-        if row["provider"] == "ssh" and row["transport"].get("host") == transport.dest.host
+        if not st.is_terminal(row["status"])
+        and row["provider"] == "ssh" and row["transport"].get("host") == transport.dest.host
         and row["transport"].get("port") == transport.dest.port
     ]  # fmt: skip
     facts["runs"] = runs

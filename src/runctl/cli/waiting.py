@@ -33,12 +33,17 @@ def wait_for(
             "detached from run %s; it keeps going" % row["run_id"],
             "reattach with: runctl runs wait %s   (or: runctl runs logs %s --follow)" % (row["run_id"], row["run_id"]),
         ) from None
+    run_ended(store, row)
+    report_end(run, output)
+    return st.exit_code_for(run["status"])
+
+
+def run_ended(store: Store, row: dict[str, Any]) -> None:
+    """The controller's end-of-run actions (checkpoints pulled from remote hosts), whoever saw the end."""
     if row.get("transport", {}).get("kind") == "ssh":
         from ..remote import after_end
 
         after_end(store, store.get(row["run_id"]) or row, say)
-    report_end(run, output)
-    return st.exit_code_for(run["status"])
 
 
 def report_end(run: dict[str, Any], output: Output) -> None:

@@ -25,11 +25,16 @@ from ..bundle import agent_artifact
 from ..core.errors import HostError, UsageError
 
 CONNECT_TIMEOUT = 10
+FIRST_ROUND_TRIP = 4.0
 STALL_SECONDS = 8.0
 MIN_PYTHON = (3, 8)
 _DEST = re.compile(
     r"^(?:(?P<user>[A-Za-z0-9._][A-Za-z0-9._-]*)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(?P<port>\d+))?$"
 )
+
+
+class HostTimeout(HostError):
+    """A command over ssh got no answer in time."""
 
 
 @dataclass(frozen=True)
@@ -111,12 +116,35 @@ class SshTransport:
     _home: str | None = field(default=None, repr=False)
     _agent_path: str | None = field(default=None, repr=False)
     _master_ok: bool = field(default=False, repr=False)
+    _user_strict: bool | None = field(default=None, repr=False)
 
     @property
     def host(self) -> str:
         return str(self.dest)
 
     # ---- ssh plumbing --------------------------------------------------------------------
+
+    @property
+    def control_path(self) -> Path:
+        """One socket per destination and credentials: a strict and an insecure session never share one."""
+        key = "%s|%s|%s|%s" % (self.dest, self.identity, self.insecure_host_key, os.environ.get("RUNCTL_SSH_CONFIG"))
+        return control_dir() / hashlib.sha256(key.encode()).hexdigest()[:20]
+
+    def user_sets_host_key_policy(self) -> bool:
+        """Whether the user's ssh config chooses StrictHostKeyChecking for this host (then it is kept)."""
+        if self._user_strict is None:
+            argv = ["ssh", "-G", self.dest.target]
+            config = os.environ.get("RUNCTL_SSH_CONFIG")
+            if config:
+                argv[1:1] = ["-F", config]
+            proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            value = ""
+            for line in proc.stdout.splitlines():
+                if line.lower().startswith("stricthostkeychecking "):
+                    value = line.split(None, 1)[1].strip().lower()
+            # "ask" is OpenSSH's default, i.e. the user chose nothing; anything else is deliberate.
+            self._user_strict = value not in ("", "ask")
+        return self._user_strict
 
     def ssh_options(self) -> list[str]:
         opts: list[str] = []
@@ -128,11 +156,11 @@ class SshTransport:
             "-o", "ConnectTimeout=%d" % self.connect_timeout,
             "-o", "ServerAliveInterval=5",
             "-o", "ServerAliveCountMax=3",
-            "-o", "ControlPath=%s/%%C" % control_dir(),
+            "-o", "ControlPath=%s" % self.control_path,
         ]  # fmt: skip
         if self.insecure_host_key:
             opts += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
-        else:
+        elif not self.user_sets_host_key_policy():
             opts += ["-o", "StrictHostKeyChecking=accept-new"]
         if self.dest.port:
             opts += ["-p", str(self.dest.port)]
@@ -141,7 +169,8 @@ class SshTransport:
         return opts
 
     def ssh_argv(self, command: str, master: str = "no") -> list[str]:
-        return ["ssh", *self.ssh_options(), "-o", "ControlMaster=%s" % master, self.dest.target, command]
+        # `--` ends ssh's options: a remote command starting with "-" is never read as one.
+        return ["ssh", *self.ssh_options(), "-o", "ControlMaster=%s" % master, "--", self.dest.target, command]
 
     def rsync_rsh(self) -> str:
         return shlex.join(["ssh", *self.ssh_options(), "-o", "ControlMaster=no"])
@@ -153,31 +182,44 @@ class SshTransport:
         """
         if self._master_ok:
             return
-        check = subprocess.run(
-            ["ssh", *self.ssh_options(), "-O", "check", self.dest.target],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        if check.returncode == 0:
-            self._master_ok = True
-            return
-        proc = subprocess.run(
-            ["ssh", *self.ssh_options(), "-o", "ControlMaster=yes", "-o", "ControlPersist=300", "-f", "-N",
-             self.dest.target],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            timeout=self.connect_timeout + 30,
-        )  # fmt: skip
+        import fcntl
+
+        # Parallel runctl processes to one host share a single master: whoever holds the lock
+        # starts it, the others find it up when they get the lock.
+        with open(str(self.control_path) + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.master_alive():
+                self._master_ok = True
+                return
+            if self.control_path.exists():
+                self.control_path.unlink()  # a master killed uncleanly leaves a dead socket behind
+            proc = subprocess.run(
+                ["ssh", *self.ssh_options(), "-o", "ControlMaster=yes", "-o", "ControlPersist=300", "-f", "-N",
+                 "--", self.dest.target],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=self.connect_timeout + 30,
+            )  # fmt: skip
         if proc.returncode != 0:
             raise classify_ssh_error(str(self.dest), proc.stderr.decode("utf-8", "replace"))
         self._master_ok = True
 
+    def master_alive(self) -> bool:
+        if not self.control_path.exists():
+            return False
+        check = subprocess.run(
+            ["ssh", *self.ssh_options(), "-O", "check", "--", self.dest.target],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return check.returncode == 0
+
     def drop_master(self) -> None:
         self._master_ok = False
         subprocess.run(
-            ["ssh", *self.ssh_options(), "-O", "exit", self.dest.target],
+            ["ssh", *self.ssh_options(), "-O", "exit", "--", self.dest.target],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -197,7 +239,10 @@ class SshTransport:
                 timeout=timeout,
             )
         except subprocess.TimeoutExpired:
-            raise HostError("ssh to %s timed out after %gs" % (self.dest, timeout or 0)) from None
+            raise HostTimeout(
+                "ssh to %s timed out after %gs" % (self.dest, timeout or 0),
+                "check that the host is up: ssh %s true" % self.dest,
+            ) from None
         if proc.returncode == 255:
             self._master_ok = False
             raise classify_ssh_error(str(self.dest), proc.stderr.decode("utf-8", "replace"))
@@ -221,7 +266,14 @@ class SshTransport:
             'test -f "$HOME/.runctl/agent/' + artifact.name + '" && echo agent=present; '
             "command -v uv >/dev/null 2>&1 && echo uv=yes; true"
         )
-        out = self.run(script, timeout=self.connect_timeout + 30).stdout.decode("utf-8", "replace")
+        try:
+            # A master whose link died still answers `-O check`; a bounded first round trip finds out
+            # in seconds instead of waiting for the keepalive to give up.
+            proc = self.run(script, timeout=FIRST_ROUND_TRIP)
+        except HostTimeout:
+            self.drop_master()
+            proc = self.run(script, timeout=self.connect_timeout + 30)
+        out = proc.stdout.decode("utf-8", "replace")
         facts = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
         home = facts.get("home", "").strip()
         if not home:

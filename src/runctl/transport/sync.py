@@ -10,11 +10,14 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..core import layout
 from ..core.errors import HostError
+from . import ignore
 from .ssh import SshTransport, classify_ssh_error
 
 WARN_BYTES = 500 * 1024 * 1024
@@ -40,15 +43,28 @@ def mkdir_then_rsync(remote_dir: str) -> str:
     return "--rsync-path=mkdir -p %s && rsync" % shlex.quote(remote_dir)
 
 
-def code_filters(includes: list[str]) -> list[str]:
+def code_filters(includes: list[str], rules_file: str) -> list[str]:
+    """--include overrides first, then the run outputs, then the project's ignore files, then the usual junk."""
     rules = ["--include=%s" % pattern for pattern in includes]
     rules += ["--exclude=%s" % pattern for pattern in REMOTE_OUTPUTS]
-    rules += ["--filter=:- .gitignore", "--filter=:- .runctlignore"]
+    rules += ["--filter=. %s" % rules_file]
     rules += ["--exclude=%s" % pattern for pattern in ALWAYS_EXCLUDED]
     return rules
 
 
-def _rsync(transport: SshTransport, args: list[str], what: str) -> subprocess.CompletedProcess[str]:
+def remote_disk_full(transport: SshTransport, path: str) -> bool:
+    """rsync's I/O errors do not always say why; ask the host whether the target's disk is full."""
+    try:
+        proc = transport.run("df -Pk %s | awk 'NR==2 {print $4}'" % shlex.quote(path), check=False, timeout=15)
+    except HostError:
+        return False
+    text = proc.stdout.decode().strip()
+    return text.isdigit() and int(text) < 1024
+
+
+def _rsync(
+    transport: SshTransport, args: list[str], what: str, target_dir: str = "/"
+) -> subprocess.CompletedProcess[str]:
     transport.ensure_master()
     proc = subprocess.run(
         ["rsync", "-e", transport.rsync_rsh(), *args], capture_output=True, text=True, stdin=subprocess.DEVNULL
@@ -57,6 +73,11 @@ def _rsync(transport: SshTransport, args: list[str], what: str) -> subprocess.Co
         return proc
     err = proc.stderr.strip()
     if "No space left on device" in err or "Disk quota exceeded" in err:
+        raise HostError(
+            "%s failed: the disk on %s is full" % (what, transport.dest),
+            "free space there (runctl ssh exec %s -- df -h) or use --remote-dir on a bigger disk" % transport.dest,
+        )
+    if proc.returncode in (11, 12) and remote_disk_full(transport, target_dir):
         raise HostError(
             "%s failed: the disk on %s is full" % (what, transport.dest),
             "free space there (runctl ssh exec %s -- df -h) or use --remote-dir on a bigger disk" % transport.dest,
@@ -77,10 +98,17 @@ def _stat(pattern: re.Pattern[str], text: str) -> int:
 
 
 def sync_code(transport: SshTransport, local_root: Path, remote_dir: str, includes: list[str]) -> SyncResult:
-    import time
-
     started = time.monotonic()
-    filters = code_filters(includes)
+    with tempfile.NamedTemporaryFile("w", prefix="runctl-ignore-", suffix=".rules") as rules_file:
+        rules_file.write("".join(rule + "\n" for rule in ignore.collect(local_root)))
+        rules_file.flush()
+        filters = code_filters(includes, rules_file.name)
+        return _sync_with(transport, local_root, remote_dir, filters, started)
+
+
+def _sync_with(
+    transport: SshTransport, local_root: Path, remote_dir: str, filters: list[str], started: float
+) -> SyncResult:
     proc = _rsync(
         transport,
         [
@@ -93,6 +121,7 @@ def sync_code(transport: SshTransport, local_root: Path, remote_dir: str, includ
             "%s:%s/" % (transport.dest.target, remote_dir),
         ],
         "code sync",
+        remote_dir,
     )
     total = _stat(_TOTAL, proc.stdout)
     result = SyncResult(_stat(_SENT, proc.stdout), total, time.monotonic() - started)
@@ -117,7 +146,7 @@ def biggest_files(local_root: Path, filters: list[str], count: int = 5) -> list[
         if size.isdigit() and not name.endswith("/"):
             sizes.append((int(size), name))
     sizes.sort(reverse=True)
-    return ["%s (%d MB)" % (name, size // (1024 * 1024)) for size, name in sizes[:count]]
+    return ["%s (%.1f MB)" % (name, size / 1e6) for size, name in sizes[:count]]
 
 
 def stage_data(transport: SshTransport, local_paths: list[Path], remote_data_dir: str) -> None:
@@ -129,6 +158,7 @@ def stage_data(transport: SshTransport, local_paths: list[Path], remote_data_dir
             transport,
             ["-az", "--partial", mkdir_then_rsync(remote_data_dir), source, "%s:%s" % (transport.dest.target, target)],
             "data sync",
+            remote_data_dir,
         )
 
 
