@@ -7,9 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ..core.errors import Detached, UsageError
 from . import options as o
-from .common import Output, duration_option, emit_json, exit_with, say, store
+from .common import Output, emit_json, exit_with, say, store
 
 app = typer.Typer(help="Run training on this machine.", no_args_is_help=True, rich_markup_mode=None)
 
@@ -44,64 +43,22 @@ def train(
 ) -> None:
     """Start SCRIPT detached on this machine; print its run id (or follow it with --wait)."""
     from .. import controller
-    from ..config import load_policies, merge_policies
     from ..transport.local import LocalTransport
-    from .waiting import wait_for
+    from .starting import announce_and_follow, apply_config, wait_timeout
 
-    wait_timeout = duration_option(timeout, "--timeout")
-    if wait_timeout is not None and not wait:
-        raise UsageError("--timeout only applies with --wait", "to limit the run itself use --max-duration")
+    seconds = wait_timeout(wait, timeout)
     flags = o.policy_flags(
-        auto_stop_loss,
-        auto_stop_patience,
-        exit_grace,
-        stall_polls,
-        poll_interval,
-        hang_timeout,
-        on_hang,
-        max_duration,
-        on_nan,
-        stop_grace,
-    )
+        auto_stop_loss, auto_stop_patience, exit_grace, stall_polls, poll_interval,
+        hang_timeout, on_hang, max_duration, on_nan, stop_grace,
+    )  # fmt: skip
     spec = controller.local_spec(
-        script,
-        project_dir,
-        name,
-        env or [],
-        python,
-        script_args or [],
-        {},
-        notify or [],
-        metrics_regex,
-        checkpoint_dir,
-        resume_from,
-    )
-    config = load_policies(Path(spec.project_dir))
-    spec.notify = list(config.pop("notify", [])) + spec.notify
-    spec.policies = merge_policies(config, flags)
+        script, project_dir, name, env or [], python, script_args or [], {}, notify or [],
+        metrics_regex, checkpoint_dir, resume_from,
+    )  # fmt: skip
+    apply_config(spec, Path(spec.project_dir), flags)
     db = store()
     state = controller.start(db, spec, LocalTransport())
-    row = db.get(spec.run_id)
-    assert row is not None
-    if not wait:
-        if output == Output.json:
-            emit_json(controller.view(row))
-        else:
-            print(spec.run_id)
-            say("started run %s (%s), pid %s" % (spec.run_id, spec.name, state.get("pid")))
-            say("  follow: runctl runs logs %s --follow" % spec.run_id)
-            say("  wait:   runctl runs wait %s" % spec.run_id)
-            say("  stop:   runctl runs stop %s" % spec.run_id)
-        return
-    try:
-        if output == Output.text:
-            say("run %s (%s) started, pid %s; Ctrl-C detaches" % (spec.run_id, spec.name, state.get("pid")))
-        code = wait_for(db, row, output, wait_timeout, stream_log=True)
-    except KeyboardInterrupt:
-        raise Detached(
-            "detached from run %s; it keeps going" % spec.run_id, "reattach: runctl runs wait %s" % spec.run_id
-        ) from None
-    exit_with(code)
+    announce_and_follow(db, spec, state, output, wait, seconds, "here")
 
 
 @app.command()

@@ -9,7 +9,7 @@ import typer
 
 from ..core.errors import UsageError
 from . import options as o
-from .common import Output, duration_option, emit_json, exit_with, say, store
+from .common import Output, emit_json, exit_with, say, store
 
 app = typer.Typer(help="Run training on any SSH host (OpenSSH + rsync).", no_args_is_help=True, rich_markup_mode=None)
 
@@ -79,12 +79,9 @@ def train(
 ) -> None:
     """Sync the project to DEST and start SCRIPT there detached (follow it with --wait)."""
     from .. import remote
-    from ..config import load_policies, merge_policies
-    from .waiting import wait_for
+    from .starting import announce_and_follow, apply_config, wait_timeout
 
-    wait_timeout = duration_option(timeout, "--timeout")
-    if wait_timeout is not None and not wait:
-        raise UsageError("--timeout only applies with --wait", "to limit the run itself use --max-duration")
+    seconds = wait_timeout(wait, timeout)
     flags = o.policy_flags(
         auto_stop_loss, auto_stop_patience, exit_grace, stall_polls, poll_interval,
         hang_timeout, on_hang, max_duration, on_nan, stop_grace,
@@ -98,30 +95,13 @@ def train(
         script, project_dir, project_name, name, env or [], script_args or [], {}, notify or [],
         metrics_regex, checkpoint_dir, resume_from, setup,
     )  # fmt: skip
-    config = load_policies(root)
-    spec.notify = list(config.pop("notify", [])) + spec.notify
-    spec.policies = merge_policies(config, flags)
+    apply_config(spec, root, flags)
     db = store()
     state = remote.start_remote(
         db, transport, spec, root, remote_dir, sync_code, include or [], data_paths, download_checkpoints,
         say=None if output == Output.json else say,
     )  # fmt: skip
-    row = db.get(spec.run_id)
-    assert row is not None
-    if not wait:
-        if output == Output.json:
-            from .. import controller
-
-            emit_json(controller.view(row))
-        else:
-            print(spec.run_id)
-            say("started run %s (%s) on %s, pid %s" % (spec.run_id, spec.name, transport.dest, state.get("pid")))
-            say("  follow: runctl runs logs %s --follow" % spec.run_id)
-            say("  wait:   runctl runs wait %s" % spec.run_id)
-        return
-    if output == Output.text:
-        say("run %s (%s) started on %s; Ctrl-C detaches" % (spec.run_id, spec.name, transport.dest))
-    exit_with(wait_for(db, row, output, wait_timeout, stream_log=True))
+    announce_and_follow(db, spec, state, output, wait, seconds, "on %s" % transport.dest)
 
 
 @app.command("exec", context_settings={"allow_interspersed_args": False})

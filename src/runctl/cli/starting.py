@@ -1,0 +1,57 @@
+"""What every `train` command does around starting a run: config, announcing it, following it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import Detached, UsageError
+from ..core.spec import RunSpec
+from ..store import Store
+from .common import Output, duration_option, emit_json, exit_with, say
+
+
+def wait_timeout(wait: bool, timeout: str | None) -> float | None:
+    seconds = duration_option(timeout, "--timeout")
+    if seconds is not None and not wait:
+        raise UsageError("--timeout only applies with --wait", "to limit the run itself use --max-duration")
+    return seconds
+
+
+def apply_config(spec: RunSpec, root: Path, flags: dict[str, Any]) -> None:
+    """[policies] from the config files under the flags given on the command line."""
+    from ..config import load_policies, merge_policies
+
+    config = load_policies(root)
+    spec.notify = list(config.pop("notify", [])) + spec.notify
+    spec.policies = merge_policies(config, flags)
+
+
+def announce_and_follow(
+    db: Store, spec: RunSpec, state: dict[str, Any], output: Output, wait: bool, timeout: float | None, where: str
+) -> None:
+    """Print the started run (its id on stdout) or, with --wait, follow it to its end and exit accordingly."""
+    from .. import controller
+    from .waiting import wait_for
+
+    row = db.get(spec.run_id)
+    assert row is not None
+    if not wait:
+        if output == Output.json:
+            emit_json(controller.view(row))
+        else:
+            print(spec.run_id)
+            say("started run %s (%s) %s, pid %s" % (spec.run_id, spec.name, where, state.get("pid") or "-"))
+            say("  follow: runctl runs logs %s --follow" % spec.run_id)
+            say("  wait:   runctl runs wait %s" % spec.run_id)
+            say("  stop:   runctl runs stop %s" % spec.run_id)
+        return
+    try:
+        if output == Output.text:
+            say("run %s (%s) started %s; Ctrl-C detaches" % (spec.run_id, spec.name, where))
+        code = wait_for(db, row, output, timeout, stream_log=True)
+    except KeyboardInterrupt:
+        raise Detached(
+            "detached from run %s; it keeps going" % spec.run_id, "reattach: runctl runs wait %s" % spec.run_id
+        ) from None
+    exit_with(code)
