@@ -16,12 +16,10 @@ Every number is the median of several repetitions; every runctl call is a real `
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import os
-import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,8 +28,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-PY = sys.executable
-RUNCTL = str(Path(sys.executable).parent / "runctl")
+from _common import (
+    PY,
+    RUNCTL,
+    arguments,
+    check,
+    environment,
+    make_project,
+    make_row,
+    median,
+    print_table,
+    read_json,
+    report,
+    require_runctl,
+)
+
 LINES = 500_000
 
 SLEEP_SCRIPT = "import time\ntime.sleep(1.0)\n"
@@ -58,18 +69,6 @@ for i in range(%d):
 )
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
-def make_project(root: Path, name: str, script: str) -> Path:
-    project = root / name
-    project.mkdir()
-    (project / "pyproject.toml").write_text("[project]\nname = 'bench'\nversion = '0'\n")
-    (project / "s.py").write_text(script)
-    return project
-
-
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -86,19 +85,6 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str], **kwargs: Any) -> tuple[
     wall = time.perf_counter() - started
     LAST_CPU[0] = children_cpu() - cpu
     return wall, proc
-
-
-def check(proc: subprocess.CompletedProcess, what: str) -> None:
-    if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace") if isinstance(proc.stderr, bytes) else proc.stderr
-        raise SystemExit("%s failed (exit %d): %s" % (what, proc.returncode, (err or "").strip()[-800:]))
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def vm_hwm_kib(pid: int) -> int | None:
@@ -131,21 +117,8 @@ def result(
     else:
         delta = measured - alt if compare == "diff" else (measured / alt if alt else float("inf"))
     bounded = delta if target_on == "delta" else measured
-    row = {
-        "name": name,
-        "unit": unit,
-        "measured": measured,
-        "alternative": alt_name,
-        "alternative_value": alt,
-        "compare": compare,
-        "delta": delta,
-        "target": target,
-        "target_on": target_on,
-        "pass": None if target is None or bounded is None else bounded <= target,
-        "reps": reps,
-    }
-    row.update(extra)
-    return row
+    compared = {"compare": compare, "delta": delta}
+    return make_row(name, unit, measured, alt_name, alt, compared, target, target_on, bounded, reps, extra)
 
 
 # ---- 1. CLI start --------------------------------------------------------------------------
@@ -386,48 +359,44 @@ def bench_output(root: Path, env: dict[str, str], reps: int) -> list[dict[str, A
         "%.2f" % mid(seen["script_cpu"]) if seen["script_cpu"] else "?",
         median(controller_cpu),
     )
-    return [
-        result(
-            "500k lines, train --wait -o json",
+
+    def wall_ratio(name: str, samples: list[float], alt_name: str, alt: list[float], **extra: Any) -> dict[str, Any]:
+        return result(
+            name,
             "s",
-            median(runctl),
-            "python s.py > file",
-            median(bare),
+            median(samples),
+            alt_name,
+            median(alt),
             "ratio",
             1.3,
             reps,
             target_on="delta",
-            samples=runctl,
-            alternative_samples=bare,
+            samples=samples,
+            alternative_samples=alt,
+            **extra,
+        )
+
+    return [
+        wall_ratio(
+            "500k lines, train --wait -o json",
+            runctl,
+            "python s.py > file",
+            bare,
             note=cpu_note,
             cpu_seconds={k: v for k, v in seen.items() if k.endswith("cpu")} | {"controller": controller_cpu},
         ),
-        result(
+        wall_ratio(
             "500k lines, same env both",
-            "s",
-            median(runctl),
+            runctl,
             "PYTHONUNBUFFERED=1 bare",
-            median(bare_unbuffered),
-            "ratio",
-            1.3,
-            reps,
-            target_on="delta",
-            samples=runctl,
-            alternative_samples=bare_unbuffered,
+            bare_unbuffered,
             note="runs get PYTHONUNBUFFERED=1 (live logs, as the issue requires): bare with that env is the fair floor",
         ),
-        result(
+        wall_ratio(
             "500k lines, --env PYTHONUNBUFFERED=",
-            "s",
-            median(runctl_buffered),
+            runctl_buffered,
             "python s.py > file",
-            median(bare),
-            "ratio",
-            1.3,
-            reps,
-            target_on="delta",
-            samples=runctl_buffered,
-            alternative_samples=bare,
+            bare,
             note="the user's opt-out of unbuffered output: block-buffered, like bare python",
         ),
         result(
@@ -454,80 +423,50 @@ def fmt(value: float | None, unit: str) -> str:
     return ("%.1f MiB" if unit == "MiB" else "%.3f s") % value
 
 
-def print_table(header: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    keys = ("python", "runctl", "cores", "load_average", "platform")
-    print("python %s | runctl %s | %s cores | load average %s at start | %s" % tuple(header[k] for k in keys))
-    print()
-    line = "%-34s %10s  %-20s %10s  %10s  %-10s %s"
-    print(line % ("measurement (median)", "runctl", "alternative", "", "diff/ratio", "target", ""))
-    for row in rows:
-        if row["delta"] is None:
-            delta = "-"
-        elif row["compare"] == "diff":
-            delta = "%+.3f s" % row["delta"]
-        else:
-            delta = "x%.2f" % row["delta"]
-        if row["target"] is None:
-            target = "-"
-        elif row["target_on"] == "delta":
-            target = ("+ <= %g s" if row["compare"] == "diff" else "x <= %g") % row["target"]
-        else:
-            target = "<= %g s" % row["target"]
-        verdict = "info" if row["pass"] is None else ("PASS" if row["pass"] else "MISS")
-        print(
-            line
-            % (
-                row["name"],
-                fmt(row["measured"], row["unit"]),
-                row["alternative"],
-                fmt(row["alternative_value"], row["unit"]),
-                delta,
-                target,
-                verdict,
-            )
-        )
-    print()
-    for row in rows:
-        if row.get("note"):
-            print("  %s: %s" % (row["name"], row["note"]))
-    print("  repetitions per row: %s" % ", ".join(str(r["reps"]) for r in rows))
+TABLE_LINE = "%-34s %10s  %-20s %10s  %10s  %-10s %s"
+TABLE_TITLES = ("measurement (median)", "runctl", "alternative", "", "diff/ratio", "target")
 
 
-def versions(env: dict[str, str], root: Path) -> dict[str, Any]:
-    _, proc = run([RUNCTL, "--version"], root, env, text=True)
-    return {
-        "python": platform.python_version(),
-        "runctl": proc.stdout.strip().replace("runctl ", "") or "?",
-        "cores": os.cpu_count(),
-        "load_average": "%.2f" % os.getloadavg()[0],
-        "platform": platform.platform(terse=True),
-        "runctl_path": RUNCTL,
-    }
+def cells(r: dict[str, Any]) -> tuple[str, ...]:
+    """A row's columns in the table, before its verdict."""
+    if r["delta"] is None:
+        delta = "-"
+    elif r["compare"] == "diff":
+        delta = "%+.3f s" % r["delta"]
+    else:
+        delta = "x%.2f" % r["delta"]
+    if r["target"] is None:
+        target = "-"
+    elif r["target_on"] == "delta":
+        target = ("+ <= %g s" if r["compare"] == "diff" else "x <= %g") % r["target"]
+    else:
+        target = "<= %g s" % r["target"]
+    return (
+        r["name"],
+        fmt(r["measured"], r["unit"]),
+        r["alternative"],
+        fmt(r["alternative_value"], r["unit"]),
+        delta,
+        target,
+    )
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--reps", type=int, default=5, help="repetitions of the fast measurements (default 5)")
-    args = parser.parse_args()
-    if not os.access(RUNCTL, os.X_OK):
-        raise SystemExit("no runctl console script at %s (install the package in this venv)" % RUNCTL)
+    args = arguments(__doc__, "repetitions of the fast measurements (default 5)").parse_args()
+    require_runctl()
     with tempfile.TemporaryDirectory(prefix="runctl-bench-") as tmp:
         root = Path(tmp)
         env = dict(os.environ)
         env["RUNCTL_HOME"] = str(root / "home")
         env.pop("RUNCTL_DEBUG", None)
         env.pop("PYTHONUNBUFFERED", None)
-        header = versions(env, root)
+        header = environment(env)
         rows = [bench_help(root, env, max(args.reps, 3))]
         rows.append(bench_sleep(root, env, args.reps))
         rows.extend(bench_detection(root, env, args.reps))
         rows.extend(bench_output(root, env, max(1, (args.reps + 1) // 2)))
-    if args.json:
-        print(json.dumps({"environment": header, "results": rows}, indent=2))
-    else:
-        print_table(header, rows)
-    return 0 if all(row["pass"] is not False for row in rows) else 1
+    table = functools.partial(print_table, header, TABLE_LINE, TABLE_TITLES, rows, cells)
+    return report(rows, args.json, {"environment": header, "results": rows}, table)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,10 @@ RUNCTL_HOME and the projects in a temp dir, and default policy settings except t
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import os
-import platform
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,8 +31,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-PY = sys.executable
-RUNCTL = str(Path(sys.executable).parent / "runctl")
+from _common import (
+    PY,
+    RUNCTL,
+    arguments,
+    check,
+    environment,
+    make_project,
+    make_row,
+    median,
+    print_table,
+    read_json,
+    report,
+    require_runctl,
+)
+
 THRESHOLD = "0.5"
 START_DELAY = "1.0"  # long enough for `train` to return and the bench to start watching
 MARKER_STABLE_SECONDS = 2.0
@@ -100,25 +111,6 @@ if sys.argv[2] == "linger":
 )
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
-def make_project(root: Path, name: str, script: str) -> Path:
-    project = root / name
-    project.mkdir()
-    (project / "pyproject.toml").write_text("[project]\nname = 'bench'\nversion = '0'\n")
-    (project / "s.py").write_text(script)
-    return project
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def read_stamp(path: Path) -> float:
     return float(path.read_text())
 
@@ -144,8 +136,7 @@ def start_run(project: Path, env: dict[str, str], *args: str) -> dict[str, Any]:
         text=True,
         timeout=120,
     )
-    if proc.returncode != 0:
-        raise SystemExit("runctl local train failed (exit %d): %s" % (proc.returncode, proc.stderr.strip()[-800:]))
+    check(proc, "runctl local train")
     return json.loads(proc.stdout)
 
 
@@ -193,21 +184,8 @@ def result(
     """One row in seconds; `delta` is measured - alt; `target` bounds `measured` or (target_on="delta") `delta`."""
     delta = None if alt is None else measured - alt
     bounded = delta if target_on == "delta" else measured
-    row = {
-        "name": name,
-        "unit": "s",
-        "measured": measured,
-        "alternative": alt_name,
-        "alternative_value": alt,
-        "delta": delta,
-        "target": target,
-        "target_label": target_label,
-        "target_on": target_on,
-        "pass": None if target is None or bounded is None else bounded <= target,
-        "reps": reps,
-    }
-    row.update(extra)
-    return row
+    compared = {"delta": delta}
+    return make_row(name, "s", measured, alt_name, alt, compared, target, target_on, bounded, reps, extra, target_label)
 
 
 # ---- 1 and 3: loss threshold -------------------------------------------------------------------
@@ -277,31 +255,29 @@ def bench_loss(root: Path, env: dict[str, str], reps: int) -> tuple[list[dict[st
     project = make_project(root, "loss", HELPER_SCRIPT)
     graceful = median(graceful_exit_bare(project, env, reps))
     samples = loss_stop_runs(project, env, reps)
-    rows = [
-        result(
-            "loss < threshold -> group gone",
-            median(samples["gone"]),
+
+    def stop_row(name: str, key: str, **extra: Any) -> dict[str, Any]:
+        return result(
+            name,
+            median(samples[key]),
             "script's graceful exit",
             graceful,
             1.0,
             "<= 1 s + exit",
             reps,
             target_on="delta",
-            samples=samples["gone"],
+            samples=samples[key],
+            **extra,
+        )
+
+    rows = [
+        stop_row(
+            "loss < threshold -> group gone",
+            "gone",
             note=breakdown(samples) + "; the agent reads metrics.jsonl on its tick (TICK_SECONDS, agent/supervisor.py)",
             breakdown={k: v for k, v in samples.items() if k not in ("gone", "ended")},
         ),
-        result(
-            "loss < threshold -> ended_at",
-            median(samples["ended"]),
-            "script's graceful exit",
-            graceful,
-            1.0,
-            "<= 1 s + exit",
-            reps,
-            target_on="delta",
-            samples=samples["ended"],
-        ),
+        stop_row("loss < threshold -> ended_at", "ended"),
     ]
     return rows, median(samples["gone"])
 
@@ -374,66 +350,36 @@ def bench_marker(root: Path, env: dict[str, str], reps: int) -> dict[str, Any]:
 # ---- report ------------------------------------------------------------------------------------
 
 
-def print_table(header: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    keys = ("python", "runctl", "cores", "load_average", "platform")
-    print("python %s | runctl %s | %s cores | load average %s at start | %s" % tuple(header[k] for k in keys))
-    print()
-    line = "%-32s %9s  %-24s %9s  %9s  %-14s %s"
-    print(line % ("measurement (median)", "runctl", "alternative", "", "diff", "target", ""))
-    for row in rows:
-        alt = row["alternative_value"]
-        verdict = "info" if row["pass"] is None else ("PASS" if row["pass"] else "MISS")
-        print(
-            line
-            % (
-                row["name"],
-                "%.3f s" % row["measured"],
-                row["alternative"],
-                "-" if alt is None else "%.3f s" % alt,
-                "-" if row["delta"] is None else "%+.3f s" % row["delta"],
-                row["target_label"],
-                verdict,
-            )
-        )
-    print()
-    for row in rows:
-        if row.get("note"):
-            print("  %s: %s" % (row["name"], row["note"]))
-    print("  repetitions per row: %s" % ", ".join(str(r["reps"]) for r in rows))
+TABLE_LINE = "%-32s %9s  %-24s %9s  %9s  %-14s %s"
+TABLE_TITLES = ("measurement (median)", "runctl", "alternative", "", "diff", "target")
 
 
-def versions(env: dict[str, str]) -> dict[str, Any]:
-    proc = subprocess.run([RUNCTL, "--version"], env=env, capture_output=True, text=True)
-    return {
-        "python": platform.python_version(),
-        "runctl": proc.stdout.strip().replace("runctl ", "") or "?",
-        "cores": os.cpu_count(),
-        "load_average": "%.2f" % os.getloadavg()[0],
-        "platform": platform.platform(terse=True),
-        "runctl_path": RUNCTL,
-    }
+def cells(r: dict[str, Any]) -> tuple[str, ...]:
+    """A row's columns in the table, before its verdict."""
+    alt = r["alternative_value"]
+    return (
+        r["name"],
+        "%.3f s" % r["measured"],
+        r["alternative"],
+        "-" if alt is None else "%.3f s" % alt,
+        "-" if r["delta"] is None else "%+.3f s" % r["delta"],
+        r["target_label"],
+    )
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--reps", type=int, default=5, help="repetitions of the loss measurements (default 5)")
-    args = parser.parse_args()
-    if not os.access(RUNCTL, os.X_OK):
-        raise SystemExit("no runctl console script at %s (install the package in this venv)" % RUNCTL)
+    args = arguments(__doc__, "repetitions of the loss measurements (default 5)").parse_args()
+    require_runctl()
     with tempfile.TemporaryDirectory(prefix="runctl-bench-") as tmp:
         root = Path(tmp)
         env = {k: v for k, v in os.environ.items() if not k.startswith("RUNCTL_")}
         env["RUNCTL_HOME"] = str(root / "home")
-        header = versions(env)
+        header = environment(env)
         rows, helper_gone = bench_loss(root, env, args.reps)
         rows.append(bench_marker(root, env, max(1, (args.reps + 1) // 2)))
         rows.append(bench_log_loss(root, env, args.reps, helper_gone))
-    if args.json:
-        print(json.dumps({"environment": header, "results": rows}, indent=2))
-    else:
-        print_table(header, rows)
-    return 0 if all(row["pass"] is not False for row in rows) else 1
+    table = functools.partial(print_table, header, TABLE_LINE, TABLE_TITLES, rows, cells)
+    return report(rows, args.json, {"environment": header, "results": rows}, table)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import json
 import os
 import platform
@@ -33,7 +34,6 @@ import random
 import re
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,9 +42,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import PY, RUNCTL, arguments, make_row, median, print_rows, report, require_runctl
+from _common import check as _check
+
 REPO = Path(__file__).resolve().parent.parent
-PY = sys.executable
-RUNCTL = str(Path(sys.executable).parent / "runctl")
 
 PROJECT_FILES = 2000
 FANOUT_RUNS_PER_HOST = 10
@@ -89,14 +90,8 @@ GITIGNORE = "*.log\nbuild/\n*.tmp\n"
 # ---- helpers -----------------------------------------------------------------------------------
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 def check(proc: subprocess.CompletedProcess, what: str) -> None:
-    if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace") if isinstance(proc.stderr, bytes) else proc.stderr
-        raise SystemExit("%s failed (exit %d): %s" % (what, proc.returncode, (err or "").strip()[-1500:]))
+    _check(proc, what, tail=1500)
 
 
 def row(
@@ -113,20 +108,7 @@ def row(
     """One table row; `target` bounds `measured`, or with target_on="ratio" measured / alt."""
     ratio = measured / alt if alt else None
     bounded = ratio if target_on == "ratio" else measured
-    out = {
-        "name": name,
-        "unit": unit,
-        "measured": measured,
-        "alternative": alt_name,
-        "alternative_value": alt,
-        "ratio": ratio,
-        "target": target,
-        "target_on": target_on,
-        "pass": None if target is None or bounded is None else bounded <= target,
-        "reps": reps,
-    }
-    out.update(extra)
-    return out
+    return make_row(name, unit, measured, alt_name, alt, {"ratio": ratio}, target, target_on, bounded, reps, extra)
 
 
 class Streamed:
@@ -243,6 +225,7 @@ def count_files(path: Path) -> int:
 
 
 def bench_sync(transport: Any, host: Any, project: Path, reps: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    from runctl.transport import ignore
     from runctl.transport.sync import code_filters, sync_code
 
     remote_root = host.home / "bench-sync"
@@ -270,9 +253,12 @@ def bench_sync(transport: Any, host: Any, project: Path, reps: int) -> tuple[lis
     def plain_rsync(remote: Path) -> float:
         return rsync(["-a"], remote)
 
+    rules_file = remote_root.parent / "bench-ignore.rules"
+    rules_file.write_text("".join(rule + "\n" for rule in ignore.collect(project)))
+
     def runctl_flags_only(remote: Path) -> float:
-        """sync_code's rsync command by itself: its flags and filters, without the ssh round trips before it."""
-        return rsync(["-az", "--delete", "--stats", *code_filters([])], remote)
+        """sync_code's rsync command by itself: its flags and filters, without the ignore-file walk."""
+        return rsync(["-az", "--delete", "--stats", *code_filters([], str(rules_file))], remote)
 
     # Warm the local page cache and the remote side once, outside the measurements.
     runctl_sync(remote_root / "warmup-runctl")
@@ -670,6 +656,23 @@ def fmt(value: float | None, unit: str) -> str:
     return "%g" % value
 
 
+TABLE_LINE = "%-38s %11s  %-22s %11s  %7s  %-10s %s"
+TABLE_TITLES = ("measurement (median)", "runctl", "beside it", "", "ratio", "target")
+
+
+def cells(r: dict[str, Any]) -> tuple[str, ...]:
+    """A row's columns in the table, before its verdict."""
+    ratio = "-" if r["ratio"] is None or r["target_on"] != "ratio" else "x%.2f" % r["ratio"]
+    if r["target"] is None:
+        target = "-"
+    elif r["target_on"] == "ratio":
+        target = "x <= %g" % r["target"]
+    else:
+        target = "<= %g %s" % (r["target"], r["unit"])
+    alternative = fmt(r["alternative_value"], r["unit"]) if r["alternative"] else ""
+    return (r["name"], fmt(r["measured"], r["unit"]), r["alternative"], alternative, ratio, target)
+
+
 def print_table(header: dict[str, Any], rows: list[dict[str, Any]], notes: list[str]) -> None:
     print(
         "python %s | %s cores | %s | hosts: %s | project: %d files, %.1f MB (%d gitignored)"
@@ -684,44 +687,19 @@ def print_table(header: dict[str, Any], rows: list[dict[str, Any]], notes: list[
         )
     )
     print()
-    line = "%-38s %11s  %-22s %11s  %7s  %-10s %s"
-    print(line % ("measurement (median)", "runctl", "beside it", "", "ratio", "target", ""))
-    for r in rows:
-        ratio = "-" if r["ratio"] is None or r["target_on"] != "ratio" else "x%.2f" % r["ratio"]
-        if r["target"] is None:
-            target = "-"
-        elif r["target_on"] == "ratio":
-            target = "x <= %g" % r["target"]
-        else:
-            target = "<= %g %s" % (r["target"], r["unit"])
-        verdict = "info" if r["pass"] is None else ("PASS" if r["pass"] else "MISS")
-        print(
-            line
-            % (
-                r["name"],
-                fmt(r["measured"], r["unit"]),
-                r["alternative"],
-                fmt(r["alternative_value"], r["unit"]) if r["alternative"] else "",
-                ratio,
-                target,
-                verdict,
-            )
-        )
+    print_rows(TABLE_LINE, TABLE_TITLES, rows, cells)
     print()
     for note in notes:
         print(note)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--reps", type=int, default=5, help="repetitions of each measurement (default 5)")
+    parser = arguments(__doc__, "repetitions of each measurement (default 5)")
     parser.add_argument("--follow-driver", nargs="+", metavar="RUN_ID", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.follow_driver:
         return follow_driver(args.follow_driver)
-    if not os.access(RUNCTL, os.X_OK):
-        raise SystemExit("no runctl console script at %s (install the package in this venv)" % RUNCTL)
+    require_runctl()
     sys.path.insert(0, str(REPO))
     from tests.support.sshhosts import start_hosts
 
@@ -771,7 +749,7 @@ def main() -> int:
     notes = [
         "sync: files on the host after one sync: runctl %(runctl_remote_files)d (.gitignore honoured), "
         "rsync -a %(rsync_remote_files)d" % sync_files,
-        "sync: sync_code's rsync command alone (-az --delete --stats + filters, without the mkdir and "
+        "sync: sync_code's rsync command alone (-az --delete --stats + filters, without the ignore-file walk and "
         "`ssh -O check` round trips before it): first %(flags_only_first).3f s, nothing changed %(flags_only_same).3f s"
         % sync_files,
         "launch breakdown (median from CLI start): 'synced' line %.3f s, 'started' line %.3f s, first log line %.3f s"
@@ -793,16 +771,8 @@ def main() -> int:
         ),
         "repetitions per row: %s; total %.0f s" % (", ".join(str(r["reps"]) for r in rows), header["total_seconds"]),
     ]
-    if args.json:
-        print(
-            json.dumps(
-                {"environment": header, "results": rows, "launch_runs": launch_details, "fanout": fanout},
-                indent=2,
-            )
-        )
-    else:
-        print_table(header, rows, notes)
-    return 0 if all(r["pass"] is not False for r in rows) else 1
+    document = {"environment": header, "results": rows, "launch_runs": launch_details, "fanout": fanout}
+    return report(rows, args.json, document, functools.partial(print_table, header, rows, notes))
 
 
 if __name__ == "__main__":

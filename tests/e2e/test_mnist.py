@@ -2,50 +2,29 @@
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.runs import kill_leftover_runs, run_dir
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
 pytestmark = pytest.mark.slow
 
-TERMINAL = ("completed", "failed", "stopped", "interrupted", "lost")
 # The interpreter running the tests has torch; the script must run with it.
 PYTHON = ("--python", sys.executable)
 
 
-def run_dir(project: Path, run_id: str) -> Path:
-    return project / ".runctl" / "runs" / run_id
-
-
-def status_file(project: Path, run_id: str) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir(project, run_id) / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 @pytest.fixture(autouse=True)
-def no_leftover_runs(project: Path):  # type: ignore[no-untyped-def]
+def no_leftover_runs(project: Path) -> Iterator[None]:
     yield
-    for directory in (project / ".runctl" / "runs").glob("*"):
-        state = status_file(project, directory.name)
-        if state.get("status") in TERMINAL:
-            continue
-        for pid, kill in ((state.get("pid"), os.killpg), (state.get("agent_pid"), os.kill)):
-            if pid:
-                try:
-                    kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+    kill_leftover_runs(project)
 
 
 def latest_run(cli) -> dict[str, Any]:  # type: ignore[no-untyped-def]

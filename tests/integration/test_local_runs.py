@@ -6,20 +6,32 @@ codes, stdout/stderr, `runs status -o json`, and the files in the run dir and th
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.runs import (
+    RUN_ID,
+    TERMINAL,
+    events,
+    latest_run,
+    log_text,
+    run_dir,
+    status_file,
+    write_script,
+)
+from tests.support.runs import poll as _poll
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,8 +39,6 @@ RUNCTL = [sys.executable, "-m", "runctl"]
 # A plain system Python starts in ~20 ms (a pyenv shim takes ~10x that) and has no runctl installed.
 SYSTEM_PY = "/usr/bin/python3"
 FAST_PY = SYSTEM_PY if os.access(SYSTEM_PY, os.X_OK) else sys.executable
-RUN_ID = re.compile(r"^[0-9a-f]{8}$")
-TERMINAL = {"completed", "failed", "stopped", "interrupted", "lost"}
 ORDER = ["pending", "provisioning", "syncing", "setting_up", "running", "stopping"]
 DOCUMENTED_KEYS = {
     "run_id",
@@ -66,53 +76,8 @@ print("done", flush=True)
 # ---- helpers ----------------------------------------------------------------------------------
 
 
-def write_script(project: Path, name: str, body: str, mode: int = 0o644) -> str:
-    path = project / name
-    path.write_text(textwrap.dedent(body))
-    path.chmod(mode)
-    return name
-
-
-def poll(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    """The first truthy value of check() within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError("timed out after %gs waiting for %s" % (timeout, what))
-        time.sleep(interval)
-
-
-def run_dir(project: Path, run_id: str) -> Path:
-    return project / ".runctl" / "runs" / run_id
-
-
-def status_file(project: Path, run_id: str) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir(project, run_id) / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def events(project: Path, run_id: str) -> list[dict[str, Any]]:
-    lines = (run_dir(project, run_id) / "events.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
-def log_text(project: Path, run_id: str) -> str:
-    try:
-        return (run_dir(project, run_id) / "training.log").read_text()
-    except OSError:
-        return ""
-
-
-def latest_run(project: Path) -> str:
-    try:
-        return (project / ".runctl" / "latest_run").read_text().strip()
-    except OSError:
-        return ""
+# The run's files change within milliseconds here: look more often than the default.
+poll = functools.partial(_poll, interval=0.02)
 
 
 def proc_state(pid: int) -> str | None:

@@ -5,67 +5,21 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
-import signal
-import textwrap
-import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-TERMINAL = ("completed", "failed", "stopped", "interrupted", "lost")
-
-
-def run_dir(project: Path, run_id: str) -> Path:
-    return project / ".runctl" / "runs" / run_id
-
-
-def status_file(project: Path, run_id: str) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir(project, run_id) / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
+from tests.support.runs import kill_leftover_runs, poll, train_wait, write_script
 
 
 @pytest.fixture(autouse=True)
-def no_leftover_runs(project: Path):  # type: ignore[no-untyped-def]
+def no_leftover_runs(project: Path) -> Iterator[None]:
     """A failing test must not leave a training process behind."""
     yield
-    for directory in (project / ".runctl" / "runs").glob("*"):
-        state = status_file(project, directory.name)
-        if state.get("status") in TERMINAL:
-            continue
-        for pid, kill in ((state.get("pid"), os.killpg), (state.get("agent_pid"), os.kill)):
-            if pid:
-                try:
-                    kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-
-
-def until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError("timed out after %gs waiting for %s" % (timeout, what))
-        time.sleep(interval)
-
-
-def train_wait(cli, script: str, *flags: str, args: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
-    result = cli("local", "train", script, "--wait", "-o", "json", *flags, "--", *args)
-    assert result.out.strip(), "no JSON on stdout (exit %d): %s" % (result.code, result.err)
-    return result.code, result.json
-
-
-def write_script(project: Path, name: str, body: str) -> str:
-    (project / name).write_text(textwrap.dedent(body).lstrip())
-    return name
+    kill_leftover_runs(project)
 
 
 def series(cli, run_id: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
@@ -124,7 +78,7 @@ def test_status_shows_live_progress(cli, project: Path) -> None:
         shown = cli("runs", "status", run_id, "-o", "json").json
         return shown if (shown.get("step") or 0) >= 25 and shown.get("eta_seconds") is not None else None
 
-    live = until(progressed, 15, "progress in runs status")
+    live = poll(progressed, 15, "progress in runs status")
     assert live["status"] == "running"
     assert isinstance(live["step"], int) and live["step"] < 80
     assert live["epoch"] in (1, 2)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import threading
 import time
@@ -15,7 +13,8 @@ from typing import Any
 
 import pytest
 
-TERMINAL = ("completed", "failed", "stopped", "interrupted", "lost")
+from tests.support.runs import events, kill_leftover_runs, run_dir, status_file, train_wait
+
 SECRET = "T000/B000/s3cr3t-token"
 STUB = ("--epochs", "2", "--steps-per-epoch", "20", "--delay", "0.03")
 
@@ -88,41 +87,14 @@ def closed_port_url() -> str:
     return "http://127.0.0.1:%d/hooks/%s" % (port, SECRET)
 
 
-def run_dir(project: Path, run_id: str) -> Path:
-    return project / ".runctl" / "runs" / run_id
-
-
-def status_file(project: Path, run_id: str) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir(project, run_id) / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def events(project: Path, run_id: str) -> list[dict[str, Any]]:
-    path = run_dir(project, run_id) / "events.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 @pytest.fixture(autouse=True)
-def no_leftover_runs(project: Path):  # type: ignore[no-untyped-def]
+def no_leftover_runs(project: Path) -> Iterator[None]:
     yield
-    for directory in (project / ".runctl" / "runs").glob("*"):
-        state = status_file(project, directory.name)
-        if state.get("status") in TERMINAL:
-            continue
-        for pid, kill in ((state.get("pid"), os.killpg), (state.get("agent_pid"), os.kill)):
-            if pid:
-                try:
-                    kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+    kill_leftover_runs(project)
 
 
-def train_wait(cli, *flags: str, args: tuple[str, ...] = STUB):  # type: ignore[no-untyped-def]
-    result = cli("local", "train", "train_stub.py", "--wait", "-o", "json", *flags, "--", *args)
-    assert result.out.strip(), "no JSON on stdout (exit %d): %s" % (result.code, result.err)
-    return result.code, result.json
+def stub_wait(cli, *flags: str, args: tuple[str, ...] = STUB):  # type: ignore[no-untyped-def]
+    return train_wait(cli, "train_stub.py", *flags, args=args)
 
 
 def agent_finished(project: Path, run_id: str, timeout: float = 15) -> list[dict[str, Any]]:
@@ -137,7 +109,7 @@ def agent_finished(project: Path, run_id: str, timeout: float = 15) -> list[dict
 
 
 def test_started_policy_and_ended_events_are_posted(cli, project: Path, hook: Hook) -> None:
-    code, run = train_wait(cli, "--notify", hook.url, "--auto-stop-loss", "0.5", "--stop-grace", "5")
+    code, run = stub_wait(cli, "--notify", hook.url, "--auto-stop-loss", "0.5", "--stop-grace", "5")
     assert code == 0
     run_id = run["run_id"]
     assert run["termination_status"] == "auto_low_loss"
@@ -167,7 +139,7 @@ def test_every_notify_url_gets_the_events(cli, project: Path, hook: Hook) -> Non
     second = Hook()
     try:
         (project / "runctl.toml").write_text('[policies]\nnotify = ["%s"]\n' % second.url)
-        code, run = train_wait(cli, "--notify", hook.url, args=("--epochs", "1", "--steps-per-epoch", "3"))
+        code, run = stub_wait(cli, "--notify", hook.url, args=("--epochs", "1", "--steps-per-epoch", "3"))
         assert code == 0
         for server in (hook, second):
             assert server.wait_for("ended")["status"] == "completed"
@@ -177,7 +149,7 @@ def test_every_notify_url_gets_the_events(cli, project: Path, hook: Hook) -> Non
 
 
 def test_failed_run_is_notified(cli, project: Path, hook: Hook) -> None:
-    code, run = train_wait(
+    code, run = stub_wait(
         cli,
         "--notify",
         hook.url,
@@ -193,7 +165,7 @@ def test_failed_run_is_notified(cli, project: Path, hook: Hook) -> None:
 @pytest.mark.parametrize("endpoint", ["closed_port", "http_500"])
 def test_failing_notifications_never_affect_the_run(cli, project: Path, failing_hook: Hook, endpoint: str) -> None:
     url = closed_port_url() if endpoint == "closed_port" else failing_hook.url
-    code, run = train_wait(cli, "--notify", url, args=("--epochs", "1", "--steps-per-epoch", "5", "--delay", "0.01"))
+    code, run = stub_wait(cli, "--notify", url, args=("--epochs", "1", "--steps-per-epoch", "5", "--delay", "0.01"))
     assert code == 0
     assert (run["status"], run["termination_status"]) == ("completed", "auto_complete")
     assert run["step"] == 5

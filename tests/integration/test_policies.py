@@ -9,37 +9,31 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-TERMINAL = ("completed", "failed", "stopped", "interrupted", "lost")
-FAST = ("--delay", "0.03")
+from tests.support.runs import (
+    events,
+    kill_leftover_runs,
+    poll,
+    run_dir,
+    start_run,
+    status_file,
+    train_wait,
+    write_script,
+)
+
+STOP_BELOW_HALF = ("--auto-stop-loss", "0.5", "--stop-grace", "5")
 LONG_STUB = ("--epochs", "1", "--steps-per-epoch", "2000", "--delay", "0.05", "--checkpoint-interval", "100")
 
 
-def run_dir(project: Path, run_id: str) -> Path:
-    return project / ".runctl" / "runs" / run_id
-
-
-def status_file(project: Path, run_id: str) -> dict[str, Any]:
-    path = run_dir(project, run_id) / "status.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def events(project: Path, run_id: str) -> list[dict[str, Any]]:
-    path = run_dir(project, run_id) / "events.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def stub(epochs: int, steps: int, *extra: str, delay: str = "0.03") -> tuple[str, ...]:
+    """Arguments of train_stub.py: EPOCHS epochs of STEPS steps, DELAY seconds each, then EXTRA."""
+    return ("--epochs", str(epochs), "--steps-per-epoch", str(steps), "--delay", delay, *extra)
 
 
 def event_names(project: Path, run_id: str) -> list[str]:
@@ -50,41 +44,10 @@ def signals_sent(project: Path, run_id: str) -> list[str]:
     return [e["signal"] for e in events(project, run_id) if e["event"] == "signal"]
 
 
-def until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError("timed out after %gs waiting for %s" % (timeout, what))
-        time.sleep(interval)
-
-
-def train_wait(cli, script: str, *flags: str, args: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
-    """`runctl local train SCRIPT --wait -o json FLAGS -- ARGS`: (exit code, the run's final JSON)."""
-    result = cli("local", "train", script, "--wait", "-o", "json", *flags, "--", *args)
-    assert result.out.strip(), "no JSON on stdout (exit %d): %s" % (result.code, result.err)
-    return result.code, result.json
-
-
-def start(cli, script: str, *flags: str, args: tuple[str, ...] = ()) -> str:  # type: ignore[no-untyped-def]
-    result = cli("local", "train", script, *flags, "--", *args)
-    assert result.code == 0, result.err
-    run_id = result.out.strip()
-    assert re.fullmatch(r"[0-9a-f]{8}", run_id), result.out
-    return run_id
-
-
 def wait_run(cli, run_id: str, timeout: str = "30s"):  # type: ignore[no-untyped-def]
     result = cli("runs", "wait", run_id, "--timeout", timeout, "-o", "json")
     assert result.code != 3, "run %s did not end in %s" % (run_id, timeout)
     return result.code, result.json
-
-
-def write_script(project: Path, name: str, body: str) -> str:
-    (project / name).write_text(textwrap.dedent(body).lstrip())
-    return name
 
 
 def pid_alive(pid: int) -> bool:
@@ -98,19 +61,10 @@ def pid_alive(pid: int) -> bool:
 
 
 @pytest.fixture(autouse=True)
-def no_leftover_runs(project: Path):  # type: ignore[no-untyped-def]
+def no_leftover_runs(project: Path) -> Iterator[None]:
     """A failing test must not leave a hung training process behind."""
     yield
-    for directory in (project / ".runctl" / "runs").glob("*"):
-        state = status_file(project, directory.name)
-        if state.get("status") in TERMINAL:
-            continue
-        for pid, kill in ((state.get("pid"), os.killpg), (state.get("agent_pid"), os.kill)):
-            if pid:
-                try:
-                    kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+    kill_leftover_runs(project)
 
 
 def stop_checkpoint(project: Path) -> dict[str, Any]:
@@ -146,19 +100,18 @@ LOSS_SEQUENCE = """
 """
 
 
+def report_losses(cli, project: Path, *args: str, patience: int, grace: int):  # type: ignore[no-untyped-def]
+    """LOSS_SEQUENCE with ARGS (the losses, then seconds to linger) under --auto-stop-loss 0.5: train_wait's result."""
+    script = write_script(project, "losses.py", LOSS_SEQUENCE)
+    flags = ("--auto-stop-loss", "0.5", "--auto-stop-patience", str(patience), "--stop-grace", str(grace))
+    return train_wait(cli, script, *flags, args=args)
+
+
 # ---- --auto-stop-loss --------------------------------------------------------------------------
 
 
 def test_auto_stop_loss_fires_with_helper_reports(cli, project: Path) -> None:
-    code, run = train_wait(
-        cli,
-        "train_stub.py",
-        "--auto-stop-loss",
-        "0.5",
-        "--stop-grace",
-        "5",
-        args=("--epochs", "3", "--steps-per-epoch", "20", *FAST, "--checkpoint-interval", "100"),
-    )
+    code, run = train_wait(cli, "train_stub.py", *STOP_BELOW_HALF, args=stub(3, 20, "--checkpoint-interval", "100"))
     assert code == 0
     assert run["status"] == "completed"
     assert run["termination_status"] == "auto_low_loss"
@@ -198,15 +151,8 @@ def test_auto_stop_loss_fires_with_helper_reports(cli, project: Path) -> None:
 
 
 def test_auto_stop_loss_fires_from_log_lines_without_helper(cli, project: Path) -> None:
-    code, run = train_wait(
-        cli,
-        "train_stub.py",
-        "--auto-stop-loss",
-        "0.5",
-        "--stop-grace",
-        "5",
-        args=("--epochs", "3", "--steps-per-epoch", "20", *FAST, "--no-report", "--checkpoint-interval", "100"),
-    )
+    args = stub(3, 20, "--no-report", "--checkpoint-interval", "100")
+    code, run = train_wait(cli, "train_stub.py", *STOP_BELOW_HALF, args=args)
     assert code == 0
     assert (run["status"], run["termination_status"]) == ("completed", "auto_low_loss")
     assert "threshold 0.5" in run["termination_message"]
@@ -217,12 +163,9 @@ def test_auto_stop_loss_fires_from_log_lines_without_helper(cli, project: Path) 
 
 
 def test_loss_dipping_below_threshold_briefly_does_not_fire_with_patience(cli, project: Path) -> None:
-    script = write_script(project, "losses.py", LOSS_SEQUENCE)
     # Below 0.5 once, then twice in a row: never three consecutive reports.
     sequence = "1.0,0.9,0.8,0.4,0.7,0.45,0.42,0.6,0.55,0.52"
-    code, run = train_wait(
-        cli, script, "--auto-stop-loss", "0.5", "--auto-stop-patience", "3", "--stop-grace", "2", args=(sequence,)
-    )
+    code, run = report_losses(cli, project, sequence, patience=3, grace=2)
     assert code == 0
     assert run["status"] == "completed"
     assert run["termination_status"] == "auto_complete"
@@ -233,36 +176,14 @@ def test_loss_dipping_below_threshold_briefly_does_not_fire_with_patience(cli, p
 
 def test_a_low_report_that_is_also_printed_counts_once(cli, project: Path) -> None:
     # The script reports each loss and prints it too: one report below the threshold is one, not two.
-    script = write_script(project, "losses.py", LOSS_SEQUENCE)
-    code, run = train_wait(
-        cli,
-        script,
-        "--auto-stop-loss",
-        "0.5",
-        "--auto-stop-patience",
-        "2",
-        "--stop-grace",
-        "2",
-        args=("0.4,0.9,0.8,0.7",),
-    )
+    code, run = report_losses(cli, project, "0.4,0.9,0.8,0.7", patience=2, grace=2)
     assert code == 0
     assert (run["status"], run["termination_status"]) == ("completed", "auto_complete"), run["termination_message"]
 
 
 def test_patience_fires_after_enough_consecutive_low_reports(cli, project: Path) -> None:
-    script = write_script(project, "losses.py", LOSS_SEQUENCE)
     sequence = "1.0,0.9,0.4,0.7,0.45,0.42,0.41,0.6"
-    code, run = train_wait(
-        cli,
-        script,
-        "--auto-stop-loss",
-        "0.5",
-        "--auto-stop-patience",
-        "3",
-        "--stop-grace",
-        "5",
-        args=(sequence, "10"),
-    )
+    code, run = report_losses(cli, project, sequence, "10", patience=3, grace=5)
     assert code == 0
     assert (run["status"], run["termination_status"]) == ("completed", "auto_low_loss")
     assert re.search(r"loss 0\.41 below threshold 0\.5 for 3 consecutive reports", run["termination_message"]), run[
@@ -272,13 +193,7 @@ def test_patience_fires_after_enough_consecutive_low_reports(cli, project: Path)
 
 
 def test_negative_auto_stop_loss_disables_it(cli, project: Path) -> None:
-    code, run = train_wait(
-        cli,
-        "train_stub.py",
-        "--auto-stop-loss",
-        "-1",
-        args=("--epochs", "1", "--steps-per-epoch", "10", "--delay", "0"),
-    )
+    code, run = train_wait(cli, "train_stub.py", "--auto-stop-loss", "-1", args=stub(1, 10, delay="0"))
     assert code == 0, run
     assert (run["status"], run["termination_status"]) == ("completed", "auto_complete")
     assert run["step"] == 10
@@ -302,18 +217,18 @@ def test_stable_marker_completes_a_lingering_process_which_is_then_stopped(cli, 
         time.sleep(1000)
         """,
     )
-    run_id = start(cli, script, "--exit-grace", "2")
+    run_id = start_run(cli, script, "--exit-grace", "2")
     marker = project / "training_complete.txt"
-    until(marker.exists, 10, "the marker")
+    poll(marker.exists, 10, "the marker")
     written = marker.stat().st_mtime
-    until(lambda: status_file(project, run_id).get("status") == "completed", 8, "completed by the marker")
+    poll(lambda: status_file(project, run_id).get("status") == "completed", 8, "completed by the marker")
     completed_after = time.time() - written
     assert completed_after <= 4.0, "completed %.1fs after the marker" % completed_after
     state = status_file(project, run_id)
     assert state["termination_status"] == "auto_complete"
     assert pid_alive(state["pid"]), "the process must get its exit grace"
     # After the exit grace the lingering process is stopped; the run stays completed.
-    final = until(lambda: (s := status_file(project, run_id)).get("exited_at") and s, 10, "the process to be stopped")
+    final = poll(lambda: (s := status_file(project, run_id)).get("exited_at") and s, 10, "the process to be stopped")
     assert 1.5 <= final["exited_at"] - final["ended_at"] <= 5.0
     assert final["status"] == "completed"
     assert final["termination_status"] == "auto_complete"
@@ -341,7 +256,7 @@ def test_marker_still_being_written_does_not_complete_the_run(cli, project: Path
         sys.exit(1)
         """,
     )
-    run_id = start(cli, script)
+    run_id = start_run(cli, script)
     seen = set()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -373,12 +288,13 @@ STALL = """
     print("step frozen at 5", flush=True)
     time.sleep(1000)
 """
+STALL_POLLS = ("--poll-interval", "0.3", "--stall-polls", "3")
 
 
 def test_final_epoch_step_stall_completes_the_run(cli, project: Path) -> None:
     script = write_script(project, "stall.py", STALL)
     started = time.monotonic()
-    code, run = train_wait(cli, script, "--poll-interval", "0.3", "--stall-polls", "3", args=("3", "3"))
+    code, run = train_wait(cli, script, *STALL_POLLS, args=("3", "3"))
     took = time.monotonic() - started
     assert code == 0
     assert (run["status"], run["termination_status"]) == ("completed", "auto_complete")
@@ -391,19 +307,7 @@ def test_final_epoch_step_stall_completes_the_run(cli, project: Path) -> None:
 
 def test_stall_on_a_non_final_epoch_is_not_completion(cli, project: Path) -> None:
     script = write_script(project, "stall.py", STALL)
-    code, run = train_wait(
-        cli,
-        script,
-        "--poll-interval",
-        "0.3",
-        "--stall-polls",
-        "3",
-        "--max-duration",
-        "2.5s",
-        "--stop-grace",
-        "0.5",
-        args=("2", "3"),
-    )
+    code, run = train_wait(cli, script, *STALL_POLLS, "--max-duration", "2.5s", "--stop-grace", "0.5", args=("2", "3"))
     assert code == 1
     assert (run["status"], run["termination_status"]) == ("stopped", "max_duration")
     assert run["epoch"] == 2
@@ -416,13 +320,7 @@ def test_stall_on_a_non_final_epoch_is_not_completion(cli, project: Path) -> Non
 def test_hang_timeout_stops_a_silent_process(cli, project: Path) -> None:
     started = time.monotonic()
     code, run = train_wait(
-        cli,
-        "train_stub.py",
-        "--hang-timeout",
-        "1.5",
-        "--stop-grace",
-        "0.5",
-        args=("--epochs", "1", "--steps-per-epoch", "100", *FAST, "--hang-at-step", "5"),
+        cli, "train_stub.py", "--hang-timeout", "1.5", "--stop-grace", "0.5", args=stub(1, 100, "--hang-at-step", "5")
     )
     took = time.monotonic() - started
     assert code == 1
@@ -436,13 +334,7 @@ def test_hang_timeout_stops_a_silent_process(cli, project: Path) -> None:
 
 
 def test_slow_but_progressing_run_is_not_a_hang(cli, project: Path) -> None:
-    code, run = train_wait(
-        cli,
-        "train_stub.py",
-        "--hang-timeout",
-        "1.5",
-        args=("--epochs", "1", "--steps-per-epoch", "4", "--delay", "0.5"),
-    )
+    code, run = train_wait(cli, "train_stub.py", "--hang-timeout", "1.5", args=stub(1, 4, delay="0.5"))
     assert code == 0
     assert (run["status"], run["termination_status"]) == ("completed", "auto_complete")
     assert run["step"] == 4
@@ -450,16 +342,10 @@ def test_slow_but_progressing_run_is_not_a_hang(cli, project: Path) -> None:
 
 
 def test_on_hang_notify_records_a_notice_and_keeps_running(cli, project: Path) -> None:
-    run_id = start(
-        cli,
-        "train_stub.py",
-        "--hang-timeout",
-        "1",
-        "--on-hang",
-        "notify",
-        args=("--epochs", "1", "--steps-per-epoch", "100", *FAST, "--hang-at-step", "3"),
+    run_id = start_run(
+        cli, "train_stub.py", "--hang-timeout", "1", "--on-hang", "notify", args=stub(1, 100, "--hang-at-step", "3")
     )
-    notices = until(lambda: [e for e in events(project, run_id) if e["event"] == "policy_notice"], 10, "a notice")
+    notices = poll(lambda: [e for e in events(project, run_id) if e["event"] == "policy_notice"], 10, "a notice")
     notice = notices[0]
     assert notice["termination_status"] == "hang"
     time.sleep(0.6)
@@ -493,13 +379,7 @@ def test_max_duration_stops_gracefully(cli, project: Path) -> None:
 
 
 def test_nan_loss_is_divergence(cli, project: Path) -> None:
-    code, run = train_wait(
-        cli,
-        "train_stub.py",
-        "--stop-grace",
-        "5",
-        args=("--epochs", "1", "--steps-per-epoch", "200", *FAST, "--curve", "nan-at:5"),
-    )
+    code, run = train_wait(cli, "train_stub.py", "--stop-grace", "5", args=stub(1, 200, "--curve", "nan-at:5"))
     assert code == 1
     assert (run["status"], run["termination_status"]) == ("failed", "diverged")
     assert "nan" in run["termination_message"].lower()
@@ -510,11 +390,7 @@ def test_nan_loss_is_divergence(cli, project: Path) -> None:
 
 def test_nan_loss_ignored_on_request(cli, project: Path) -> None:
     code, run = train_wait(
-        cli,
-        "train_stub.py",
-        "--on-nan",
-        "ignore",
-        args=("--epochs", "1", "--steps-per-epoch", "10", "--delay", "0.01", "--curve", "nan-at:5"),
+        cli, "train_stub.py", "--on-nan", "ignore", args=stub(1, 10, "--curve", "nan-at:5", delay="0.01")
     )
     assert code == 0
     assert (run["status"], run["termination_status"]) == ("completed", "auto_complete")
@@ -526,8 +402,8 @@ def test_nan_loss_ignored_on_request(cli, project: Path) -> None:
 
 @pytest.mark.parametrize("how", ["runs_stop", "run_stop_file", "project_stop_file"])
 def test_user_stop_is_graceful(cli, project: Path, how: str) -> None:
-    run_id = start(cli, "train_stub.py", "--stop-grace", "5", args=LONG_STUB)
-    until(lambda: (status_file(project, run_id).get("step") or 0) >= 3, 10, "the first steps")
+    run_id = start_run(cli, "train_stub.py", "--stop-grace", "5", args=LONG_STUB)
+    poll(lambda: (status_file(project, run_id).get("step") or 0) >= 3, 10, "the first steps")
     if how == "runs_stop":
         result = cli("runs", "stop", run_id)
         assert result.code == 0, result.err
@@ -551,7 +427,7 @@ def test_user_stop_is_graceful(cli, project: Path, how: str) -> None:
 
 def test_policies_from_project_config(cli, project: Path) -> None:
     (project / "runctl.toml").write_text('[policies]\nauto_stop_loss = 0.5\nhang_timeout = "5m"\nstop_grace = "5s"\n')
-    code, run = train_wait(cli, "train_stub.py", args=("--epochs", "3", "--steps-per-epoch", "20", *FAST))
+    code, run = train_wait(cli, "train_stub.py", args=stub(3, 20))
     assert code == 0
     assert run["termination_status"] == "auto_low_loss"
     assert "threshold 0.5" in run["termination_message"]
@@ -563,15 +439,7 @@ def test_policies_from_project_config(cli, project: Path) -> None:
 def test_cli_flags_override_project_config(cli, project: Path) -> None:
     (project / "runctl.toml").write_text('[policies]\nauto_stop_loss = 0.5\nhang_timeout = "5m"\n')
     code, run = train_wait(
-        cli,
-        "train_stub.py",
-        "--auto-stop-loss",
-        "0.3",
-        "--hang-timeout",
-        "1m",
-        "--stop-grace",
-        "5",
-        args=("--epochs", "3", "--steps-per-epoch", "20", *FAST),
+        cli, "train_stub.py", "--auto-stop-loss", "0.3", "--hang-timeout", "1m", "--stop-grace", "5", args=stub(3, 20)
     )
     assert code == 0
     assert run["termination_status"] == "auto_low_loss"
@@ -583,9 +451,7 @@ def test_cli_flags_override_project_config(cli, project: Path) -> None:
 
 def test_cli_zero_disables_a_config_threshold(cli, project: Path) -> None:
     (project / "runctl.toml").write_text("[policies]\nauto_stop_loss = 0.5\n")
-    code, run = train_wait(
-        cli, "train_stub.py", "--auto-stop-loss", "0", args=("--epochs", "1", "--steps-per-epoch", "10", "--delay", "0")
-    )
+    code, run = train_wait(cli, "train_stub.py", "--auto-stop-loss", "0", args=stub(1, 10, delay="0"))
     assert code == 0
     assert (run["status"], run["termination_status"]) == ("completed", "auto_complete")
     assert run["step"] == 10

@@ -28,13 +28,13 @@ from typing import Any
 
 import pytest
 
+from tests.support.runs import RUN_ID, poll
 from tests.support.sshhosts import SshHosts, SshTestHost, start_hosts
 
 pytestmark = pytest.mark.timeout(120)
 
 REPO = Path(__file__).resolve().parents[2]
 RUNCTL = [sys.executable, "-m", "runctl"]
-RUN_ID = re.compile(r"^[0-9a-f]{8}$")
 STUB_QUICK = ["--epochs", "2", "--steps-per-epoch", "3", "--delay", "0.02"]
 
 
@@ -55,18 +55,6 @@ class Result:
     @property
     def err_lines(self) -> list[str]:
         return [line for line in self.err.splitlines() if line.strip()]
-
-
-def poll(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """The first truthy value of check() within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError("timed out after %gs waiting for %s" % (timeout, what))
-        time.sleep(interval)
 
 
 def _proc_alive(pid: int) -> bool:
@@ -154,6 +142,12 @@ class SshEnv:
     @staticmethod
     def dest(host: SshTestHost) -> str:
         return host.address + (":%d" % host.port if host.port != 22 else "")
+
+    def start(self, host: SshTestHost, script: str, *args: str, cwd: Path) -> str:
+        """`ssh train DEST SCRIPT -- ARGS` without --wait: the run id it prints."""
+        started = self.cli("ssh", "train", self.dest(host), script, "--", *args, cwd=cwd)
+        assert started.code == 0, started.err
+        return started.out.strip()
 
     def status(self, run_id: str, cwd: Path) -> dict[str, Any]:
         result = self.cli("runs", "status", run_id, "-o", "json", cwd=cwd)
@@ -243,6 +237,24 @@ def read_run_id(proc: subprocess.Popen[str]) -> str:
         if match:
             return match.group(1)
     raise AssertionError("no run id in the output of ssh train:\n" + "".join(seen))
+
+
+def kill_controller_once_logged(
+    env: SshEnv, proc: subprocess.Popen[str], project: Path, needle: str, what: str
+) -> dict[str, Any]:
+    """SIGKILL `ssh train --wait` (`proc`) once its run's log on the host holds `needle`; the run's status
+    as it was when the run was launched."""
+    try:
+        run = env.status(read_run_id(proc), project)
+        log = Path(run["run_dir"]) / "training.log"
+        poll(lambda: log.exists() and needle in log.read_text(), 20, what)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    return run
 
 
 def numbered_lines(text: str) -> list[int]:
@@ -376,9 +388,7 @@ def test_runs_stop_is_graceful_and_keeps_the_checkpoint(sshenv: SshEnv, tmp_path
     host = sshenv.hosts[0]
     project = make_project(tmp_path, "s-stop")
     args = ["--epochs", "3", "--steps-per-epoch", "50", "--delay", "0.05", "--checkpoint-interval", "10"]
-    started = sshenv.cli("ssh", "train", sshenv.dest(host), "train_stub.py", "--", *args, cwd=project)
-    assert started.code == 0, started.err
-    run_id = started.out.strip()
+    run_id = sshenv.start(host, "train_stub.py", *args, cwd=project)
     poll(lambda: (sshenv.status(run_id, project)["step"] or 0) >= 5, 20, "a few steps")
 
     stopped = sshenv.cli("runs", "stop", run_id, cwd=project)
@@ -708,9 +718,7 @@ def test_run_survives_killed_ssh_masters(fresh_env: Callable[..., SshEnv], tmp_p
     sshenv = fresh_env()
     host = sshenv.hosts[1]
     project = make_project(tmp_path, "s-masters", {"lines.py": LINES_SCRIPT})
-    started = sshenv.cli("ssh", "train", sshenv.dest(host), "lines.py", "--", "30", "0.1", cwd=project)
-    assert started.code == 0, started.err
-    run_id = started.out.strip()
+    run_id = sshenv.start(host, "lines.py", "30", "0.1", cwd=project)
     assert sshenv.kill_masters(), "runctl keeps a master connection to the host"
 
     waited = sshenv.cli("runs", "wait", run_id, cwd=project)
@@ -732,16 +740,7 @@ def test_controller_killed_mid_wait_then_runs_wait_reports_failure(sshenv: SshEn
     proc = sshenv.popen(
         "ssh", "train", sshenv.dest(host), "train_stub.py", "--wait", "--name", "ctlkill", "--", *args, cwd=project
     )
-    try:
-        run = sshenv.status(read_run_id(proc), project)
-        log = Path(run["run_dir"]) / "training.log"
-        poll(lambda: log.exists() and "step 5 " in log.read_text(), 20, "step 5")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+    run = kill_controller_once_logged(sshenv, proc, project, "step 5 ", "step 5")
     assert sshenv.status(run["run_id"], project)["status"] == "running"
 
     waited = sshenv.cli("runs", "wait", run["run_id"], cwd=project)
@@ -848,9 +847,7 @@ def test_ssh_status_reports_resources_and_active_runs(sshenv: SshEnv, tmp_path: 
     host = sshenv.hosts[1]
     project = make_project(tmp_path, "s-hoststatus")
     args = ["--epochs", "1", "--steps-per-epoch", "30", "--delay", "0.1"]
-    started = sshenv.cli("ssh", "train", sshenv.dest(host), "train_stub.py", "--", *args, cwd=project)
-    assert started.code == 0, started.err
-    run_id = started.out.strip()
+    run_id = sshenv.start(host, "train_stub.py", *args, cwd=project)
     try:
         text = sshenv.cli("ssh", "status", sshenv.dest(host), cwd=project)
         assert text.code == 0, text.err

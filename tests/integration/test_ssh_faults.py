@@ -8,7 +8,6 @@ gives a clear exit 4 quickly instead of a hang.
 
 from __future__ import annotations
 
-import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_ssh import LINES_SCRIPT, SshEnv, make_project, numbered_lines, poll, read_run_id
+from tests.integration.test_ssh import (
+    LINES_SCRIPT,
+    SshEnv,
+    kill_controller_once_logged,
+    make_project,
+    numbered_lines,
+    read_run_id,
+)
+from tests.support.runs import poll
 from tests.support.sshhosts import SshHosts, SshTestHost, start_hosts
 
 pytestmark = pytest.mark.timeout(120)
@@ -117,16 +124,7 @@ def test_controller_killed_mid_run_then_runs_wait_reattaches(env: SshEnv, tmp_pa
     project = make_project(tmp_path, "f-ctlkill", {"lines.py": LINES_SCRIPT})
     proc = env.popen("ssh", "train", env.dest(host), "lines.py", "--wait", "--name", "ctlkill", "--", "40", "0.1",
                      cwd=project)  # fmt: skip
-    try:
-        run = env.status(read_run_id(proc), project)
-        log = Path(run["run_dir"]) / "training.log"
-        poll(lambda: log.exists() and "line 10\n" in log.read_text(), 20, "line 10")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+    run = kill_controller_once_logged(env, proc, project, "line 10\n", "line 10")
     assert env.status(run["run_id"], project)["status"] == "running"
 
     waited = env.cli("runs", "wait", run["run_id"], cwd=project)

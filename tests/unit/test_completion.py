@@ -131,7 +131,7 @@ def test_ready_marker_beats_a_vanished_pid() -> None:
     assert verdict.status == st.COMPLETED
 
 
-@pytest.mark.parametrize(
+NOT_READY_MARKERS = pytest.mark.parametrize(
     "marker",
     [
         {"marker_size": 0, "marker_mtime": NOW - 60},
@@ -140,21 +140,16 @@ def test_ready_marker_beats_a_vanished_pid() -> None:
     ],
     ids=["empty", "unstable", "stale"],
 )
+
+
+@NOT_READY_MARKERS
 def test_marker_not_ready_leaves_a_live_process_running(marker: dict) -> None:
     verdict = classify(evidence(pid=42, pid_alive=True, **marker))
     assert verdict.status == st.RUNNING
     assert verdict.termination_status == ""
 
 
-@pytest.mark.parametrize(
-    "marker",
-    [
-        {"marker_size": 0, "marker_mtime": NOW - 60},
-        {"marker_size": 20, "marker_mtime": NOW - 1},
-        {"marker_size": 20, "marker_mtime": START - 100},
-    ],
-    ids=["empty", "unstable", "stale"],
-)
+@NOT_READY_MARKERS
 def test_marker_not_ready_with_pid_gone_is_lost(marker: dict) -> None:
     verdict = classify(evidence(pid=42, pid_alive=False, **marker))
     assert verdict.status == st.LOST
