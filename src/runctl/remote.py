@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -249,7 +248,3 @@ def host_status(transport: SshTransport) -> dict[str, Any]:
         elif key:
             facts[key] = value
     return facts
-
-
-def stderr_say(message: str) -> None:
-    sys.stderr.write(message + "\n")

@@ -140,16 +140,11 @@ def read_log(run_dir: str, offset: int, limit: int = 1 << 20) -> bytes:
         return b""
 
 
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".json", ".safetensors", ".bin", ".npz", ".h5")
-
-
 def list_checkpoints(run_dir: str) -> Dict[str, Any]:
     """Files in the run's checkpoint dir, newest first, marking those written during this run."""
     spec = read_json(os.path.join(run_dir, layout.SPEC)) or {}
     state = read_status(run_dir)
-    project = spec.get("project_dir") or layout.project_of(run_dir)
-    directory = spec.get("checkpoint_dir") or layout.DEFAULT_CHECKPOINT_DIR
-    directory = directory if os.path.isabs(directory) else os.path.join(project, directory)
+    directory = layout.checkpoint_dir(spec.get("project_dir") or layout.project_of(run_dir), spec.get("checkpoint_dir"))
     started = float(state.get("started_at") or 0)
     ended = float(state.get("exited_at") or state.get("ended_at") or 0) or None
     files: List[Dict[str, Any]] = []

@@ -65,15 +65,6 @@ def signal_group(pgid: int, sig: int) -> bool:
     return True
 
 
-def wait_group_gone(pgid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while group_alive(pgid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def tagged_processes(run_id: str) -> List[int]:
     """Processes that carry RUNCTL_RUN_ID=<run_id> in their environment, even after setsid().
 

@@ -159,8 +159,7 @@ class Supervisor:
         self._mirror_log()
 
     def spec_checkpoint_dir(self) -> str:
-        path = self.spec.get("checkpoint_dir") or layout.DEFAULT_CHECKPOINT_DIR
-        return path if os.path.isabs(path) else os.path.join(self.project_dir, path)
+        return layout.checkpoint_dir(self.project_dir, self.spec.get("checkpoint_dir"))
 
     def _mirror_log(self) -> None:
         """The project's training.log always shows the latest run: a symlink costs no extra I/O."""

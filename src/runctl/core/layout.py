@@ -37,6 +37,12 @@ def run_dir(project_dir: str, run_id: str) -> str:
     return os.path.join(project_dir, RUNS_DIR, run_id)
 
 
+def checkpoint_dir(project_dir: str, configured: "str | None") -> str:
+    """Where a run's checkpoints go: the configured dir (relative to the project), else checkpoints/."""
+    path = configured or DEFAULT_CHECKPOINT_DIR
+    return path if os.path.isabs(path) else os.path.join(project_dir, path)
+
+
 def project_of(run_dir_path: str) -> str:
     """The project dir a run dir belongs to (three levels up)."""
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(run_dir_path))))

@@ -7,13 +7,12 @@ acts on the decisions it returns. Everything here is deterministic and unit-test
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, NamedTuple, Optional
 
 from . import status as st
 
 STOP = "stop"
 NOTIFY = "notify"
-IGNORE = "ignore"
 
 DEFAULTS: Dict[str, Any] = {
     "auto_stop_loss": None,
@@ -177,8 +176,3 @@ def final_status(reason: Optional[Decision], exit_code: int, signalled_by_us: bo
     if status == st.COMPLETED and exit_code != 0 and not signalled_by_us:
         return st.FAILED
     return status
-
-
-def summarize_losses(losses: List[float]) -> Optional[float]:
-    finite = [v for v in losses if is_finite(v)]
-    return min(finite) if finite else None

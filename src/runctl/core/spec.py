@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,11 +40,6 @@ class RunSpec:
     @property
     def run_dir(self) -> str:
         return layout.run_dir(self.project_dir, self.run_id)
-
-    @property
-    def resolved_checkpoint_dir(self) -> str:
-        path = self.checkpoint_dir or layout.DEFAULT_CHECKPOINT_DIR
-        return path if os.path.isabs(path) else os.path.join(self.project_dir, path)
 
     def to_dict(self) -> Dict[str, Any]:
         data = asdict(self)

@@ -1,0 +1,42 @@
+"""Fast start: commands that don't need them never import boto3, httpx or Rich; `--help` not even pydantic."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("boto3", "botocore", "httpx", "rich", "pydantic")
+CLOUD_AND_RENDERING = {"boto3", "botocore", "httpx", "rich"}
+
+PROBE = """
+import sys
+sys.argv = ["runctl", *sys.argv[1:]]
+from runctl.cli.main import app
+try:
+    app(prog_name="runctl")
+except SystemExit:
+    pass
+print(",".join(m for m in %r if m in sys.modules), file=sys.stderr)
+""" % (HEAVY,)
+
+
+def loaded_modules(*args: str) -> set[str]:
+    proc = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    return set(filter(None, lines[-1].split(","))) if lines else set()
+
+
+def test_top_level_help_imports_nothing_heavy(runctl_home: object) -> None:
+    assert loaded_modules("--help") == set()
+
+
+@pytest.mark.parametrize("group", ["local", "runs", "ssh", "checkpoint"])
+def test_group_help_imports_no_cloud_sdk_or_rendering(group: str, runctl_home: object) -> None:
+    assert not loaded_modules(group, "--help") & CLOUD_AND_RENDERING
+
+
+def test_runs_list_json_never_imports_cloud_or_rich(runctl_home: object) -> None:
+    assert not loaded_modules("runs", "list", "--output", "json") & CLOUD_AND_RENDERING
