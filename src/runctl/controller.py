@@ -197,16 +197,23 @@ def start(store: Store, spec: RunSpec, transport: Transport) -> dict[str, Any]:
     return state
 
 
-def interrupted_start(store: Store, spec: RunSpec, transport: Transport) -> None:
-    """Ctrl-C while the agent was starting: keep the record if the run may be alive, and say how to find it."""
+def salvage_start(store: Store, spec: RunSpec, transport: Transport) -> bool:
+    """After a start went wrong: keep the record if the agent did start (the run may be alive), else drop it."""
     try:
         state = transport.probe(spec.run_dir)
     except Exception:
         state = {}
     if state.get("seq") is None:
         store.delete_run(spec.run_id)
-        raise Detached("interrupted before run %s started" % spec.run_id, "nothing is running; start it again")
+        return False
     store.update_state(spec.run_id, state)
+    return True
+
+
+def interrupted_start(store: Store, spec: RunSpec, transport: Transport) -> None:
+    """Ctrl-C while the agent was starting: keep the record if the run may be alive, and say how to find it."""
+    if not salvage_start(store, spec, transport):
+        raise Detached("interrupted before run %s started" % spec.run_id, "nothing is running; start it again")
     raise Detached(
         "interrupted while starting run %s; it keeps going" % spec.run_id,
         "reattach with: runctl runs wait %s   (or stop it: runctl runs stop %s)" % (spec.run_id, spec.run_id),
@@ -220,13 +227,8 @@ def remove_run_dir(spec: RunSpec) -> None:
 
 def refresh(store: Store, row: dict[str, Any]) -> dict[str, Any]:
     """The run's current state from its run dir, recorded in the store."""
-    if row["status"] in PRE_LAUNCH and not row.get("seq"):
-        # No run dir exists yet: the controller starting it is still syncing or launching.
-        owner = row["transport"].get("controller")
-        from .agent.procs import is_alive
-
-        if owner and is_alive(owner.get("pid"), owner.get("start")):
-            return view(row)
+    if being_launched(row):
+        return view(row)  # no run dir exists yet: the controller starting it is still syncing or launching
     # A run completed by its marker may still have a lingering process whose exit is yet to be recorded.
     if st.is_terminal(row["status"]) and ("exited_at" in row["state"] or row["status"] != st.COMPLETED):
         return view(row)
@@ -241,6 +243,29 @@ def refresh(store: Store, row: dict[str, Any]) -> dict[str, Any]:
         return record_gone(store, row, state)
     store.update_state(row["run_id"], state)
     return view(store.get(row["run_id"]) or row)
+
+
+def being_launched(row: dict[str, Any]) -> bool:
+    """Whether another (live) runctl is still syncing or launching this run, so it has no run dir yet."""
+    if row["status"] not in PRE_LAUNCH or row.get("seq"):
+        return False
+    from .agent.procs import is_alive
+
+    owner = row["transport"].get("controller") or {}
+    return is_alive(owner.get("pid"), owner.get("start"))
+
+
+def await_launch(store: Store, row: dict[str, Any], deadline: float | None) -> dict[str, Any]:
+    """The run's row once its agent has started (or its starter died); WaitTimeout past `deadline`."""
+    while being_launched(row):
+        if deadline is not None and time.monotonic() >= deadline:
+            raise WaitTimeout(
+                "run %s is still being set up (%s)" % (row["run_id"], row["status"]),
+                "wait again with: runctl runs wait %s" % row["run_id"],
+            )
+        time.sleep(0.2)
+        row = store.get(row["run_id"]) or row
+    return row
 
 
 def record_gone(store: Store, row: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
@@ -306,8 +331,9 @@ def follow(
     on_notice: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Stream the log (when `on_log`) and status changes until the run ends; WaitTimeout after `timeout`."""
-    transport = transport_for(row)
     deadline = None if timeout is None else time.monotonic() + timeout
+    row = await_launch(store, row, deadline)
+    transport = transport_for(row)
     offset = 0 if (on_log is not None and from_start) else -1
     for kind, payload in transport.follow(row["run_dir"], offset, 0):
         if kind == "log" and on_log is not None:
@@ -330,6 +356,12 @@ def follow(
 
 
 def stop(store: Store, row: dict[str, Any], grace: float | None) -> dict[str, Any]:
+    if being_launched(row):
+        raise RunctlError(
+            "run %s is still being set up (%s) by another runctl" % (row["run_id"], row["status"]),
+            "press Ctrl-C in that command to cancel it, or stop the run once it runs: runctl runs stop %s"
+            % row["run_id"],
+        )
     current = refresh(store, row)
     if st.is_terminal(current["status"]):
         raise UsageError(

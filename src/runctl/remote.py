@@ -116,6 +116,15 @@ def remote_spec(
     return spec, root
 
 
+def host_owned_paths(spec: RunSpec) -> tuple[str, ...]:
+    """Project-relative paths the host writes and a code sync must never delete (custom checkpoint dir, resume file)."""
+    owned = []
+    for path in (spec.checkpoint_dir, spec.resume_from):
+        if path and not path.startswith(("/", "~")) and ".." not in Path(path).parts:
+            owned.append(path)
+    return tuple(owned)
+
+
 def start_remote(
     store: Store,
     transport: SshTransport,
@@ -143,7 +152,7 @@ def start_remote(
     store.add_run(record, info, {"status": st.SYNCING, "seq": 0})
     try:
         if sync:
-            result = sync_code(transport, local_root, spec.project_dir, includes)
+            result = sync_code(transport, local_root, spec.project_dir, includes, host_owned_paths(spec))
             notify(
                 "synced %s -> %s:%s (%d files sent, %.1fs)"
                 % (local_root, transport.dest, spec.project_dir, result.files_sent, result.seconds)
@@ -161,8 +170,12 @@ def start_remote(
     except KeyboardInterrupt:
         controller.interrupted_start(store, spec, transport)
         raise
-    except BaseException:
-        store.delete_run(spec.run_id)
+    except HostError as exc:
+        if controller.salvage_start(store, spec, transport):
+            raise HostError(
+                "%s; run %s may have started anyway" % (exc.message, spec.run_id),
+                "check it with: runctl runs status %s" % spec.run_id,
+            ) from None
         raise
     state = launched.get("state") or transport.probe(spec.run_dir)
     store.update_state(spec.run_id, state)

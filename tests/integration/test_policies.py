@@ -294,7 +294,8 @@ STALL_POLLS = ("--poll-interval", "0.3", "--stall-polls", "3")
 def test_final_epoch_step_stall_completes_the_run(cli, project: Path) -> None:
     script = write_script(project, "stall.py", STALL)
     started = time.monotonic()
-    code, run = train_wait(cli, script, *STALL_POLLS, args=("3", "3"))
+    # The stall stop is graceful: STOP_TRAINING, then SIGTERM after --stop-grace (this script ignores the file).
+    code, run = train_wait(cli, script, *STALL_POLLS, "--stop-grace", "1", args=("3", "3"))
     took = time.monotonic() - started
     assert code == 0
     assert (run["status"], run["termination_status"]) == ("completed", "auto_complete")

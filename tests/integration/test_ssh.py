@@ -658,6 +658,24 @@ def test_setup_output_streams_while_it_runs(sshenv: SshEnv, tmp_path: Path) -> N
     assert lead >= 1.0, "setup output reached the controller only when the script started (%.2fs early)" % lead
 
 
+def test_stop_during_setup_never_starts_the_script(sshenv: SshEnv, tmp_path: Path) -> None:
+    """A run stopped while its setup is still running ends stopped, and its script never runs."""
+    host = sshenv.hosts[1]
+    project = make_project(tmp_path, "s-stopsetup", {"go.py": "open('started.txt', 'w').write('x')\n"})
+    started_run = sshenv.cli("ssh", "train", sshenv.dest(host), "go.py", "--setup", "sleep 60", cwd=project)
+    assert started_run.code == 0, started_run.err
+    run_id = started_run.out.strip()
+    poll(lambda: sshenv.status(run_id, project)["status"] == "setting_up", 20, "the run to be setting up")
+    started = time.monotonic()
+    stopped = sshenv.cli("runs", "stop", run_id, cwd=project)
+    assert stopped.code == 0, stopped.err  # the stop took effect
+    assert time.monotonic() - started < 15, "the stop waited for the setup to finish"
+    run = sshenv.status(run_id, project)
+    assert run["status"] == "stopped" and run["termination_status"] == "user_stop"
+    assert "not started" in run["termination_message"]
+    assert not (remote_project(host, "s-stopsetup") / "started.txt").exists()
+
+
 @pytest.mark.slow
 def test_failing_requirement_fails_the_run_with_a_clear_message(sshenv: SshEnv, tmp_path: Path) -> None:
     host = sshenv.hosts[1]

@@ -85,3 +85,38 @@ def test_parse_line_edge_cases() -> None:
     assert ignore.parse_line("\\#notcomment") == ("#notcomment", False, False, False)
     assert ignore.parse_line("!keep/") == ("keep", True, True, False)
     assert ignore.parse_line("/a/b") == ("a/b", False, False, True)
+
+
+def test_double_star_matches_zero_directories_too(tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    make(
+        root,
+        {
+            ".gitignore": "**/.env\nfoo/**/bar\n**/keys/*.pem\n",
+            ".env": "SECRET=1",
+            "deep/er/.env": "SECRET=2",
+            "foo/bar": "",
+            "foo/x/y/bar": "",
+            "keys/a.pem": "",
+            "deep/keys/b.pem": "",
+            "main.py": "",
+        },
+    )
+    got = synced(root, tmp_path / "dest")
+    assert got == {".gitignore", "main.py"}
+
+
+def test_custom_checkpoint_dir_on_the_host_survives_a_sync(tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    dest = tmp_path / "dest"
+    make(root, {"train.py": ""})
+    rules = tmp_path / "rules.txt"
+    rules.write_text("")
+    (dest / "ckpts").mkdir(parents=True)
+    (dest / "ckpts" / "epoch_3.pt").write_text("weights")
+    subprocess.run(
+        ["rsync", "-a", "--delete", *code_filters([], str(rules), ("ckpts",)), str(root) + "/", str(dest) + "/"],
+        check=True,
+        capture_output=True,
+    )
+    assert (dest / "ckpts" / "epoch_3.pt").read_text() == "weights"

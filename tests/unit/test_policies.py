@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from runctl.core import status as st
-from runctl.core.policies import NOTIFY, STOP, Decision, PolicyEngine, final_status, normalize
+from runctl.core.policies import NOTIFY, STOP, STOP_NOW, Decision, PolicyEngine, final_status, normalize
 
 T0 = 10_000.0
 
@@ -211,7 +211,7 @@ def test_lingering_process_is_stopped_exit_grace_after_a_stable_marker() -> None
     fired = eng.on_tick(T0 + 160, marker_ready=True)
     assert fired is not None
     assert fired.termination_status == st.T_AUTO_COMPLETE
-    assert fired.action == STOP
+    assert fired.action == STOP_NOW  # the work is done: straight to SIGTERM, no stop grace
     assert st.STATUS_FOR_TERMINATION[fired.termination_status] == st.COMPLETED
 
 
@@ -252,7 +252,7 @@ def test_final_epoch_stall_fires_after_stall_polls_unchanged_polls() -> None:
     fired = decisions[3]
     assert fired is not None
     assert fired.termination_status == st.T_AUTO_COMPLETE
-    assert fired.action == STOP
+    assert fired.action == STOP  # graceful: the script may still be evaluating or saving
     assert "3/3" in fired.message and "300" in fired.message
 
 

@@ -18,8 +18,9 @@ from .supervisor import main_supervise
 
 
 def write_spec(run_dir: str, spec: Dict[str, Any]) -> None:
-    os.makedirs(run_dir, exist_ok=True)
-    atomic_write_json(os.path.join(run_dir, layout.SPEC), spec)
+    os.makedirs(run_dir, mode=0o700, exist_ok=True)
+    # The spec holds --env values and webhook URLs: readable by the owner only.
+    atomic_write_json(os.path.join(run_dir, layout.SPEC), spec, mode=0o600)
     atomic_write_json(
         os.path.join(run_dir, layout.STATUS),
         {
@@ -57,6 +58,10 @@ def launch(run_dir: str, spec: Optional[Dict[str, Any]] = None) -> Dict[str, Any
             os.closerange(write_fd + 1, 4096)
             os._exit(main_supervise(run_dir, write_fd))
         except BaseException:
+            import traceback
+
+            traceback.print_exc()  # into agent.log: an agent that dies must say why
+            sys.stderr.flush()
             os._exit(1)
     os.close(write_fd)
     os.waitpid(child, 0)

@@ -12,12 +12,13 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ..core import completion, layout
 from ..core import status as st
-from ..core.fsutil import append_json, atomic_write_json, parse_exit_code, read_json, read_text
+from ..core.fsutil import append_json, atomic_write, atomic_write_json, parse_exit_code, read_json, read_text
 from . import procs
 
 WAIT_POLL_SECONDS = 0.05
 LIVENESS_EVERY_SECONDS = 1.0
 LOG_TAIL_HINT_BYTES = 8192
+AGENT_START_SECONDS = 60.0
 
 
 def _file_info(path: str) -> Dict[str, Any]:
@@ -26,6 +27,21 @@ def _file_info(path: str) -> Dict[str, Any]:
     except OSError:
         return {}
     return {"size": info.st_size, "mtime": info.st_mtime}
+
+
+def marker_info(run_dir: str, project_dir: str, run_id: str) -> Dict[str, Any]:
+    """The completion marker of a run: its run dir's copy, else the project's.
+
+    The project's marker only counts while this run is the project's latest, so parallel or later
+    runs in one project dir can never complete each other.
+    """
+    found = _file_info(os.path.join(run_dir, layout.MARKER))
+    if found:
+        return found
+    latest = (read_text(os.path.join(project_dir, layout.LATEST_RUN)) or "").strip()
+    if latest != run_id:
+        return {}
+    return _file_info(os.path.join(project_dir, layout.MARKER))
 
 
 def read_status(run_dir: str) -> Dict[str, Any]:
@@ -46,11 +62,11 @@ def probe(run_dir: str) -> Dict[str, Any]:
     if procs.is_alive(state.get("agent_pid"), state.get("agent_start")):
         state["agent_alive"] = True
         return state
+    if not state.get("agent_pid") and time.time() - float(state.get("created_at") or 0) < AGENT_START_SECONDS:
+        return state  # written by the launcher; the agent has not recorded itself yet
     state["agent_alive"] = False
     pid = state.get("pid")
-    marker = _file_info(os.path.join(run_dir, layout.MARKER)) or _file_info(
-        os.path.join(layout.project_of(run_dir), layout.MARKER)
-    )
+    marker = marker_info(run_dir, layout.project_of(run_dir), str(state.get("run_id")))
     verdict = completion.classify(
         completion.Evidence(
             now=time.time(),
@@ -92,14 +108,37 @@ def request_stop(run_dir: str, grace: Optional[float], message: str) -> Dict[str
     if st.is_terminal(state.get("status", "")):
         return {"ok": False, "status": state.get("status"), "error": "the run already ended"}
     if not state.get("agent_alive"):
-        # Nobody supervises the process: stop its group ourselves, gracefully.
-        pid = state.get("pid")
-        if pid and procs.is_alive(pid, state.get("pid_start")):
-            procs.kill_all(pid, state.get("run_id", ""), float(grace if grace is not None else 10))
-        return {"ok": True, "status": probe(run_dir).get("status"), "unsupervised": True}
+        return stop_unsupervised(run_dir, state, grace, message)
     request = {"t": time.time(), "grace": grace, "message": message}
     atomic_write_json(os.path.join(run_dir, layout.STOP_REQUEST), request)
     return {"ok": True, "status": state.get("status")}
+
+
+def stop_unsupervised(run_dir: str, state: Dict[str, Any], grace: Optional[float], message: str) -> Dict[str, Any]:
+    """The agent is gone but the script runs on: stop it ourselves, gracefully, and record why it ended."""
+    pid = state.get("pid")
+    wait = float(grace if grace is not None else 10)
+    if pid and procs.is_alive(pid, state.get("pid_start")):
+        atomic_write(os.path.join(run_dir, layout.STOP_FILE), (message + "\n").encode())
+        deadline = time.monotonic() + wait
+        while procs.is_alive(pid, state.get("pid_start")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        procs.kill_all(pid, str(state.get("run_id", "")), 10.0)
+        state.update(
+            {
+                "status": st.STOPPED,
+                "termination_status": st.T_USER_STOP,
+                "termination_message": message + " (the agent was gone; the process was stopped directly)",
+                "ended_at": time.time(),
+                "seq": int(state.get("seq", 0)) + 1,
+                "updated_at": time.time(),
+            }
+        )
+        state.pop("agent_alive", None)
+        state.pop("warning", None)
+        atomic_write_json(os.path.join(run_dir, layout.STATUS), state)
+        return {"ok": True, "status": st.STOPPED, "unsupervised": True}
+    return {"ok": True, "status": probe(run_dir).get("status"), "unsupervised": True}
 
 
 def wait_change(run_dir: str, seq: int, timeout: float) -> Dict[str, Any]:

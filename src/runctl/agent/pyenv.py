@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 READY = ".runctl-ready"
 
@@ -37,7 +37,13 @@ def install_commands(env: Dict[str, Any], venv: str, project_dir: str, uv: Optio
     return [create, install] if install else [create]
 
 
-def ensure_venv(env: Dict[str, Any], project_dir: str, log_fd: int, run_env: Dict[str, str]) -> str:
+def ensure_venv(
+    env: Dict[str, Any],
+    project_dir: str,
+    log_fd: int,
+    run_env: Dict[str, str],
+    wait: "Callable[[subprocess.Popen[bytes]], int]",
+) -> str:
     """Path of the venv's python, creating the venv first when this requirements hash is new."""
     venv = os.path.join(venv_root(), env["hash"])
     python = os.path.join(venv, "bin", "python")
@@ -53,9 +59,16 @@ def ensure_venv(env: Dict[str, Any], project_dir: str, log_fd: int, run_env: Dic
     )
     for command in install_commands(env, venv, project_dir, uv):
         os.write(log_fd, ("[runctl] $ %s\n" % " ".join(command)).encode())
-        code = subprocess.call(
-            command, cwd=project_dir, env=run_env, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT
+        proc = subprocess.Popen(
+            command,
+            cwd=project_dir,
+            env=run_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
+        code = wait(proc)
         if code != 0:
             raise EnvSetupFailed("environment setup failed: `%s` exited with code %d" % (" ".join(command[:4]), code))
     open(os.path.join(venv, READY), "w").close()

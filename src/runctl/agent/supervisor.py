@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 from ..core import completion, layout, metrics, policies
 from ..core import status as st
 from ..core.fsutil import append_json, atomic_write, atomic_write_json, read_json, read_text
-from . import procs, pyenv
+from . import ops, procs, pyenv
 from .notify import Notifier
 
 TICK_SECONDS = 0.2
@@ -82,7 +82,6 @@ class Supervisor:
         custom = spec.get("metrics_regex")
         self.custom_regex = re.compile(custom) if custom else None
         self.stop_reason: Optional[policies.Decision] = None
-        self.own_stop_file = False
         self.term_at: Optional[float] = None
         self.kill_at: Optional[float] = None
         self.term_sent = False
@@ -223,9 +222,39 @@ class Supervisor:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        code = proc.wait()
+        code = self.wait_setup(proc)
         self.event("setup_finished", exit_code=code)
         return code
+
+    def wait_setup(self, proc: "subprocess.Popen[bytes]") -> int:
+        """Wait for a setup step, but honour a stop asked for meanwhile: the script then never starts."""
+        while True:
+            try:
+                return proc.wait(timeout=TICK_SECONDS)
+            except subprocess.TimeoutExpired:
+                pass
+            reason, _ = self.stop_asked()
+            if reason:
+                procs.kill_all(proc.pid, self.run_id, 5.0)
+                proc.wait()
+                raise StoppedDuringSetup(reason)
+
+    def stop_asked(self) -> "tuple[str, Optional[float]]":
+        """Why the user asked for a stop (controller request, signal, a STOP_TRAINING file) and its grace.
+
+        Only meaningful before the agent stops the run itself: it writes STOP_TRAINING only then.
+        """
+        request = read_json(self.path(layout.STOP_REQUEST))
+        if request is not None:
+            grace = request.get("grace")
+            return request.get("message") or "stopped by the user", float(grace) if grace is not None else None
+        if self.signal_stop:
+            return "the agent received %s" % self.signal_stop, None
+        if os.path.exists(self.stop_file):
+            return "STOP_TRAINING file created", None
+        if os.path.exists(self.original_stop_file):
+            return "%s file created" % layout.ORIGINAL_STOP_FILE, None
+        return "", None
 
     def python_env(self, env: Dict[str, str]) -> None:
         """Build or reuse the project's venv; its python then runs the .py script."""
@@ -234,7 +263,7 @@ class Supervisor:
             return
         self.write_status(status=st.SETTING_UP)
         self.event("env_setup_started", kind=spec_env.get("kind"))
-        python = pyenv.ensure_venv(spec_env, self.project_dir, self.log_fd, env)
+        python = pyenv.ensure_venv(spec_env, self.project_dir, self.log_fd, env, self.wait_setup)
         self.event("env_setup_finished", python=python)
         if self.spec.get("python_script"):
             self.spec["command"] = [python, *self.spec["command"][1:]]
@@ -292,14 +321,50 @@ class Supervisor:
             self.spawn()
         except SetupFailed as exc:
             return self.fail_before_start(exc.message, started_setup=True)
+        except StoppedDuringSetup as exc:
+            self.event("stopped_during_setup", message=str(exc))
+            self.write_status(
+                fsync=True,
+                status=st.STOPPED,
+                termination_status=st.T_USER_STOP,
+                termination_message="%s during setup; the script was not started" % exc,
+                ended_at=time.time(),
+            )
+            self.ready({"ok": False, "error": str(exc), "setup_failed": True, "state": self.state})
+            self.notify("ended")
+            self.notifier.flush()
+            return 0
         except Exception as exc:
             return self.fail_before_start(self.describe_spawn_error(exc))
         assert self.proc is not None and self.proc.stdout is not None
         self.ready(
             {"ok": True, "run_id": self.run_id, "pid": self.proc.pid, "agent_pid": os.getpid(), "state": self.state}
         )
-        self.loop(self.proc.stdout.fileno())
-        return self.finish()
+        try:
+            self.loop(self.proc.stdout.fileno())
+            return self.finish()
+        except Exception as exc:
+            return self.crashed(exc)
+
+    def crashed(self, exc: Exception) -> int:
+        """The supervisor itself failed (e.g. its disk is full): stop the run and say why, never `lost`."""
+        import traceback
+
+        traceback.print_exc()
+        if self.proc is not None:
+            procs.kill_all(self.pgid, self.run_id, LEFTOVER_GRACE)
+        message = "the runctl agent failed: %s: %s" % (type(exc).__name__, exc)
+        try:
+            self.write_status(
+                fsync=True,
+                status=st.FAILED,
+                termination_status=st.T_FAILED,
+                termination_message=message,
+                ended_at=time.time(),
+            )
+        except OSError:
+            pass
+        return 1
 
     def describe_spawn_error(self, exc: Exception) -> str:
         if isinstance(exc, FileNotFoundError):
@@ -529,22 +594,7 @@ class Supervisor:
             self.dirty = True
 
     def marker_info(self) -> Dict[str, Any]:
-        """The completion marker of this run: the run dir's copy, else the project's.
-
-        The project's marker only counts while this run is the project's latest, so parallel runs
-        in one project dir cannot complete each other.
-        """
-        for path in (self.path(layout.MARKER), self.marker_path):
-            if path == self.marker_path:
-                latest = read_text(os.path.join(self.project_dir, layout.LATEST_RUN)) or ""
-                if latest.strip() != self.run_id:
-                    return {}
-            try:
-                info = os.stat(path)
-            except OSError:
-                continue
-            return {"size": info.st_size, "mtime": info.st_mtime}
-        return {}
+        return ops.marker_info(self.run_dir, self.project_dir, self.run_id)
 
     def marker_ready(self, now: float) -> bool:
         info = self.marker_info()
@@ -572,19 +622,9 @@ class Supervisor:
         """Stop requests from the controller, the user's STOP_TRAINING files, and signals to the agent."""
         if self.stop_reason is not None:
             return
-        request = read_json(self.path(layout.STOP_REQUEST))
-        if request is not None:
-            grace = request.get("grace")
-            self.initiate(
-                policies.Decision(st.T_USER_STOP, request.get("message") or "stopped by the user"),
-                grace=float(grace) if grace is not None else None,
-            )
-        elif self.signal_stop:
-            self.initiate(policies.Decision(st.T_USER_STOP, "the agent received %s" % self.signal_stop))
-        elif not self.own_stop_file and os.path.exists(self.stop_file):
-            self.initiate(policies.Decision(st.T_USER_STOP, "STOP_TRAINING file created"))
-        elif os.path.exists(self.original_stop_file):
-            self.initiate(policies.Decision(st.T_USER_STOP, "%s file created" % layout.ORIGINAL_STOP_FILE))
+        reason, grace = self.stop_asked()
+        if reason:
+            self.initiate(policies.Decision(st.T_USER_STOP, reason), grace=grace)
 
     # ---- stopping ------------------------------------------------------------------------
 
@@ -596,8 +636,7 @@ class Supervisor:
             self.write_status(notice=decision.message)
             self.notify("policy")
             return
-        grace = 0.0 if decision.termination_status == st.T_AUTO_COMPLETE else None
-        self.initiate(decision, grace=grace)
+        self.initiate(decision, grace=0.0 if decision.action == policies.STOP_NOW else None)
 
     def initiate(self, decision: policies.Decision, grace: Optional[float] = None) -> None:
         """Graceful first: STOP_TRAINING for the script, then SIGTERM to the group, then SIGKILL."""
@@ -607,7 +646,6 @@ class Supervisor:
         if grace is None:
             grace = float(self.engine.cfg["stop_grace"])
         if not os.path.exists(self.stop_file):
-            self.own_stop_file = True
             atomic_write(self.stop_file, (decision.message + "\n").encode())
         self.term_at = time.monotonic() + max(0.0, grace)
         self.event(
@@ -768,6 +806,10 @@ class Supervisor:
             if isinstance(record, dict) and "loss" in record:
                 history.append({k: record.get(k) for k in ("epoch", "step", "loss", "t")})
         return history[-10000:]
+
+
+class StoppedDuringSetup(Exception):
+    """A stop was asked for while the environment or --setup was still being prepared."""
 
 
 class SetupFailed(Exception):

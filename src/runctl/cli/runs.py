@@ -67,8 +67,14 @@ def logs(
     row = db.resolve(run_id)
     if tail is not None and tail < 0:
         raise UsageError("--tail must be 0 or more, got %d" % tail)
+    if controller.being_launched(row):
+        if not follow:
+            say("run %s is still being set up (%s); no log yet" % (row["run_id"], row["status"]))
+            return
+        row = controller.await_launch(db, row, None)
     transport = controller.transport_for(row)
     data = transport.read_file(controller.log_path(row)) or b""
+    offset = len(data)  # follow from exactly what was read, so no line falls between the two
     if tail is not None:
         lines = data.splitlines(keepends=True)
         data = b"".join(lines[-tail:]) if tail else b""
@@ -76,8 +82,6 @@ def logs(
     sys.stdout.flush()
     if not follow:
         return
-    size = len(transport.read_file(controller.log_path(row)) or b"") if tail is not None else None
-    offset = size if size is not None else len(data)
     try:
         for kind, payload in transport.follow(row["run_dir"], offset, 0):
             if kind == "log":

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..core.errors import UsageError
+from ..core.errors import Detached, UsageError
 from . import options as o
 from .common import Output, emit_json, exit_with, say, store
 
@@ -97,10 +97,13 @@ def train(
     )  # fmt: skip
     apply_config(spec, root, flags)
     db = store()
-    state = remote.start_remote(
-        db, transport, spec, root, remote_dir, sync_code, include or [], data_paths, download_checkpoints,
-        say=None if output == Output.json else say,
-    )  # fmt: skip
+    try:
+        state = remote.start_remote(
+            db, transport, spec, root, remote_dir, sync_code, include or [], data_paths, download_checkpoints,
+            say=None if output == Output.json else say,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        raise Detached("interrupted before run %s started on %s" % (spec.run_id, transport.dest)) from None
     announce_and_follow(db, spec, state, output, wait, seconds, "on %s" % transport.dest)
 
 

@@ -7,10 +7,10 @@ import os
 from typing import Any, Dict, Optional
 
 
-def atomic_write(path: str, data: bytes, fsync: bool = True) -> None:
+def atomic_write(path: str, data: bytes, fsync: bool = True, mode: int = 0o644) -> None:
     """Replace `path` so readers see the old or the new content, never a partial one."""
     tmp = "%s.tmp-%d" % (path, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         view = memoryview(data)
         while view:
@@ -22,8 +22,8 @@ def atomic_write(path: str, data: bytes, fsync: bool = True) -> None:
     os.replace(tmp, path)
 
 
-def atomic_write_json(path: str, obj: Any, fsync: bool = True) -> None:
-    atomic_write(path, (json.dumps(obj, sort_keys=True) + "\n").encode(), fsync=fsync)
+def atomic_write_json(path: str, obj: Any, fsync: bool = True, mode: int = 0o644) -> None:
+    atomic_write(path, (json.dumps(obj, sort_keys=True) + "\n").encode(), fsync=fsync, mode=mode)
 
 
 def read_json(path: str) -> Optional[Dict[str, Any]]:

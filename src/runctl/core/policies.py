@@ -13,6 +13,7 @@ from . import status as st
 
 STOP = "stop"
 NOTIFY = "notify"
+STOP_NOW = "stop_now"  # the work is provably done (marker): no stop grace, straight to SIGTERM
 
 DEFAULTS: Dict[str, Any] = {
     "auto_stop_loss": None,
@@ -125,6 +126,7 @@ class PolicyEngine:
                 return Decision(
                     st.T_AUTO_COMPLETE,
                     "completion marker written but the process was still alive %gs later" % cfg["exit_grace"],
+                    STOP_NOW,
                 )
         else:
             self.marker_ready_at = None

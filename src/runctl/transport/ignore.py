@@ -48,14 +48,20 @@ def rules_for(directory: str, lines: list[str]) -> list[str]:
         if parsed is None:
             continue
         pattern, negated, dir_only, anchored = parsed
-        if anchored:
+        deep = pattern.startswith("**/")  # "**/x" is x at any depth below this file's directory
+        if deep:
+            pattern = pattern[3:]
+            anchored = "/" in pattern
+        if anchored and not deep:
             patterns = [prefix + pattern]
-        elif directory:
+        elif directory or anchored:
             patterns = [prefix + pattern, prefix + "**/" + pattern]
         else:
-            patterns = [pattern]
+            patterns = [pattern]  # a bare name at the root matches at any depth in rsync too
+        # In rsync "/**/" needs at least one directory; git's also matches none.
+        patterns += [p.replace("/**/", "/") for p in patterns if "/**/" in p]
         suffix = "/" if dir_only else ""
-        out += ["%s %s%s" % ("+" if negated else "-", p, suffix) for p in patterns]
+        out += ["%s %s%s" % ("+" if negated else "-", p, suffix) for p in dict.fromkeys(patterns)]
     return out
 
 

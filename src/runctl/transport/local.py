@@ -20,13 +20,16 @@ class LocalTransport:
     def launch(self, run_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
         # A fresh interpreter from the artifact: the supervisor carries none of the controller's
         # imports, and the same zip that travels to remote hosts is exercised here.
-        proc = subprocess.run(
-            [sys.executable, "-S", str(agent_artifact()), "launch", run_dir, "--spec-stdin"],
-            input=json.dumps(spec).encode(),
-            capture_output=True,
-            timeout=120,
-            start_new_session=True,  # a signal to the controller's process group never reaches it
-        )
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-S", str(agent_artifact()), "launch", run_dir, "--spec-stdin"],
+                input=json.dumps(spec).encode(),
+                capture_output=True,
+                timeout=3600,  # the agent answers once setup is under way or the script has started
+                start_new_session=True,  # a signal to the controller's process group never reaches it
+            )
+        except subprocess.TimeoutExpired:
+            raise HostError("the local agent did not answer", "check %s/agent.log" % run_dir) from None
         try:
             result: dict[str, Any] = json.loads(proc.stdout.decode().strip().splitlines()[-1])
         except (ValueError, IndexError) as exc:

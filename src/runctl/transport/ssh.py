@@ -59,6 +59,12 @@ class Dest:
     def target(self) -> str:
         return "%s@%s" % (self.user, self.host) if self.user else self.host
 
+    @property
+    def rsync_target(self) -> str:
+        """rsync needs IPv6 addresses in brackets before the `:path`."""
+        host = "[%s]" % self.host if ":" in self.host else self.host
+        return "%s@%s" % (self.user, host) if self.user else host
+
     def __str__(self) -> str:
         return self.target + (":%d" % self.port if self.port else "")
 
@@ -193,17 +199,30 @@ class SshTransport:
                 return
             if self.control_path.exists():
                 self.control_path.unlink()  # a master killed uncleanly leaves a dead socket behind
-            proc = subprocess.run(
-                ["ssh", *self.ssh_options(), "-o", "ControlMaster=yes", "-o", "ControlPersist=300", "-f", "-N",
-                 "--", self.dest.target],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                timeout=self.connect_timeout + 30,
-            )  # fmt: skip
+            try:
+                proc = subprocess.run(
+                    ["ssh", *self.ssh_options(), "-o", "ControlMaster=yes", "-o", "ControlPersist=300", "-f", "-N",
+                     "--", self.dest.target],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    timeout=self.connect_timeout + 30,
+                )  # fmt: skip
+            except subprocess.TimeoutExpired:
+                raise HostTimeout(
+                    "connecting to %s timed out" % self.dest, "check that the host is up: ssh %s true" % self.dest
+                ) from None
         if proc.returncode != 0:
             raise classify_ssh_error(str(self.dest), proc.stderr.decode("utf-8", "replace"))
         self._master_ok = True
+
+    def responsive(self) -> bool:
+        """A real round trip over the shared connection, bounded (a dead link still passes `-O check`)."""
+        try:
+            self.run("true", timeout=FIRST_ROUND_TRIP)
+        except HostError:
+            return False
+        return True
 
     def master_alive(self) -> bool:
         if not self.control_path.exists():
@@ -396,8 +415,16 @@ class SshTransport:
                 if proc.poll() is None:
                     proc.kill()
                 proc.wait()
-            # The stream ended without an end frame: the link dropped or the master went stale.
-            self.drop_master()
+            assert proc.stderr is not None
+            error = proc.stderr.read().decode("utf-8", "replace").strip()
+            proc.stderr.close()
+            if proc.returncode not in (0, 255, -9):
+                # The agent command itself failed on the host: retrying would only repeat it.
+                raise HostError("following the run on %s failed: %s" % (self.dest, error[-400:] or proc.returncode))
+            # The stream ended without an end frame: the link dropped, or the shared connection went
+            # stale. Replace the connection only if it no longer answers; others may be using it.
+            if not self.responsive():
+                self.drop_master()
             yield "reconnecting", {"offset": offset}
             time.sleep(backoff)
             backoff = min(backoff * 2, 5.0)

@@ -43,10 +43,14 @@ def mkdir_then_rsync(remote_dir: str) -> str:
     return "--rsync-path=mkdir -p %s && rsync" % shlex.quote(remote_dir)
 
 
-def code_filters(includes: list[str], rules_file: str) -> list[str]:
-    """--include overrides first, then the run outputs, then the project's ignore files, then the usual junk."""
+def code_filters(includes: list[str], rules_file: str, protect: tuple[str, ...] = ()) -> list[str]:
+    """--include overrides first, then the run outputs, then the project's ignore files, then the usual junk.
+
+    `protect` names more project-relative paths the host owns (a custom checkpoint dir, a resume file).
+    """
     rules = ["--include=%s" % pattern for pattern in includes]
     rules += ["--exclude=%s" % pattern for pattern in REMOTE_OUTPUTS]
+    rules += ["--exclude=/%s" % path.strip("/") for path in protect]
     rules += ["--filter=. %s" % rules_file]
     rules += ["--exclude=%s" % pattern for pattern in ALWAYS_EXCLUDED]
     return rules
@@ -97,12 +101,14 @@ def _stat(pattern: re.Pattern[str], text: str) -> int:
     return int(match.group(1).replace(",", "").replace(".", "")) if match else 0
 
 
-def sync_code(transport: SshTransport, local_root: Path, remote_dir: str, includes: list[str]) -> SyncResult:
+def sync_code(
+    transport: SshTransport, local_root: Path, remote_dir: str, includes: list[str], protect: tuple[str, ...] = ()
+) -> SyncResult:
     started = time.monotonic()
     with tempfile.NamedTemporaryFile("w", prefix="runctl-ignore-", suffix=".rules") as rules_file:
         rules_file.write("".join(rule + "\n" for rule in ignore.collect(local_root)))
         rules_file.flush()
-        filters = code_filters(includes, rules_file.name)
+        filters = code_filters(includes, rules_file.name, protect)
         return _sync_with(transport, local_root, remote_dir, filters, started)
 
 
@@ -118,7 +124,7 @@ def _sync_with(
             mkdir_then_rsync(remote_dir),
             *filters,
             str(local_root) + "/",
-            "%s:%s/" % (transport.dest.target, remote_dir),
+            "%s:%s/" % (transport.dest.rsync_target, remote_dir),
         ],
         "code sync",
         remote_dir,
@@ -156,7 +162,13 @@ def stage_data(transport: SshTransport, local_paths: list[Path], remote_data_dir
         target = "%s/%s%s" % (remote_data_dir, path.name, "/" if path.is_dir() else "")
         _rsync(
             transport,
-            ["-az", "--partial", mkdir_then_rsync(remote_data_dir), source, "%s:%s" % (transport.dest.target, target)],
+            [
+                "-az",
+                "--partial",
+                mkdir_then_rsync(remote_data_dir),
+                source,
+                "%s:%s" % (transport.dest.rsync_target, target),
+            ],
             "data sync",
             remote_data_dir,
         )
@@ -175,7 +187,7 @@ def download(transport: SshTransport, remote_dir: str, files: list[str], local_d
             "-e",
             transport.rsync_rsh(),
             *args,
-            "%s:%s/" % (transport.dest.target, remote_dir),
+            "%s:%s/" % (transport.dest.rsync_target, remote_dir),
             str(local_dest) + "/",
         ],
         input="\0".join(files),

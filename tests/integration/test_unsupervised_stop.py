@@ -1,0 +1,37 @@
+"""A run whose agent died can still be stopped gracefully, and then says it was stopped (not lost)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from tests.support.runs import log_text, poll, status_file
+
+SCRIPT = """\
+import os, time
+stop = os.environ["RUNCTL_STOP_FILE"]
+print("working", flush=True)
+while not os.path.exists(stop):
+    time.sleep(0.05)
+open("saved.txt", "w").write("checkpoint")
+"""
+
+
+def test_stop_after_the_agent_died_is_graceful_and_recorded(cli, project: Path) -> None:  # type: ignore[no-untyped-def]
+    (project / "loop.py").write_text(SCRIPT)
+    started = cli("local", "train", "loop.py")
+    assert started.code == 0, started.err
+    run_id = started.out.strip()
+    poll(lambda: "working" in log_text(project, run_id), 20, "the script's first line")
+    state = status_file(project, run_id)
+    os.kill(state["agent_pid"], signal.SIGKILL)
+    pid = state["pid"]
+
+    stopped = cli("runs", "stop", run_id, "--grace", "5")
+    assert stopped.code == 0, stopped.err
+    run = cli("runs", "status", run_id, "-o", "json").json
+    assert run["status"] == "stopped" and run["termination_status"] == "user_stop"
+    assert "agent was gone" in run["termination_message"]
+    assert (project / "saved.txt").read_text() == "checkpoint"  # it saw STOP_TRAINING and saved first
+    assert not Path("/proc/%d" % pid).exists() or "Z" in Path("/proc/%d/stat" % pid).read_text().split(")")[-1][:3]
