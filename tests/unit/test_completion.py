@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from runctl.core import completion
 from runctl.core import status as st
 from runctl.core.completion import (
     MARKER_ABSENT,
@@ -149,8 +150,12 @@ def test_marker_not_ready_leaves_a_live_process_running(marker: dict) -> None:
     assert verdict.termination_status == ""
 
 
-@NOT_READY_MARKERS
-def test_marker_not_ready_with_pid_gone_is_lost(marker: dict) -> None:
+@pytest.mark.parametrize(
+    "marker",
+    [{"marker_size": 0, "marker_mtime": NOW - 60}, {"marker_size": 20, "marker_mtime": START - 100}],
+    ids=["empty", "stale"],
+)
+def test_marker_that_cannot_count_with_pid_gone_is_lost(marker: dict) -> None:
     verdict = classify(evidence(pid=42, pid_alive=False, **marker))
     assert verdict.status == st.LOST
 
@@ -196,3 +201,21 @@ def test_nothing_known_is_unknown(log: str) -> None:
     verdict = classify(evidence(log_tail=log))
     assert verdict.status == "unknown"
     assert verdict.source == "none"
+
+
+def test_gone_process_with_a_settling_marker_is_not_yet_lost() -> None:
+    now = 1000.0
+    settling = completion.classify(
+        completion.Evidence(now=now, started_at=900.0, marker_size=10, marker_mtime=now - 0.5, pid=42, pid_alive=False)
+    )
+    assert settling.status == st.RUNNING and settling.termination_status == ""
+    settled = completion.classify(
+        completion.Evidence(
+            now=now + 2, started_at=900.0, marker_size=10, marker_mtime=now - 0.5, pid=42, pid_alive=False
+        )
+    )
+    assert settled.status == st.COMPLETED
+    empty = completion.classify(
+        completion.Evidence(now=now, started_at=900.0, marker_size=0, marker_mtime=now - 0.5, pid=42, pid_alive=False)
+    )
+    assert empty.status == st.LOST

@@ -30,19 +30,6 @@ LEFTOVER_GRACE = 5.0
 TAIL_BYTES = 4096
 LOG_METRIC_DELAY = 0.3
 READ_BYTES = 1 << 20
-BATCH_BYTES = 1 << 16
-BATCH_SECONDS = 0.01
-F_SETPIPE_SZ = 1031  # Linux fcntl
-
-
-def widen_pipe(fd: int) -> None:
-    """A 1 MiB pipe lets a chatty script write without blocking while the agent batches reads."""
-    try:
-        import fcntl
-
-        fcntl.fcntl(fd, F_SETPIPE_SZ, READ_BYTES)
-    except (ImportError, OSError):
-        pass
 
 
 def artifact_root() -> Optional[str]:
@@ -74,10 +61,10 @@ class Supervisor:
         self.proc: Optional[subprocess.Popen] = None
         self.pgid = 0
         self.log_fd = -1
+        self.tail_fd = -1
         self.metrics_offset = 0
         self.helper_reports = False
         self.pending = b""
-        self.last_read = 0
         self.log_records: List[Dict[str, Any]] = []
         custom = spec.get("metrics_regex")
         self.custom_regex = re.compile(custom) if custom else None
@@ -155,6 +142,7 @@ class Supervisor:
         atomic_write(os.path.join(self.project_dir, layout.LATEST_RUN), (self.run_id + "\n").encode())
         os.makedirs(self.spec_checkpoint_dir(), exist_ok=True)
         self.log_fd = os.open(self.path(layout.LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.tail_fd = os.open(self.path(layout.LOG), os.O_RDONLY)
         self._mirror_log()
 
     def spec_checkpoint_dir(self) -> str:
@@ -279,20 +267,20 @@ class Supervisor:
         setup_code = self.run_setup(env)
         if setup_code:
             raise SetupFailed(setup_code, "setup command exited with code %d" % setup_code)
+        os.lseek(self.tail_fd, 0, os.SEEK_END)  # setup output is not the script's: no metrics from it
         started = time.time()
         self.proc = subprocess.Popen(
             self.spec["command"],
             cwd=self.project_dir,
             env=env,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            # Straight into the append-only log: the script writes as fast as to any file, and keeps
+            # running even if this supervisor is killed (a pipe would break on its next print).
+            stdout=self.log_fd,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            bufsize=0,
         )
         self.pgid = self.proc.pid
-        assert self.proc.stdout is not None
-        widen_pipe(self.proc.stdout.fileno())
         self.engine = policies.PolicyEngine(self.spec.get("policies"), started)
         self._mirror(layout.PID, ("%d\n" % self.proc.pid).encode())
         self.write_status(
@@ -336,12 +324,12 @@ class Supervisor:
             return 0
         except Exception as exc:
             return self.fail_before_start(self.describe_spawn_error(exc))
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
         self.ready(
             {"ok": True, "run_id": self.run_id, "pid": self.proc.pid, "agent_pid": os.getpid(), "state": self.state}
         )
         try:
-            self.loop(self.proc.stdout.fileno())
+            self.loop()
             return self.finish()
         except Exception as exc:
             return self.crashed(exc)
@@ -391,34 +379,30 @@ class Supervisor:
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.signal_stop = signal.Signals(signum).name
 
-    def loop(self, out_fd: int) -> None:
+    def loop(self) -> None:
+        """Until the script exits: tail its log, check controls and policies every tick.
+
+        SIGCHLD wakes the loop at once, so an exit is seen in milliseconds, not at the next tick.
+        """
         assert self.proc is not None and self.engine is not None
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-        readers = [out_fd, wake_r]
-        next_tick = 0.0
         next_poll = time.monotonic() + float(self.engine.cfg["poll_interval"])
         while self.proc.poll() is None:
-            ready, _, _ = select.select(readers, [], [], TICK_SECONDS)
-            if wake_r in ready:
+            ready, _, _ = select.select([wake_r], [], [], TICK_SECONDS)
+            if ready:
                 try:
                     os.read(wake_r, 4096)
                 except BlockingIOError:
                     pass
-            if out_fd in ready:
-                if not self.pump(out_fd):
-                    readers = [wake_r]
-                elif self.last_read < BATCH_BYTES:
-                    # A chatty script would wake us every line or two; let output gather briefly.
-                    time.sleep(BATCH_SECONDS)
+                if self.proc.poll() is not None:
+                    break
             mono = time.monotonic()
-            if mono < next_tick:
-                continue
-            next_tick = mono + TICK_SECONDS
             now = time.time()
+            self.tail_log(now)
             self.check_controls()
             self.flush_log_metrics(now)
             marker_ready = self.marker_ready(now)
@@ -437,25 +421,19 @@ class Supervisor:
         os.close(wake_r)
         os.close(wake_w)
 
-    def pump(self, fd: int) -> bool:
-        """Copy available output to the log; False at end of stream."""
-        try:
-            data = os.read(fd, READ_BYTES)
-        except BlockingIOError:
-            return True
-        self.last_read = len(data)
-        if not data:
-            return False
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.log_fd, view) :]
-        now = time.time()
-        if self.engine is not None:
-            self.engine.on_output(now)
-        self.state["last_output_at"] = now
-        if not self.helper_reports:
-            self.parse_output(data, now)
-        return True
+    def tail_log(self, now: float) -> bool:
+        """Read what the script appended to its log since the last tick; False when nothing was new."""
+        got = False
+        while True:
+            data = os.read(self.tail_fd, READ_BYTES)
+            if not data:
+                return got
+            got = True
+            if self.engine is not None:
+                self.engine.on_output(now)
+            self.state["last_output_at"] = now
+            if not self.helper_reports:
+                self.parse_output(data, now)
 
     def parse_output(self, data: bytes, now: float) -> None:
         text = self.pending + data
@@ -680,7 +658,7 @@ class Supervisor:
     # ---- the end -------------------------------------------------------------------------
 
     def finish(self) -> int:
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
         code = self.proc.returncode
         exit_code = code if code >= 0 else 128 - code
         exit_signal = signal.Signals(-code).name if code < 0 else None
@@ -691,7 +669,7 @@ class Supervisor:
         if leftovers:
             self.event("leftover_processes", action="SIGTERM then SIGKILL")
             procs.kill_all(self.pgid, self.run_id, LEFTOVER_GRACE)
-        self.drain(self.proc.stdout.fileno())
+        self.drain()
         self.read_metrics(ended)
         self.flush_log_metrics(ended, final=True)
         self.scan_checkpoints()
@@ -718,16 +696,13 @@ class Supervisor:
         self.write_summary()
         self.event("ended", status=self.state["status"], termination_status=self.state.get("termination_status"))
         self.notifier.flush()
-        for fd in (self.log_fd,):
+        for fd in (self.log_fd, self.tail_fd):
             os.close(fd)
         return 0
 
-    def drain(self, fd: int) -> None:
-        deadline = time.monotonic() + DRAIN_SECONDS
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready or not self.pump(fd):
-                break
+    def drain(self) -> None:
+        """The last of the log: everything the script (and its now-stopped children) wrote."""
+        self.tail_log(time.time())
         if self.pending and not self.helper_reports:
             self.parse_output(self.pending + b"\n", time.time())
             self.pending = b""

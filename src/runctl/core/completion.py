@@ -78,6 +78,9 @@ def classify(ev: Evidence) -> Verdict:
     if marker == MARKER_READY:
         running = " (process still running)" if ev.pid_alive else ""
         return Verdict(st.COMPLETED, st.T_AUTO_COMPLETE, "completion marker written" + running, "marker")
+    if marker == MARKER_UNSTABLE and not ev.pid_alive:
+        # Written moments ago: it may yet prove the run complete, so it is too early to call it lost.
+        return Verdict(st.RUNNING, "", "completion marker still settling", "marker")
     if ev.pid is not None and ev.pid_alive is False:
         return Verdict(
             st.LOST,
