@@ -19,6 +19,7 @@ WAIT_POLL_SECONDS = 0.05
 LIVENESS_EVERY_SECONDS = 1.0
 LOG_TAIL_HINT_BYTES = 8192
 AGENT_START_SECONDS = 60.0
+LOG_CHUNK = 1 << 20
 
 
 def _file_info(path: str) -> Dict[str, Any]:
@@ -285,11 +286,12 @@ def follow(
     next_beat = time.monotonic() + heartbeat
     status_path = os.path.join(run_dir, layout.STATUS)
     while True:
-        data = read_log(run_dir, offset)
+        data = read_log(run_dir, offset, LOG_CHUNK)
         if data:
             offset += len(data)
             yield "log", data
-            continue
+            if len(data) == LOG_CHUNK:
+                continue  # more is waiting: keep reading; otherwise let output gather for one poll
         try:
             mtime = os.stat(status_path).st_mtime_ns
         except OSError:
