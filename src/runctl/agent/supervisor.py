@@ -29,7 +29,7 @@ DRAIN_SECONDS = 2.0
 LEFTOVER_GRACE = 5.0
 TAIL_BYTES = 4096
 LOG_METRIC_DELAY = 0.3
-READ_BYTES = 1 << 20
+READ_BYTES = 1 << 18
 
 
 def artifact_root() -> Optional[str]:
