@@ -100,6 +100,14 @@ def resolve_script(script: str, project_dir: Path) -> tuple[Path, str]:
     return path, str(relative)
 
 
+def locate(script: str, project_dir: str | None) -> tuple[Path, Path, str]:
+    """(project root, script path, script path relative to the root), all checked to exist and belong."""
+    root = Path(project_dir).expanduser().resolve() if project_dir else find_project_root(Path.cwd())
+    check_project_dir(root, project_dir)
+    script_path, relative = resolve_script(script, root)
+    return root, script_path, relative
+
+
 def build_command(script_path: Path, relative: str, python: str | None, args: list[str]) -> list[str]:
     """A .py script runs with the chosen Python; anything else must be an executable itself."""
     if script_path.suffix == ".py":
@@ -126,9 +134,7 @@ def local_spec(
     resume_from: str | None,
 ) -> RunSpec:
     """A validated RunSpec for a local run; raises UsageError before anything is created."""
-    root = Path(project_dir).expanduser().resolve() if project_dir else find_project_root(Path.cwd())
-    check_project_dir(root, project_dir)
-    script_path, relative = resolve_script(script, root)
+    root, script_path, relative = locate(script, project_dir)
     command = build_command(script_path, relative, python, list(script_args))
     check_regex(metrics_regex)
     return RunSpec(

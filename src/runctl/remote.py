@@ -84,9 +84,7 @@ def remote_spec(
     setup: str | None,
 ) -> tuple[RunSpec, Path]:
     """A validated spec (project_dir still to be placed on the host) and the local project root."""
-    root = Path(project_dir).expanduser().resolve() if project_dir else controller.find_project_root(Path.cwd())
-    controller.check_project_dir(root, project_dir)
-    script_path, relative = controller.resolve_script(script, root)
+    root, script_path, relative = controller.locate(script, project_dir)
     is_py = script_path.suffix == ".py"
     if is_py:
         command = ["python3", relative, *script_args]
