@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from typing import Any, Callable, Dict, List, Optional
 
 READY = ".runctl-ready"
@@ -37,14 +36,11 @@ def install_commands(env: Dict[str, Any], venv: str, project_dir: str, uv: Optio
     return [create, install] if install else [create]
 
 
-def ensure_venv(
-    env: Dict[str, Any],
-    project_dir: str,
-    log_fd: int,
-    run_env: Dict[str, str],
-    wait: "Callable[[subprocess.Popen[bytes]], int]",
-) -> str:
-    """Path of the venv's python, creating the venv first when this requirements hash is new."""
+def ensure_venv(env: Dict[str, Any], project_dir: str, log_fd: int, run: Callable[[List[str]], int]) -> str:
+    """Path of the venv's python, creating the venv first when this requirements hash is new.
+
+    `run` executes one build step with its output in the run log (and honours stop requests).
+    """
     venv = os.path.join(venv_root(), env["hash"])
     python = os.path.join(venv, "bin", "python")
     if os.path.exists(os.path.join(venv, READY)):
@@ -59,16 +55,7 @@ def ensure_venv(
     )
     for command in install_commands(env, venv, project_dir, uv):
         os.write(log_fd, ("[runctl] $ %s\n" % " ".join(command)).encode())
-        proc = subprocess.Popen(
-            command,
-            cwd=project_dir,
-            env=run_env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_fd,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        code = wait(proc)
+        code = run(command)
         if code != 0:
             raise EnvSetupFailed("environment setup failed: `%s` exited with code %d" % (" ".join(command[:4]), code))
     open(os.path.join(venv, READY), "w").close()

@@ -201,8 +201,18 @@ class Supervisor:
         self.write_status(status=st.SETTING_UP)
         self.event("setup_started")
         os.write(self.log_fd, b"[runctl] setting up: " + setup.encode() + b"\n")
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", setup],
+        code = self.run_setup_step(["/bin/sh", "-c", setup], env)
+        self.event("setup_finished", exit_code=code)
+        return code
+
+    def start_logged(self, argv: List[str], env: Dict[str, str]) -> "subprocess.Popen[bytes]":
+        """A process in the project dir and its own session, its stdout and stderr appended to the run log.
+
+        Writing straight into the append-only log, a script runs as fast as into any file and keeps
+        running even if this supervisor is killed (a pipe would break on its next print).
+        """
+        return subprocess.Popen(
+            argv,
             cwd=self.project_dir,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -210,9 +220,9 @@ class Supervisor:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        code = self.wait_setup(proc)
-        self.event("setup_finished", exit_code=code)
-        return code
+
+    def run_setup_step(self, argv: List[str], env: Dict[str, str]) -> int:
+        return self.wait_setup(self.start_logged(argv, env))
 
     def wait_setup(self, proc: "subprocess.Popen[bytes]") -> int:
         """Wait for a setup step, but honour a stop asked for meanwhile: the script then never starts."""
@@ -251,7 +261,7 @@ class Supervisor:
             return
         self.write_status(status=st.SETTING_UP)
         self.event("env_setup_started", kind=spec_env.get("kind"))
-        python = pyenv.ensure_venv(spec_env, self.project_dir, self.log_fd, env, self.wait_setup)
+        python = pyenv.ensure_venv(spec_env, self.project_dir, self.log_fd, lambda argv: self.run_setup_step(argv, env))
         self.event("env_setup_finished", python=python)
         if self.spec.get("python_script"):
             self.spec["command"] = [python, *self.spec["command"][1:]]
@@ -269,17 +279,7 @@ class Supervisor:
             raise SetupFailed(setup_code, "setup command exited with code %d" % setup_code)
         os.lseek(self.tail_fd, 0, os.SEEK_END)  # setup output is not the script's: no metrics from it
         started = time.time()
-        self.proc = subprocess.Popen(
-            self.spec["command"],
-            cwd=self.project_dir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            # Straight into the append-only log: the script writes as fast as to any file, and keeps
-            # running even if this supervisor is killed (a pipe would break on its next print).
-            stdout=self.log_fd,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.proc = self.start_logged(self.spec["command"], env)
         self.pgid = self.proc.pid
         self.engine = policies.PolicyEngine(self.spec.get("policies"), started)
         self._mirror(layout.PID, ("%d\n" % self.proc.pid).encode())
