@@ -92,9 +92,11 @@ def run_detail(run: dict[str, Any]) -> None:
     table.add_row("host", "%s (%s)" % (run["host"], run["provider"]))
     table.add_row("project", run["project_dir"])
     table.add_row("command", shlex.join(run["command"]))
-    table.add_row("started", "%s  (running for %s)" % (_when(run["started_at"]), elapsed(run)))
     if run.get("ended_at"):
+        table.add_row("started", _when(run["started_at"]))
         table.add_row("ended", "%s  (took %s)" % (_when(run["ended_at"]), elapsed(run)))
+    else:
+        table.add_row("started", "%s  (running for %s)" % (_when(run["started_at"]), elapsed(run)))
     table.add_row("progress", progress(run))
     table.add_row("checkpoint", run.get("last_checkpoint") or "-")
     table.add_row("pid", str(run.get("pid") or "-"))
