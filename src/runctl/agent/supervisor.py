@@ -311,13 +311,7 @@ class Supervisor:
             return self.fail_before_start(exc.message, started_setup=True)
         except StoppedDuringSetup as exc:
             self.event("stopped_during_setup", message=str(exc))
-            self.write_status(
-                fsync=True,
-                status=st.STOPPED,
-                termination_status=st.T_USER_STOP,
-                termination_message="%s during setup; the script was not started" % exc,
-                ended_at=time.time(),
-            )
+            self.write_end(st.STOPPED, st.T_USER_STOP, "%s during setup; the script was not started" % exc)
             self.ready({"ok": False, "error": str(exc), "setup_failed": True, "state": self.state})
             self.notify("ended")
             self.notifier.flush()
@@ -343,16 +337,20 @@ class Supervisor:
             procs.kill_all(self.pgid, self.run_id, LEFTOVER_GRACE)
         message = "the runctl agent failed: %s: %s" % (type(exc).__name__, exc)
         try:
-            self.write_status(
-                fsync=True,
-                status=st.FAILED,
-                termination_status=st.T_FAILED,
-                termination_message=message,
-                ended_at=time.time(),
-            )
+            self.write_end(st.FAILED, st.T_FAILED, message)
         except OSError:
             pass
         return 1
+
+    def write_end(self, status: str, termination_status: str, message: str) -> None:
+        """Record, durably, that the run ended now and why."""
+        self.write_status(
+            fsync=True,
+            status=status,
+            termination_status=termination_status,
+            termination_message=message,
+            ended_at=time.time(),
+        )
 
     def describe_spawn_error(self, exc: Exception) -> str:
         if isinstance(exc, FileNotFoundError):
@@ -364,13 +362,7 @@ class Supervisor:
     def fail_before_start(self, message: str, started_setup: bool = False) -> int:
         """The script never ran. A failed setup is a real (failed) run; a command that can't start is not."""
         self.event("start_failed", error=message)
-        self.write_status(
-            fsync=True,
-            status=st.FAILED,
-            termination_status=st.T_FAILED,
-            termination_message=message,
-            ended_at=time.time(),
-        )
+        self.write_end(st.FAILED, st.T_FAILED, message)
         self.ready({"ok": False, "error": message, "setup_failed": started_setup, "state": self.state})
         self.notify("ended")
         self.notifier.flush()
