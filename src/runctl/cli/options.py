@@ -1,4 +1,4 @@
-"""Flags shared by every `train` command, declared once."""
+"""Flags shared by every `train` command, declared once; their values are checked by `runctl.params`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..core.policies import DEFAULTS
 from .common import Output
 
 POLICY = "Stop policies"
@@ -44,23 +45,33 @@ AutoStopLoss = Annotated[
 ]
 AutoStopPatience = Annotated[
     int | None,
-    typer.Option("--auto-stop-patience", help="...for N consecutive reports (default 1)", rich_help_panel=POLICY),
+    typer.Option(
+        "--auto-stop-patience",
+        help="...for N consecutive reports (default %d)" % DEFAULTS["auto_stop_patience"],
+        rich_help_panel=POLICY,
+    ),
 ]
 ExitGrace = Annotated[
     str | None,
     typer.Option(
         "--exit-grace",
-        help="Stop a process still alive this long after its marker (60s)",
+        help="Stop a process still alive this long after its marker (%gs)" % DEFAULTS["exit_grace"],
         rich_help_panel=POLICY,
     ),
 ]
 StallPolls = Annotated[
     int | None,
-    typer.Option("--stall-polls", help="Final epoch, step unchanged for N polls: complete (3)", rich_help_panel=POLICY),
+    typer.Option(
+        "--stall-polls",
+        help="Final epoch, step unchanged for N polls: complete (%d)" % DEFAULTS["stall_polls"],
+        rich_help_panel=POLICY,
+    ),
 ]
 PollInterval = Annotated[
     str | None,
-    typer.Option("--poll-interval", help="Seconds between stall polls (5s)", rich_help_panel=POLICY),
+    typer.Option(
+        "--poll-interval", help="Seconds between stall polls (%gs)" % DEFAULTS["poll_interval"], rich_help_panel=POLICY
+    ),
 ]
 HangTimeout = Annotated[
     str | None,
@@ -76,7 +87,7 @@ StopGrace = Annotated[
     str | None,
     typer.Option(
         "--stop-grace",
-        help="After STOP_TRAINING, wait this long before SIGTERM (30s)",
+        help="After STOP_TRAINING, wait this long before SIGTERM (%gs)" % DEFAULTS["stop_grace"],
         rich_help_panel=POLICY,
     ),
 ]
