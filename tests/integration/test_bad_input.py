@@ -31,6 +31,7 @@ class Case:
     code: int = 2
     files: dict[str, str | bytes] = field(default_factory=dict)  # relative to the project
     home_files: dict[str, str] = field(default_factory=dict)  # relative to RUNCTL_HOME
+    stdout: str = ""  # errors go to stderr; only a status verdict is data
 
 
 def policies(body: str | bytes) -> dict[str, str | bytes]:
@@ -205,6 +206,16 @@ CASES: dict[str, Case] = {
     ),
     "local-status-dir-is-a-file": Case(("local", "status", "--project-dir", "pyproject.toml"), ("not a directory",)),
     "local-status-yaml": Case(("local", "status", "-o", "yaml"), ("'yaml'", "see: runctl local status --help")),
+    # a garbled training.pid is no pid: a verdict (exit 1), never a crash or a probe of pid 0 / -N
+    "local-status-24-digit-pid": Case(
+        ("local", "status"), ("evidence",), code=1, stdout="unknown\n", files={"training.pid": "1" * 24 + "\n"}
+    ),
+    "local-status-negative-pid": Case(
+        ("local", "status"), ("evidence",), code=1, stdout="unknown\n", files={"training.pid": "-1\n"}
+    ),
+    "local-status-binary-pid": Case(
+        ("local", "status"), ("evidence",), code=1, stdout="unknown\n", files={"training.pid": b"\xff\xfe\x00"}
+    ),
 }
 
 
@@ -231,12 +242,12 @@ def runs_in_store(home: Path) -> int:
             return 0
 
 
-def check_clean_failure(result, code: int, words: tuple[str, ...] = ()) -> None:  # type: ignore[no-untyped-def]
+def check_clean_failure(result, code: int, words: tuple[str, ...] = (), stdout: str = "") -> None:  # type: ignore[no-untyped-def]
     """The contract for every refused input: its exit code, one or two lines on stderr, no traceback."""
     assert result.code == code, (result.code, result.out, result.err)
     assert "Traceback" not in result.err
     assert "internal error" not in result.err
-    assert result.out == "", "errors belong on stderr"
+    assert result.out == stdout, "errors belong on stderr"
     lines = [line for line in result.err.splitlines() if line.strip()]
     assert 1 <= len(lines) <= 2, result.err
     for word in words:
@@ -267,7 +278,7 @@ def test_bad_input_fails_cleanly_and_leaves_nothing(
     write_files(runctl_home, spec.home_files)
     before = snapshot(project)
     result = cli(*(arg.format(**values) for arg in spec.args))
-    check_clean_failure(result, spec.code, tuple(word.format(**values) for word in spec.words))
+    check_clean_failure(result, spec.code, tuple(word.format(**values) for word in spec.words), spec.stdout)
     assert snapshot(project) == before, "the rejected command changed the project dir"
     assert not (project / ".runctl").exists()
     assert runs_in_store(runctl_home) == 0

@@ -48,7 +48,8 @@ def _usage_lines(exc: Exception) -> tuple[str, str | None]:
     Click's own form is four lines (usage, "Try ...", a blank line, "Error: ..."), or a Rich box.
     """
     message = " ".join(str(getattr(exc, "format_message", lambda: exc)()).split()).replace("Value error, ", "")
-    message = message[:1].lower() + message[1:] if message[:2] != message[:2].upper() else message
+    if message[:2] != message[:2].upper():  # "No such option" reads "no such option"; "URL ..." stays
+        message = message[:1].lower() + message[1:]
     ctx = getattr(exc, "ctx", None)
     command = getattr(ctx, "command_path", None)
     return message, "see: %s --help" % command if command else None
@@ -68,10 +69,11 @@ def run() -> None:
     except ImportError:  # pragma: no cover
         from click import exceptions as click_errors  # type: ignore[no-redef]
 
+    no_args_is_help = getattr(click_errors, "NoArgsIsHelpError", ())  # Click < 8.2 just prints the help
     debug = os.environ.get("RUNCTL_DEBUG") == "1"
     try:
         code = app(prog_name="runctl", standalone_mode=False)
-    except click_errors.NoArgsIsHelpError as exc:
+    except no_args_is_help as exc:
         exc.show()  # the help itself, as Click shows it
         sys.exit(exc.exit_code)
     except click_errors.ClickException as exc:
