@@ -1,6 +1,6 @@
 """The config file's `[policies]` (user config, then the project's runctl.toml), merged under CLI flags.
 
-Validated with pydantic, imported only when a config file exists so plain runs start fast.
+Checked by the one policy model (`runctl.params`), the same one the policy flags pass through.
 """
 
 from __future__ import annotations
@@ -27,59 +27,28 @@ def toml():  # type: ignore[no-untyped-def]
 def _load_toml(path: Path) -> dict[str, Any]:
     tomllib = toml()
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            "%s is not valid UTF-8 (byte %d)" % (path, exc.start), "save the file as UTF-8 or remove it"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError("invalid TOML in %s: %s" % (path, exc), "fix the file or remove it") from None
-
-
-def _validate(section: dict[str, Any], path: Path) -> dict[str, Any]:
-    from typing import Literal
-
-    from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
-
-    from .core.durations import parse_duration
-
-    class Policies(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        auto_stop_loss: float | None = None
-        auto_stop_patience: int | None = None
-        exit_grace: float | None = None
-        stall_polls: int | None = None
-        poll_interval: float | None = None
-        hang_timeout: float | None = None
-        on_hang: Literal["stop", "notify"] | None = None
-        max_duration: float | None = None
-        on_nan: Literal["stop", "ignore"] | None = None
-        stop_grace: float | None = None
-        notify: list[str] | None = None
-
-        @field_validator("exit_grace", "poll_interval", "hang_timeout", "max_duration", "stop_grace", mode="before")
-        @classmethod
-        def _duration(cls, value: Any) -> Any:
-            if not isinstance(value, str):
-                return value
-            try:
-                return parse_duration(value)
-            except UsageError as exc:
-                raise ValueError("%s (%s)" % (exc.message, exc.hint)) from None
-
-    try:
-        return Policies(**section).model_dump(exclude_none=True)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise UsageError(
-            "invalid [policies] %s in %s: %s" % (where, path, first["msg"]), "fix the value or remove it"
-        ) from None
+    except OSError as exc:
+        problem = "cannot read %s: %s" % (path, exc.strerror or exc)
+        raise UsageError(problem, "fix its permissions or remove it") from None
 
 
 def load_policies(project_dir: Path) -> dict[str, Any]:
+    """`[policies]` of the user config, then of the project's runctl.toml, each checked by the policy model."""
+    from .params import from_config
+
     merged: dict[str, Any] = {}
     for path in (paths.user_config(), project_dir / PROJECT_CONFIG):
         if path.is_file():
-            section = _load_toml(path).get("policies") or {}
-            merged.update(_validate(section, path))
+            document = _load_toml(path)
+            if "policies" in document:
+                merged.update(from_config(document["policies"], path))
     return merged
 
 

@@ -71,3 +71,15 @@ def test_format_duration(seconds: float, text: str) -> None:
 @pytest.mark.parametrize("text", ["45s", "12m05s", "3h02m"])
 def test_format_is_readable_back_where_it_has_no_fraction(text: str) -> None:
     assert format_duration(parse_duration(text)) == text
+
+
+@pytest.mark.parametrize("text", ["31d", "1" * 400, "721h", "2592001"])
+def test_parse_refuses_more_than_the_maximum(text: str) -> None:
+    with pytest.raises(UsageError) as info:
+        parse_duration(text, what="--timeout")
+    assert "--timeout" in info.value.message and "maximum of 30d" in info.value.message
+    assert len(info.value.message) < 80, "a 400-digit input is cut short in the message"
+
+
+def test_parse_accepts_the_maximum() -> None:
+    assert parse_duration("30d") == parse_duration("720h") == 30 * 86400.0

@@ -12,7 +12,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ..core import completion, layout
 from ..core import status as st
-from ..core.fsutil import append_json, atomic_write, atomic_write_json, parse_exit_code, read_json, read_text
+from ..core.fsutil import append_json, atomic_write, atomic_write_json, parse_exit_code, parse_pid, read_json, read_text
 from . import procs
 
 WAIT_POLL_SECONDS = 0.05
@@ -218,7 +218,7 @@ def plain_status(project_dir: str) -> Dict[str, Any]:
     """
     join = lambda name: os.path.join(project_dir, name)  # noqa: E731
     pid_text = read_text(join(layout.PID))
-    pid: Optional[int] = parse_exit_code(pid_text)
+    pid: Optional[int] = parse_pid(pid_text)
     pid_info = _file_info(join(layout.PID))
     code_info = _file_info(join(layout.EXIT_CODE))
     exit_code = parse_exit_code(read_text(join(layout.EXIT_CODE)))

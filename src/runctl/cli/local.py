@@ -49,7 +49,7 @@ def train(
     seconds = wait_timeout(wait, timeout)
     flags = o.policy_flags(
         auto_stop_loss, auto_stop_patience, exit_grace, stall_polls, poll_interval,
-        hang_timeout, on_hang, max_duration, on_nan, stop_grace,
+        hang_timeout, on_hang, max_duration, on_nan, stop_grace, notify,
     )  # fmt: skip
     spec = controller.local_spec(
         script, project_dir, name, env or [], python, script_args or [], {}, notify or [],

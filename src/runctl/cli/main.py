@@ -42,23 +42,56 @@ def main(
     """Run ML training on rented machines; know exactly when and how it ended."""
 
 
+def _usage_lines(exc: Exception) -> tuple[str, str | None]:
+    """A Click usage error as runctl's two lines: what is wrong, and where the command's help is.
+
+    Click's own form is four lines (usage, "Try ...", a blank line, "Error: ..."), or a Rich box.
+    """
+    message = " ".join(str(getattr(exc, "format_message", lambda: exc)()).split()).replace("Value error, ", "")
+    if message[:2] != message[:2].upper():  # "No such option" reads "no such option"; "URL ..." stays
+        message = message[:1].lower() + message[1:]
+    ctx = getattr(exc, "ctx", None)
+    command = getattr(ctx, "command_path", None)
+    return message, "see: %s --help" % command if command else None
+
+
+def _fail(message: str, hint: str | None, code: int) -> None:
+    sys.stderr.write("runctl: %s\n" % message)
+    if hint:
+        sys.stderr.write("  %s\n" % hint)
+    sys.exit(code)
+
+
 def run() -> None:
     """Console-script entry: expected errors become one or two lines and their exit code."""
+    try:  # Typer >= 0.2x vendors Click; older ones use Click itself
+        from typer._click import exceptions as click_errors
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click_errors  # type: ignore[no-redef]
+
+    no_args_is_help = getattr(click_errors, "NoArgsIsHelpError", ())  # Click < 8.2 just prints the help
     debug = os.environ.get("RUNCTL_DEBUG") == "1"
     try:
-        app(prog_name="runctl")
+        code = app(prog_name="runctl", standalone_mode=False)
+    except no_args_is_help as exc:
+        exc.show()  # the help itself, as Click shows it
+        sys.exit(exc.exit_code)
+    except click_errors.ClickException as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        _fail(*_usage_lines(exc), exc.exit_code)
+    except typer.Abort:
+        _fail("aborted", None, 1)
     except RunctlError as exc:
         if debug:
             import traceback
 
             traceback.print_exc()
-        sys.stderr.write("runctl: %s\n" % exc.message)
-        if exc.hint:
-            sys.stderr.write("  %s\n" % exc.hint)
-        sys.exit(exc.exit_code)
+        _fail(exc.message, exc.hint, exc.exit_code)
     except Exception as exc:
         if debug:
             raise
-        sys.stderr.write("runctl: internal error: %s: %s\n" % (type(exc).__name__, exc))
-        sys.stderr.write("  rerun with RUNCTL_DEBUG=1 for a traceback\n")
-        sys.exit(1)
+        _fail("internal error: %s: %s" % (type(exc).__name__, exc), "rerun with RUNCTL_DEBUG=1 for a traceback", 1)
+    sys.exit(code if isinstance(code, int) else 0)

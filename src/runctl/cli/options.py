@@ -1,4 +1,4 @@
-"""Flags shared by every `train` command, declared once."""
+"""Flags shared by every `train` command, declared once; their values are checked by `runctl.params`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..core.durations import parse_duration
-from ..core.errors import UsageError
+from ..core.policies import DEFAULTS
 from .common import Output
 
 POLICY = "Stop policies"
@@ -46,23 +45,33 @@ AutoStopLoss = Annotated[
 ]
 AutoStopPatience = Annotated[
     int | None,
-    typer.Option("--auto-stop-patience", help="...for N consecutive reports (default 1)", rich_help_panel=POLICY),
+    typer.Option(
+        "--auto-stop-patience",
+        help="...for N consecutive reports (default %d)" % DEFAULTS["auto_stop_patience"],
+        rich_help_panel=POLICY,
+    ),
 ]
 ExitGrace = Annotated[
     str | None,
     typer.Option(
         "--exit-grace",
-        help="Stop a process still alive this long after its marker (60s)",
+        help="Stop a process still alive this long after its marker (%gs)" % DEFAULTS["exit_grace"],
         rich_help_panel=POLICY,
     ),
 ]
 StallPolls = Annotated[
     int | None,
-    typer.Option("--stall-polls", help="Final epoch, step unchanged for N polls: complete (3)", rich_help_panel=POLICY),
+    typer.Option(
+        "--stall-polls",
+        help="Final epoch, step unchanged for N polls: complete (%d)" % DEFAULTS["stall_polls"],
+        rich_help_panel=POLICY,
+    ),
 ]
 PollInterval = Annotated[
     str | None,
-    typer.Option("--poll-interval", help="Seconds between stall polls (5s)", rich_help_panel=POLICY),
+    typer.Option(
+        "--poll-interval", help="Seconds between stall polls (%gs)" % DEFAULTS["poll_interval"], rich_help_panel=POLICY
+    ),
 ]
 HangTimeout = Annotated[
     str | None,
@@ -78,7 +87,7 @@ StopGrace = Annotated[
     str | None,
     typer.Option(
         "--stop-grace",
-        help="After STOP_TRAINING, wait this long before SIGTERM (30s)",
+        help="After STOP_TRAINING, wait this long before SIGTERM (%gs)" % DEFAULTS["stop_grace"],
         rich_help_panel=POLICY,
     ),
 ]
@@ -95,34 +104,26 @@ def policy_flags(
     max_duration: str | None,
     on_nan: str | None,
     stop_grace: str | None,
+    notify: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Validated policy values from flags; None means "not given" so the config file can fill it."""
+    """Policy values from flags, checked by the one policy model; None means "not given" so the config
+    file can fill it. `--notify` is checked here too, but travels in the spec, not in the policies."""
+    from ..params import from_flags
 
-    def seconds(value: str | None, flag: str) -> float | None:
-        if value is None:
-            return None
-        parsed = parse_duration(value, flag)
-        if parsed <= 0 and flag != "--exit-grace":
-            raise UsageError("%s must be positive, got %r" % (flag, value), "for example: %s 15m" % flag)
-        return parsed
-
-    def choice(value: str | None, flag: str, allowed: tuple[str, ...]) -> str | None:
-        if value is not None and value not in allowed:
-            raise UsageError("%s must be one of %s, got %r" % (flag, ", ".join(allowed), value))
-        return value
-
-    for flag, count in (("--auto-stop-patience", auto_stop_patience), ("--stall-polls", stall_polls)):
-        if count is not None and count < 1:
-            raise UsageError("%s must be at least 1, got %d" % (flag, count))
-    return {
-        "auto_stop_loss": auto_stop_loss,
-        "auto_stop_patience": auto_stop_patience,
-        "exit_grace": seconds(exit_grace, "--exit-grace"),
-        "stall_polls": stall_polls,
-        "poll_interval": seconds(poll_interval, "--poll-interval"),
-        "hang_timeout": seconds(hang_timeout, "--hang-timeout"),
-        "on_hang": choice(on_hang, "--on-hang", ("stop", "notify")),
-        "max_duration": seconds(max_duration, "--max-duration"),
-        "on_nan": choice(on_nan, "--on-nan", ("stop", "ignore")),
-        "stop_grace": seconds(stop_grace, "--stop-grace"),
-    }
+    checked = from_flags(
+        {
+            "auto_stop_loss": auto_stop_loss,
+            "auto_stop_patience": auto_stop_patience,
+            "exit_grace": exit_grace,
+            "stall_polls": stall_polls,
+            "poll_interval": poll_interval,
+            "hang_timeout": hang_timeout,
+            "on_hang": on_hang,
+            "max_duration": max_duration,
+            "on_nan": on_nan,
+            "stop_grace": stop_grace,
+            "notify": notify,
+        }
+    )
+    checked.pop("notify", None)
+    return checked

@@ -11,7 +11,7 @@ import typer
 from ..core import status as st
 from ..core.errors import RunGone, UsageError
 from . import options as o
-from .common import Detached, Output, duration_option, emit_json, exit_with, say, store
+from .common import Detached, Output, duration_option, emit_json, exit_with, say, seconds_option, store
 
 app = typer.Typer(help="Inspect, follow, wait for and stop runs.", no_args_is_help=True, rich_markup_mode=None)
 
@@ -130,8 +130,7 @@ def stop(
     from .. import controller
     from .waiting import report_end, run_ended
 
-    if grace is not None and grace < 0:
-        raise UsageError("--grace must be 0 or more, got %g" % grace)
+    grace = seconds_option(grace, "--grace")
     db = store()
     row = db.resolve(run_id)
     controller.stop(db, row, grace)

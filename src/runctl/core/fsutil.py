@@ -65,3 +65,13 @@ def parse_exit_code(text: Optional[str]) -> Optional[int]:
         return int(text.strip().split()[0])
     except (ValueError, IndexError):
         return None
+
+
+PID_MAX = 4194304  # Linux's PID_MAX_LIMIT; a larger number is a garbled file, not a process
+
+
+def parse_pid(text: Optional[str]) -> Optional[int]:
+    """The pid in a training.pid, or None when absent, garbled or out of range (never 0, negative or huge,
+    which os.kill would take as a process group, every process, or an overflow)."""
+    pid = parse_exit_code(text)
+    return pid if pid is not None and 0 < pid <= PID_MAX else None
