@@ -42,11 +42,34 @@ def main(
     """Run ML training on rented machines; know exactly when and how it ended."""
 
 
+def expected(exc: Exception) -> RunctlError | None:
+    """The actionable form of a failure outside runctl's own checks: a full or read-only disk, a bad store."""
+    from ..core.fsutil import write_failed
+
+    if isinstance(exc, OSError):
+        return write_failed(exc)
+    sqlite3 = sys.modules.get("sqlite3")
+    if sqlite3 is not None and isinstance(exc, sqlite3.Error):
+        from .. import paths
+        from ..store import store_error
+
+        return store_error(exc, paths.database())
+    return None
+
+
 def run() -> None:
     """Console-script entry: expected errors become one or two lines and their exit code."""
     debug = os.environ.get("RUNCTL_DEBUG") == "1"
     try:
-        app(prog_name="runctl")
+        try:
+            app(prog_name="runctl")
+        except Exception as exc:
+            if isinstance(exc, RunctlError):
+                raise
+            known = expected(exc)
+            if known is None:
+                raise
+            raise known from exc
     except RunctlError as exc:
         if debug:
             import traceback
