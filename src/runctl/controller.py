@@ -42,12 +42,31 @@ def find_project_root(start: Path) -> Path:
 
 
 def check_project_dir(root: Path, given: str | None) -> None:
+    try:
+        root.stat()
+    except PermissionError:
+        raise UsageError(
+            "project dir %s cannot be reached (permission denied)" % (given or root),
+            "fix the permissions of its parent directories, or pass --project-dir a directory you can read",
+        ) from None
+    except OSError:
+        pass
     if not root.exists():
         raise UsageError("project dir %s does not exist" % (given or root), "pass --project-dir an existing directory")
     if not root.is_dir():
         raise UsageError(
             "project dir %s is not a directory" % (given or root), "pass --project-dir the directory holding your code"
         )
+    try:
+        with os.scandir(root):
+            pass
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise PermissionError
+    except PermissionError:
+        raise UsageError(
+            "project dir %s is not readable (permission denied)" % (given or root),
+            "fix its permissions (chmod u+rx %s), or pass --project-dir a directory you can read" % root,
+        ) from None
 
 
 def parse_env(items: Iterable[str]) -> dict[str, str]:
@@ -85,8 +104,14 @@ def resolve_script(script: str, project_dir: Path) -> tuple[Path, str]:
     path = Path(script).expanduser()
     if not path.is_absolute():
         path = Path.cwd() / path
-    path = path.resolve()
-    if not path.exists():
+    try:
+        path = path.resolve()
+        exists = path.exists()
+    except PermissionError:
+        raise UsageError(
+            "script %s cannot be read (permission denied)" % script, "fix the permissions of it and its directory"
+        ) from None
+    if not exists:
         raise UsageError("script %s does not exist" % script, "check the path (it is relative to your cwd)")
     if not path.is_file():
         raise UsageError("script %s is not a file" % script, "name the training script itself")

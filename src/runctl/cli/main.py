@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from ..core.errors import RunctlError
+from ..core.errors import HostError, RunctlError
 from . import checkpoint, local, runs, ssh
 
 app = typer.Typer(
@@ -47,7 +47,13 @@ def expected(exc: Exception) -> RunctlError | None:
     from ..core.fsutil import write_failed
 
     if isinstance(exc, OSError):
-        return write_failed(exc)
+        failure = write_failed(exc)
+        if failure is not None and failure.kind == "permission":
+            # Not necessarily a write: name the path and the cause only.
+            return HostError(
+                "cannot access %s: permission denied" % failure.path, "fix its permissions, or use another path"
+            )
+        return failure
     sqlite3 = sys.modules.get("sqlite3")
     if sqlite3 is not None and isinstance(exc, sqlite3.Error):
         from .. import paths
