@@ -714,6 +714,7 @@ class Supervisor:
         self.notifier.flush()
         for fd in (self.log_fd, self.tail_fd):
             os.close(fd)
+        release_space(self.path(layout.SPACE_RESERVE))
         return 0
 
     def drain(self) -> None:
