@@ -13,7 +13,7 @@ import time
 from typing import Any, Dict, Optional
 
 from ..core import layout
-from ..core.fsutil import PRIVATE_FILE, atomic_write_json, private_dir, reserve_space
+from ..core.fsutil import PRIVATE_FILE, atomic_write_json, private_dir, release_space, reserve_space
 from .supervisor import main_supervise
 
 
@@ -24,17 +24,22 @@ def write_spec(run_dir: str, spec: Dict[str, Any]) -> None:
     for directory in (os.path.dirname(runs), runs, run_dir):
         private_dir(directory)
     atomic_write_json(os.path.join(run_dir, layout.SPEC), spec, mode=PRIVATE_FILE)
-    reserve_space(os.path.join(run_dir, layout.SPACE_RESERVE))
-    atomic_write_json(
-        os.path.join(run_dir, layout.STATUS),
-        {
-            "seq": 1,
-            "run_id": spec["run_id"],
-            "name": spec.get("name"),
-            "status": "pending",
-            "created_at": spec.get("created_at", time.time()),
-        },
-    )
+    reserve = os.path.join(run_dir, layout.SPACE_RESERVE)
+    reserve_space(reserve)
+    try:
+        atomic_write_json(
+            os.path.join(run_dir, layout.STATUS),
+            {
+                "seq": 1,
+                "run_id": spec["run_id"],
+                "name": spec.get("name"),
+                "status": "pending",
+                "created_at": spec.get("created_at", time.time()),
+            },
+        )
+    except OSError:
+        release_space(reserve)  # the run cannot start: it needs no space held for its end
+        raise
 
 
 def launch(run_dir: str, spec: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:

@@ -97,7 +97,9 @@ def reserve_space(path: str) -> None:
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, PRIVATE_FILE)
     try:
-        os.write(fd, b"\0" * RESERVE_BYTES)
+        view = memoryview(b"\0" * RESERVE_BYTES)
+        while view:
+            view = view[os.write(fd, view) :]  # a nearly full disk takes part of it, then refuses the rest
     except OSError as exc:
         os.close(fd)
         os.unlink(path)
