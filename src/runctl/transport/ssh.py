@@ -23,7 +23,7 @@ from typing import Any
 
 from .. import paths
 from ..bundle import agent_artifact
-from ..core.errors import HostError, UsageError
+from ..core.errors import HostError, UsageError, WriteFailed
 
 CONNECT_TIMEOUT = 10
 FIRST_ROUND_TRIP = 4.0
@@ -416,6 +416,10 @@ class SshTransport:
                 "the runctl agent on %s failed: %s"
                 % (self.dest, proc.stderr.decode("utf-8", "replace").strip()[-400:] or "no output")
             ) from None
+        refused = result.get("write_error")
+        if isinstance(refused, dict) and args[0] != "launch":
+            # The host refused a write (disk full, read-only): a host error, never a run dir gone.
+            raise WriteFailed(str(refused.get("kind")), str(refused.get("path")), str(self.dest))
         return result
 
     def expand(self, path: str) -> str:
