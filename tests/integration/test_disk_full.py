@@ -18,7 +18,7 @@ import pytest
 
 from tests.integration.test_ssh import SshEnv, make_project
 from tests.support.runs import kill_leftover_runs, poll, status_file, write_script
-from tests.support.sshhosts import SshHosts, SshTestHost
+from tests.support.sshhosts import SshHosts, SshTestHost, start_hosts
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -218,3 +218,33 @@ def test_ssh_run_that_fills_the_remote_disk_fails_with_exit_4(
     assert found.returncode == 0 and found.stdout.strip() == ""
     status = json.loads(host.run("cat %s" % (remote / ".runctl" / "runs" / run["run_id"] / "status.json")).stdout)
     assert status["status"] == "failed"
+
+
+@pytest.fixture(scope="module")
+def full_home_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SshTestHost, Path]]:
+    """A fresh host (no agent shipped yet) whose whole home is a full disk."""
+    if os.getuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    with start_hosts(1, tmp_path_factory.mktemp("fullhome")) as hosts:
+        host = hosts[0]
+        mount_tmpfs(host.home, "256k", host_prefix(host))
+        host.run("dd if=/dev/zero of=$HOME/filler bs=4k")
+        yield host, hosts.client_key
+        unmount(host.home, host_prefix(host))
+
+
+def test_agent_cannot_be_shipped_to_a_full_home(full_home_host: tuple[SshTestHost, Path], tmp_path: Path) -> None:
+    host, key = full_home_host
+    env = SshEnv.create([host], tmp_path / "client", [key], host.known_hosts_line())
+    try:
+        project = make_project(tmp_path, "fullhome")
+        result = env.cli("ssh", "train", env.dest(host), "train_stub.py", "--no-sync-code", cwd=project)
+        assert result.code == 4, result.err
+        lines = result.err.strip().splitlines()
+        assert lines[0] == "runctl: disk full at %s/.runctl/agent on %s" % (host.home, env.dest(host)), result.err
+        assert len(lines) == 2 and "df -h" in lines[1]
+        listing = host.run("ls -A $HOME/.runctl/agent")
+        assert listing.returncode == 0 and listing.stdout.strip() == ""  # no half-shipped agent left
+        assert env.runs(project) == []
+    finally:
+        env.cleanup()

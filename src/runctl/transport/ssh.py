@@ -387,10 +387,19 @@ class SshTransport:
         assert self._agent_path is not None
         target = shlex.quote(self._agent_path)
         tmp = shlex.quote(self._agent_path + ".tmp")
-        self.run(
-            'mkdir -p "$HOME/.runctl/agent" && cat > %s && mv -f %s %s' % (tmp, tmp, target),
+        proc = self.run(
+            'mkdir -p "$HOME/.runctl/agent" && cat > %s && mv -f %s %s || { rm -f %s; exit 1; }'
+            % (tmp, tmp, target, tmp),
             input=artifact.read_bytes(),
+            check=False,
         )
+        if proc.returncode != 0:
+            error = proc.stderr.decode("utf-8", "replace")
+            if "No space left on device" in error or "Disk quota exceeded" in error:
+                raise WriteFailed("disk_full", os.path.dirname(self._agent_path), str(self.dest))
+            if "Read-only file system" in error:
+                raise WriteFailed("read_only", os.path.dirname(self._agent_path), str(self.dest))
+            raise HostError("could not install the runctl agent on %s: %s" % (self.dest, error.strip()[-400:]))
 
     @property
     def home(self) -> str:
