@@ -14,7 +14,7 @@ from typing import Any
 
 from . import paths
 from .core import status as st
-from .core.errors import RunctlError, UsageError, WriteFailed
+from .core.errors import CorruptStore, RunctlError, UsageError, WriteFailed
 from .core.fsutil import PRIVATE_FILE, mount_point, tighten, write_failed
 
 SCHEMA_VERSION = 1
@@ -89,14 +89,14 @@ def store_error(exc: sqlite3.Error | OSError, path: Path) -> RunctlError:
     name = getattr(exc, "sqlite_errorname", "") or ""
     text = str(exc)
     if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")) or "not a database" in text or "malformed" in text:
-        return WriteFailed.corrupt_store(str(path), text)
+        return CorruptStore(str(path), text)
     if name.startswith("SQLITE_FULL") or "disk is full" in text:
         return WriteFailed("disk_full", mount_point(str(path)))
     if name.startswith("SQLITE_READONLY") or "readonly" in text:
         return WriteFailed("read_only", str(path))
     if name.startswith(("SQLITE_CANTOPEN", "SQLITE_PERM")) or "unable to open" in text:
         return WriteFailed("permission", str(path))
-    return WriteFailed.corrupt_store(str(path), text)
+    return CorruptStore(str(path), text)
 
 
 class Store:

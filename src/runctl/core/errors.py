@@ -58,17 +58,17 @@ class WriteFailed(HostError):
         self.kind = kind
         self.path = path
 
-    @classmethod
-    def corrupt_store(cls, path: str, detail: str) -> "WriteFailed":
-        """The store file is damaged: say which file and how to move it aside (a new one is then made)."""
-        error = cls("corrupt", path)
-        error.message = "the runctl store %s is corrupt (%s)" % (path, detail)
-        fix = "move it (and any -wal/-shm next to it) aside and runctl starts a new one"
-        error.hint = "%s: mv %s %s.corrupt" % (fix, path, path)
-        return error
-
     def to_dict(self) -> Dict[str, str]:
         return {"kind": self.kind, "path": self.path}
+
+
+class CorruptStore(HostError):
+    """The store file is damaged: say which file and how to move it aside (a new one is then made)."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        fix = "move it (and any -wal/-shm next to it) aside and runctl starts a new one"
+        message = "the runctl store %s is corrupt (%s)" % (path, detail)
+        super().__init__(message, "%s: mv %s %s.corrupt" % (fix, path, path))
 
 
 class WaitTimeout(RunctlError):
