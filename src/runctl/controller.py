@@ -15,7 +15,7 @@ from typing import Any
 
 from .core import layout
 from .core import status as st
-from .core.errors import Detached, HostError, RunctlError, UsageError, WaitTimeout
+from .core.errors import Detached, HostError, RunctlError, UsageError, WaitTimeout, WriteFailed
 from .core.spec import RunSpec, new_run_id
 from .store import Store
 from .transport.base import Transport
@@ -42,12 +42,31 @@ def find_project_root(start: Path) -> Path:
 
 
 def check_project_dir(root: Path, given: str | None) -> None:
+    try:
+        root.stat()
+    except PermissionError:
+        raise UsageError(
+            "project dir %s cannot be reached (permission denied)" % (given or root),
+            "fix the permissions of its parent directories, or pass --project-dir a directory you can read",
+        ) from None
+    except OSError:
+        pass
     if not root.exists():
         raise UsageError("project dir %s does not exist" % (given or root), "pass --project-dir an existing directory")
     if not root.is_dir():
         raise UsageError(
             "project dir %s is not a directory" % (given or root), "pass --project-dir the directory holding your code"
         )
+    try:
+        with os.scandir(root):
+            pass
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise PermissionError
+    except PermissionError:
+        raise UsageError(
+            "project dir %s is not readable (permission denied)" % (given or root),
+            "fix its permissions (chmod u+rx %s), or pass --project-dir a directory you can read" % root,
+        ) from None
 
 
 def parse_env(items: Iterable[str]) -> dict[str, str]:
@@ -85,8 +104,14 @@ def resolve_script(script: str, project_dir: Path) -> tuple[Path, str]:
     path = Path(script).expanduser()
     if not path.is_absolute():
         path = Path.cwd() / path
-    path = path.resolve()
-    if not path.exists():
+    try:
+        path = path.resolve()
+        exists = path.exists()
+    except PermissionError:
+        raise UsageError(
+            "script %s cannot be read (permission denied)" % script, "fix the permissions of it and its directory"
+        ) from None
+    if not exists:
         raise UsageError("script %s does not exist" % script, "check the path (it is relative to your cwd)")
     if not path.is_file():
         raise UsageError("script %s is not a file" % script, "name the training script itself")
@@ -192,6 +217,8 @@ def start(store: Store, spec: RunSpec, transport: Transport) -> dict[str, Any]:
     except BaseException:
         store.delete_run(spec.run_id)
         raise
+    if result.get("write_error"):
+        refused_write(store, spec, transport, result)
     state = result.get("state") or transport.probe(spec.run_dir)
     if not result.get("ok") and not result.get("setup_failed"):
         if state.get("status") == st.FAILED and not state.get("started_at"):
@@ -201,6 +228,31 @@ def start(store: Store, spec: RunSpec, transport: Transport) -> dict[str, Any]:
     store.update_state(spec.run_id, state)
     store.add_event(spec.run_id, "launched", {"pid": result.get("pid"), "agent_pid": result.get("agent_pid")})
     return state
+
+
+def refused_write(store: Store, spec: RunSpec, transport: Transport, result: dict[str, Any]) -> None:
+    """The host refused to write the run dir: a full disk is a failed run (recorded), read-only leaves none."""
+    info = result["write_error"]
+    error = WriteFailed(info.get("kind", ""), info.get("path", ""), "" if transport.name == "local" else transport.host)
+    if error.kind != "disk_full":
+        store.delete_run(spec.run_id)
+        remove_run_dir(spec)
+        raise error
+    state = result.get("state") or {}
+    store.update_state(
+        spec.run_id,
+        {
+            **state,
+            "status": st.FAILED,
+            "termination_status": st.T_FAILED,
+            "termination_message": str(result.get("error") or error.message),
+            "disk_full": error.path,
+            "ended_at": state.get("ended_at") or time.time(),
+            "seq": max(int(state.get("seq") or 0), 1),
+        },
+    )
+    store.add_event(spec.run_id, "disk_full", {"path": error.path})
+    raise error
 
 
 def salvage_start(store: Store, spec: RunSpec, transport: Transport) -> bool:
@@ -322,7 +374,7 @@ def view(row: dict[str, Any]) -> dict[str, Any]:
         "last_checkpoint": state.get("last_checkpoint"),
         "duration": state.get("duration"),
     }
-    for key in ("agent_alive", "warning", "notice", "exit_signal"):
+    for key in ("agent_alive", "warning", "notice", "exit_signal", "disk_full"):
         if state.get(key) is not None:
             out[key] = state[key]
     return out

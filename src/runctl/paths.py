@@ -1,9 +1,17 @@
-"""Where the controller keeps its state: RUNCTL_HOME, else the user data dir."""
+"""Where the controller keeps its state: RUNCTL_HOME, else the user data dir.
+
+The state is private: the store holds full specs (--env values, webhook URLs), so RUNCTL_HOME and
+everything runctl creates in it is 0700 / 0600, and tightened when found looser.
+"""
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
+
+from .core.errors import UsageError
+from .core.fsutil import private_dir
 
 
 def home() -> Path:
@@ -14,7 +22,17 @@ def home() -> Path:
         from platformdirs import user_data_dir
 
         path = Path(user_data_dir("runctl", appauthor=False))
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        mode = 0
+    if stat.S_ISDIR(mode) and mode & (stat.S_ISVTX | stat.S_IWOTH):
+        # A shared directory such as /tmp is nobody's to chmod, and no place for private state.
+        raise UsageError(
+            "RUNCTL_HOME %s is a shared directory (mode %o)" % (path, stat.S_IMODE(mode)),
+            "point RUNCTL_HOME at a directory of its own, e.g. export RUNCTL_HOME=~/.runctl",
+        )
+    private_dir(str(path))
     return path
 
 
@@ -23,9 +41,7 @@ def database() -> Path:
 
 
 def agent_cache() -> Path:
-    path = home() / "agent"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return Path(private_dir(str(home() / "agent")))
 
 
 def user_config() -> Path:

@@ -175,6 +175,8 @@ def start_remote(
                 "check it with: runctl runs status %s" % spec.run_id,
             ) from None
         raise
+    if launched.get("write_error"):
+        controller.refused_write(store, spec, transport, launched)
     state = launched.get("state") or transport.probe(spec.run_dir)
     store.update_state(spec.run_id, state)
     store.add_event(spec.run_id, "launched", {"pid": launched.get("pid"), "host": transport.host})

@@ -6,6 +6,7 @@ The run dir on the host is the source of truth; rows here are refreshed from it.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Any
 
 from . import paths
 from .core import status as st
-from .core.errors import UsageError
+from .core.errors import CorruptStore, RunctlError, UsageError, WriteFailed
+from .core.fsutil import PRIVATE_FILE, mount_point, tighten, write_failed
 
 SCHEMA_VERSION = 1
 
@@ -80,15 +82,42 @@ def _number(value: Any) -> Any:
     return value
 
 
+def store_error(exc: sqlite3.Error | OSError, path: Path) -> RunctlError:
+    """What a user can do about a store that cannot be opened, read or written."""
+    if isinstance(exc, OSError):
+        return write_failed(exc) or WriteFailed("permission", str(path))
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    text = str(exc)
+    if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")) or "not a database" in text or "malformed" in text:
+        return CorruptStore(str(path), text)
+    if name.startswith("SQLITE_FULL") or "disk is full" in text:
+        return WriteFailed("disk_full", mount_point(str(path)))
+    if name.startswith("SQLITE_READONLY") or "readonly" in text:
+        return WriteFailed("read_only", str(path))
+    if name.startswith(("SQLITE_CANTOPEN", "SQLITE_PERM")) or "unable to open" in text:
+        return WriteFailed("permission", str(path))
+    return CorruptStore(str(path), text)
+
+
 class Store:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or paths.database()
+        try:
+            self._open()
+        except (sqlite3.Error, OSError) as exc:
+            raise store_error(exc, self.path) from None
+
+    def _open(self) -> None:
+        # Created 0600 before SQLite opens it; SQLite gives its -wal and -shm files the same mode.
+        os.close(os.open(str(self.path), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, PRIVATE_FILE))
         self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA busy_timeout = 30000")
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = NORMAL")
         self.db.execute("PRAGMA foreign_keys = ON")
+        for suffix in ("", "-wal", "-shm"):
+            tighten(str(self.path) + suffix, PRIVATE_FILE)  # stores written by older runctl were 0644
         self._migrate()
 
     def _migrate(self) -> None:

@@ -8,10 +8,25 @@ import os
 import sys
 from typing import List, Optional
 
+from ..core.fsutil import write_failed
 from . import AGENT_PROTOCOL, ops
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run one command; a write the host refuses (disk full, read-only) is one JSON error, not a traceback."""
+    try:
+        return dispatch(argv)
+    except OSError as exc:
+        failure = write_failed(exc)
+        if failure is None:
+            raise
+        fields = {"disk_full": failure.path} if failure.kind == "disk_full" else {}
+        result = {"ok": False, "error": failure.message, "write_error": failure.to_dict(), **fields}
+        sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
+        return 1
+
+
+def dispatch(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="runctl-agent")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("launch", help="start a run detached; spec JSON on stdin with --spec-stdin")

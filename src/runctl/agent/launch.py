@@ -13,24 +13,33 @@ import time
 from typing import Any, Dict, Optional
 
 from ..core import layout
-from ..core.fsutil import atomic_write_json
+from ..core.fsutil import PRIVATE_FILE, atomic_write_json, private_dir, release_space, reserve_space
 from .supervisor import main_supervise
 
 
 def write_spec(run_dir: str, spec: Dict[str, Any]) -> None:
-    os.makedirs(run_dir, mode=0o700, exist_ok=True)
-    # The spec holds --env values and webhook URLs: readable by the owner only.
-    atomic_write_json(os.path.join(run_dir, layout.SPEC), spec, mode=0o600)
-    atomic_write_json(
-        os.path.join(run_dir, layout.STATUS),
-        {
-            "seq": 1,
-            "run_id": spec["run_id"],
-            "name": spec.get("name"),
-            "status": "pending",
-            "created_at": spec.get("created_at", time.time()),
-        },
-    )
+    # The spec holds --env values and webhook URLs, logs may print secrets: the owner only, from
+    # .runctl/ down (makedirs would give the intermediate directories the default mode).
+    runs = os.path.dirname(run_dir)
+    for directory in (os.path.dirname(runs), runs, run_dir):
+        private_dir(directory)
+    atomic_write_json(os.path.join(run_dir, layout.SPEC), spec, mode=PRIVATE_FILE)
+    reserve = os.path.join(run_dir, layout.SPACE_RESERVE)
+    reserve_space(reserve)
+    try:
+        atomic_write_json(
+            os.path.join(run_dir, layout.STATUS),
+            {
+                "seq": 1,
+                "run_id": spec["run_id"],
+                "name": spec.get("name"),
+                "status": "pending",
+                "created_at": spec.get("created_at", time.time()),
+            },
+        )
+    except OSError:
+        release_space(reserve)  # the run cannot start: it needs no space held for its end
+        raise
 
 
 def launch(run_dir: str, spec: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -46,7 +55,7 @@ def launch(run_dir: str, spec: Optional[Dict[str, Any]] = None) -> Dict[str, Any
             if os.fork() > 0:
                 os._exit(0)
             devnull = os.open(os.devnull, os.O_RDONLY)
-            log = os.open(os.path.join(run_dir, layout.AGENT_LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            log = os.open(os.path.join(run_dir, layout.AGENT_LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
             os.dup2(devnull, 0)
             os.dup2(log, 1)
             os.dup2(log, 2)

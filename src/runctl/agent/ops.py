@@ -12,7 +12,18 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ..core import completion, layout
 from ..core import status as st
-from ..core.fsutil import append_json, atomic_write, atomic_write_json, parse_exit_code, parse_pid, read_json, read_text
+from ..core.fsutil import (
+    append_json,
+    atomic_write,
+    atomic_write_json,
+    disk_full,
+    parse_exit_code,
+    parse_pid,
+    read_json,
+    read_text,
+    release_space,
+    write_failed,
+)
 from . import procs
 
 WAIT_POLL_SECONDS = 0.05
@@ -95,11 +106,45 @@ def probe(run_dir: str) -> Dict[str, Any]:
             "updated_at": time.time(),
         }
     )
-    atomic_write_json(os.path.join(run_dir, layout.STATUS), state)
-    append_json(
-        os.path.join(run_dir, layout.EVENTS),
-        {"t": time.time(), "event": "agent_gone", "status": verdict.status},
-    )
+    return record_verdict(run_dir, state)
+
+
+def record_verdict(run_dir: str, state: Dict[str, Any]) -> Dict[str, Any]:
+    """Write the verdict on a run whose agent is gone back to its run dir, so every reader agrees.
+
+    On a full disk the space the agent held is used; if even that fails, a run that would be `lost`
+    is `failed` with "disk full at PATH" (the likely reason its end went unrecorded), returned
+    unwritten for the controller to record in its store. A write the disk refuses never raises.
+    """
+    try:
+        try:
+            atomic_write_json(os.path.join(run_dir, layout.STATUS), state)
+        except OSError as exc:
+            if not disk_full(exc) or not release_space(os.path.join(run_dir, layout.SPACE_RESERVE)):
+                raise
+            atomic_write_json(os.path.join(run_dir, layout.STATUS), state)
+    except OSError as exc:
+        failure = write_failed(exc)
+        if failure is None:
+            raise
+        state["write_error"] = failure.to_dict()
+        if failure.kind == "disk_full" and state.get("status") == st.LOST:
+            state.update(
+                {
+                    "status": st.FAILED,
+                    "termination_status": st.T_FAILED,
+                    "termination_message": "%s: the run's end could not be recorded" % failure.message,
+                    "disk_full": failure.path,
+                }
+            )
+        return state
+    try:
+        append_json(
+            os.path.join(run_dir, layout.EVENTS),
+            {"t": time.time(), "event": "agent_gone", "status": state.get("status")},
+        )
+    except OSError:
+        pass  # status.json, the record that matters, is written
     return state
 
 
@@ -218,7 +263,7 @@ def plain_status(project_dir: str) -> Dict[str, Any]:
     """
     join = lambda name: os.path.join(project_dir, name)  # noqa: E731
     pid_text = read_text(join(layout.PID))
-    pid: Optional[int] = parse_pid(pid_text)
+    pid = parse_pid(pid_text)
     pid_info = _file_info(join(layout.PID))
     code_info = _file_info(join(layout.EXIT_CODE))
     exit_code = parse_exit_code(read_text(join(layout.EXIT_CODE)))

@@ -11,6 +11,8 @@ import signal
 import time
 from typing import List, Optional
 
+from ..core.fsutil import MAX_PID
+
 
 def start_time(pid: int) -> Optional[str]:
     """The kernel's start time of `pid` (clock ticks since boot), or None where unknown."""
@@ -26,8 +28,8 @@ def start_time(pid: int) -> Optional[str]:
 
 def is_alive(pid: Optional[int], started: Optional[str] = None) -> bool:
     """Whether the process `pid` (with that start time, when known) still exists and is not a zombie."""
-    if not pid or pid <= 0:
-        return False
+    if not isinstance(pid, int) or not 0 < pid <= MAX_PID:
+        return False  # garbage in a pid file (a 24-digit number) is no process
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

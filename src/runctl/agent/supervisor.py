@@ -19,7 +19,17 @@ from typing import Any, Dict, List, Optional
 
 from ..core import completion, layout, metrics, policies
 from ..core import status as st
-from ..core.fsutil import append_json, atomic_write, atomic_write_json, read_json, read_text
+from ..core.fsutil import (
+    PRIVATE_FILE,
+    append_json,
+    atomic_write,
+    atomic_write_json,
+    disk_full,
+    read_json,
+    read_text,
+    release_space,
+    write_failed,
+)
 from . import ops, procs, pyenv
 from .notify import Notifier
 
@@ -141,7 +151,7 @@ class Supervisor:
             self.event("stale_stop_file_moved")
         atomic_write(os.path.join(self.project_dir, layout.LATEST_RUN), (self.run_id + "\n").encode())
         os.makedirs(self.spec_checkpoint_dir(), exist_ok=True)
-        self.log_fd = os.open(self.path(layout.LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.log_fd = os.open(self.path(layout.LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
         self.tail_fd = os.open(self.path(layout.LOG), os.O_RDONLY)
         self._mirror_log()
 
@@ -317,7 +327,7 @@ class Supervisor:
             self.notifier.flush()
             return 0
         except Exception as exc:
-            return self.fail_before_start(self.describe_spawn_error(exc))
+            return self.fail_before_start(self.describe_spawn_error(exc), **failure_fields(exc))
         assert self.proc is not None
         self.ready(
             {"ok": True, "run_id": self.run_id, "pid": self.proc.pid, "agent_pid": os.getpid(), "state": self.state}
@@ -332,38 +342,52 @@ class Supervisor:
         """The supervisor itself failed (e.g. its disk is full): stop the run and say why, never `lost`."""
         import traceback
 
-        traceback.print_exc()
+        try:
+            traceback.print_exc()
+        except OSError:
+            pass  # agent.log is on the same full disk
         if self.proc is not None:
             procs.kill_all(self.pgid, self.run_id, LEFTOVER_GRACE)
-        message = "the runctl agent failed: %s: %s" % (type(exc).__name__, exc)
+        failure = write_failed(exc)
+        message = failure.message if failure else "the runctl agent failed: %s: %s" % (type(exc).__name__, exc)
         try:
-            self.write_end(st.FAILED, st.T_FAILED, message)
+            self.write_end(st.FAILED, st.T_FAILED, message, **failure_fields(exc))
         except OSError:
             pass
         return 1
 
-    def write_end(self, status: str, termination_status: str, message: str) -> None:
-        """Record, durably, that the run ended now and why."""
-        self.write_status(
-            fsync=True,
-            status=status,
-            termination_status=termination_status,
-            termination_message=message,
-            ended_at=time.time(),
+    def write_end(self, status: str, termination_status: str, message: str, **extra: Any) -> None:
+        """Record, durably, that the run ended now and why; on a full disk, with the space held for it."""
+        changes = dict(
+            status=status, termination_status=termination_status, termination_message=message, ended_at=time.time()
         )
+        changes.update(extra)
+        try:
+            self.write_status(fsync=True, **changes)
+        except OSError as exc:
+            if not disk_full(exc) or not release_space(self.path(layout.SPACE_RESERVE)):
+                raise
+            self.write_status(fsync=True, **changes)
+        release_space(self.path(layout.SPACE_RESERVE))
 
     def describe_spawn_error(self, exc: Exception) -> str:
+        failure = write_failed(exc)
+        if failure is not None and failure.kind in ("disk_full", "read_only"):
+            return failure.message
         if isinstance(exc, FileNotFoundError):
             return "cannot start %r: no such file or program" % self.spec["command"][0]
         if isinstance(exc, PermissionError):
             return "cannot start %r: permission denied (is it executable?)" % self.spec["command"][0]
         return "cannot start the training command: %s" % exc
 
-    def fail_before_start(self, message: str, started_setup: bool = False) -> int:
+    def fail_before_start(self, message: str, started_setup: bool = False, **extra: Any) -> int:
         """The script never ran. A failed setup is a real (failed) run; a command that can't start is not."""
-        self.event("start_failed", error=message)
-        self.write_end(st.FAILED, st.T_FAILED, message)
-        self.ready({"ok": False, "error": message, "setup_failed": started_setup, "state": self.state})
+        try:
+            self.event("start_failed", error=message)
+        except OSError:
+            pass  # a full disk: status.json below is what must be written
+        self.write_end(st.FAILED, st.T_FAILED, message, **extra)
+        self.ready({"ok": False, "error": message, "setup_failed": started_setup, "state": self.state, **extra})
         self.notify("ended")
         self.notifier.flush()
         return 1
@@ -690,6 +714,7 @@ class Supervisor:
         self.notifier.flush()
         for fd in (self.log_fd, self.tail_fd):
             os.close(fd)
+        release_space(self.path(layout.SPACE_RESERVE))
         return 0
 
     def drain(self) -> None:
@@ -773,6 +798,17 @@ class Supervisor:
             if isinstance(record, dict) and "loss" in record:
                 history.append({k: record.get(k) for k in ("epoch", "step", "loss", "t")})
         return history[-10000:]
+
+
+def failure_fields(exc: BaseException) -> Dict[str, Any]:
+    """What status.json records about a failed write, so controllers can say "disk full at PATH" (exit 4)."""
+    failure = write_failed(exc)
+    if failure is None or failure.kind not in ("disk_full", "read_only"):
+        return {}
+    fields: Dict[str, Any] = {"write_error": failure.to_dict()}
+    if failure.kind == "disk_full":
+        fields["disk_full"] = failure.path
+    return fields
 
 
 class StoppedDuringSetup(Exception):

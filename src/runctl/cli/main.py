@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from ..core.errors import RunctlError
+from ..core.errors import HostError, RunctlError
 from . import checkpoint, local, runs, ssh
 
 app = typer.Typer(
@@ -62,6 +62,27 @@ def _fail(message: str, hint: str | None, code: int) -> None:
     sys.exit(code)
 
 
+def expected(exc: Exception) -> RunctlError | None:
+    """The actionable form of a failure outside runctl's own checks: a full or read-only disk, a bad store."""
+    from ..core.fsutil import write_failed
+
+    if isinstance(exc, OSError):
+        failure = write_failed(exc)
+        if failure is not None and failure.kind == "permission":
+            # Not necessarily a write: name the path and the cause only.
+            return HostError(
+                "cannot access %s: permission denied" % failure.path, "fix its permissions, or use another path"
+            )
+        return failure
+    sqlite3 = sys.modules.get("sqlite3")
+    if sqlite3 is not None and isinstance(exc, sqlite3.Error):
+        from .. import paths
+        from ..store import store_error
+
+        return store_error(exc, paths.database())
+    return None
+
+
 def run() -> None:
     """Console-script entry: expected errors become one or two lines and their exit code."""
     try:  # Typer >= 0.2x vendors Click; older ones use Click itself
@@ -72,7 +93,15 @@ def run() -> None:
     no_args_is_help = getattr(click_errors, "NoArgsIsHelpError", ())  # Click < 8.2 just prints the help
     debug = os.environ.get("RUNCTL_DEBUG") == "1"
     try:
-        code = app(prog_name="runctl", standalone_mode=False)
+        try:
+            code = app(prog_name="runctl", standalone_mode=False)
+        except (click_errors.ClickException, typer.Abort, RunctlError):
+            raise
+        except Exception as exc:
+            known = expected(exc)
+            if known is None:
+                raise
+            raise known from exc
     except no_args_is_help as exc:
         exc.show()  # the help itself, as Click shows it
         sys.exit(exc.exit_code)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import sys
 from enum import Enum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..core import status as st
-from ..core.errors import RunGone, UsageError
+from ..core.errors import RunctlError, RunGone, UsageError
 from . import options as o
 from .common import Detached, Output, duration_option, emit_json, exit_with, say, seconds_option, store
 
 app = typer.Typer(help="Inspect, follow, wait for and stop runs.", no_args_is_help=True, rich_markup_mode=None)
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 RunId = Annotated[str, typer.Argument(help="Run id or a unique prefix of it")]
 
@@ -24,11 +27,10 @@ def list_runs(
     output: o.OutputOpt = Output.text,
 ) -> None:
     """Active runs and those that ended in the last day."""
-    from .. import controller
     from .render import run_table
 
     db = store()
-    runs = [controller.refresh(db, row) for row in db.list(include_all=all_runs)]
+    runs = [_listed(db, row) for row in db.list(include_all=all_runs)]
     if output == Output.json:
         emit_json(runs)
     elif runs:
@@ -38,6 +40,21 @@ def list_runs(
             "no runs%s; start one with: runctl local train SCRIPT"
             % ("" if all_runs else " in the last day (--all shows older)")
         )
+
+
+def _listed(db: Store, row: dict[str, Any]) -> dict[str, Any]:
+    """A run for the list: one whose run dir cannot be read or written shows its last known state
+    with the reason, and never breaks the list of the others."""
+    import sqlite3
+
+    from .. import controller
+
+    try:
+        return controller.refresh(db, row)
+    except (OSError, sqlite3.Error, RunctlError) as exc:
+        stale = controller.view(row)
+        stale["warning"] = "last known state; %s" % (exc.message if isinstance(exc, RunctlError) else exc)
+        return stale
 
 
 @app.command()

@@ -34,8 +34,21 @@ def wait_for(
             "reattach with: runctl runs wait %s   (or: runctl runs logs %s --follow)" % (row["run_id"], row["run_id"]),
         ) from None
     run_ended(store, row)
+    if run.get("disk_full"):
+        disk_full(run, output)
     report_end(run, output)
     return st.exit_code_for(run["status"])
+
+
+def disk_full(run: dict[str, Any], output: Output) -> None:
+    """A run ended by a full disk is a host error (exit 4): say where, and that space must be freed."""
+    from ..core.errors import WriteFailed
+
+    if output == Output.json:
+        emit_json(run)
+    error = WriteFailed("disk_full", str(run["disk_full"]), "" if run["provider"] == "local" else run["host"])
+    error.message = "run %s failed: %s" % (run["run_id"], error.message)
+    raise error
 
 
 def run_ended(store: Store, row: dict[str, Any]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional
 
 # Documented process exit codes (README "Exit codes").
 EXIT_OK = 0
@@ -34,6 +34,41 @@ class HostError(RunctlError):
     """A host, transport or cloud API failed."""
 
     exit_code = EXIT_HOST
+
+
+class WriteFailed(HostError):
+    """A file could not be written (disk full, read-only, permission denied), on a host or locally.
+
+    `kind` is "disk_full" (then `path` is the mount point that ran out of space), "read_only" or
+    "permission". The agent sends (kind, path) to the controller, which names the host.
+    """
+
+    def __init__(self, kind: str, path: str, host: str = "") -> None:
+        where = "%s on %s" % (path, host) if host else path
+        if kind == "disk_full":
+            message = "disk full at %s" % where
+            hint = "free space there (df -h %s), then start the run again" % path
+        elif kind == "read_only":
+            message = "cannot write %s: read-only" % where
+            hint = "remount it read-write, or use a writable directory (--project-dir, --remote-dir, RUNCTL_HOME)"
+        else:
+            message = "cannot write %s: permission denied" % where
+            hint = "fix the permissions of that path, or use a directory you can write"
+        super().__init__(message, hint)
+        self.kind = kind
+        self.path = path
+
+    def to_dict(self) -> Dict[str, str]:
+        return {"kind": self.kind, "path": self.path}
+
+
+class CorruptStore(HostError):
+    """The store file is damaged: say which file and how to move it aside (a new one is then made)."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        fix = "move it (and any -wal/-shm next to it) aside and runctl starts a new one"
+        message = "the runctl store %s is corrupt (%s)" % (path, detail)
+        super().__init__(message, "%s: mv %s %s.corrupt" % (fix, path, path))
 
 
 class WaitTimeout(RunctlError):

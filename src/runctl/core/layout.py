@@ -21,6 +21,7 @@ STOP_REQUEST = "stop_request.json"
 AGENT_LOG = "agent.log"
 SUMMARY = "training_log.json"
 STALE_MARKER = "stale_training_complete.txt"
+SPACE_RESERVE = ".space_reserve"  # freed on a full disk so the run's end can still be recorded
 
 # In the project dir (the original system's names).
 MARKER = "training_complete.txt"

@@ -162,7 +162,7 @@ def report(
 
 
 def _append_line(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # private, like its run dir
     try:
         written = os.write(fd, data)
         # A regular file takes the whole line at once; finish a short write rather than lose the end.

@@ -13,6 +13,7 @@ import os
 import re
 import select
 import shlex
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from typing import Any
 
 from .. import paths
 from ..bundle import agent_artifact
-from ..core.errors import HostError, UsageError
+from ..core.errors import HostError, UsageError, WriteFailed
 
 CONNECT_TIMEOUT = 10
 FIRST_ROUND_TRIP = 4.0
@@ -69,17 +70,71 @@ class Dest:
         return self.target + (":%d" % self.port if self.port else "")
 
 
+_CONTROL_DIRS: dict[str, Path] = {}
+CONTROL_DIR_POINTER = "ssh-dir"  # in RUNCTL_HOME: the private /tmp directory made when the usual one was taken
+
+
 def control_dir() -> Path:
-    """A private directory for control sockets, short enough for the 108-byte socket path limit."""
-    preferred = paths.home() / "ssh"
-    if len(str(preferred)) > 60:
-        digest = hashlib.sha256(str(paths.home()).encode()).hexdigest()[:10]
-        preferred = Path("/tmp") / ("runctl-%d-%s" % (os.getuid(), digest))
-    preferred.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = preferred.stat()
-    if info.st_uid != os.getuid() or info.st_mode & 0o077:
-        os.chmod(preferred, 0o700)
-    return preferred
+    """A private directory for control sockets, short enough for the 108-byte socket path limit.
+
+    It is `RUNCTL_HOME/ssh`, or for a long RUNCTL_HOME `/tmp/runctl-<uid>-<hash>`. A directory in
+    /tmp is used only if it is verifiably ours (owned by us, 0700, not a symlink): another user may
+    have created it first to catch our sockets and lock files. Otherwise a new one is made with
+    mkdtemp and named in RUNCTL_HOME (private), so parallel runctl processes share it.
+    """
+    home = paths.home()
+    found = _CONTROL_DIRS.get(str(home))
+    if found is not None and _is_private_dir(found):
+        return found
+    preferred = home / "ssh"
+    if len(str(preferred)) <= 60:
+        found = _make_private(preferred) or _fallback_control_dir(home)
+    else:
+        digest = hashlib.sha256(str(home).encode()).hexdigest()[:10]
+        found = _make_private(Path("/tmp") / ("runctl-%d-%s" % (os.getuid(), digest))) or _fallback_control_dir(home)
+    _CONTROL_DIRS[str(home)] = found
+    return found
+
+
+def _is_private_dir(path: Path) -> bool:
+    """Owned by us, mode 0700 or stricter, and a real directory (lstat: a symlink is never followed)."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
+
+
+def _make_private(path: Path) -> Path | None:
+    """`path` created 0700, or found already ours and private; None when it exists as anything else."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    return path if _is_private_dir(path) else None
+
+
+def _fallback_control_dir(home: Path) -> Path:
+    """The private directory named in RUNCTL_HOME, else a new one from mkdtemp (then named there)."""
+    import fcntl
+    import tempfile
+
+    from ..core.fsutil import atomic_write, read_text
+
+    pointer = home / CONTROL_DIR_POINTER
+    fd = os.open(str(pointer) + ".lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        named = (read_text(str(pointer)) or "").strip()
+        if named and len(named) <= 60 and _is_private_dir(Path(named)):
+            return Path(named)
+        made = Path(tempfile.mkdtemp(prefix="runctl-%d-" % os.getuid(), dir="/tmp"))
+        atomic_write(str(pointer), (str(made) + "\n").encode())
+        return made
+    finally:
+        os.close(fd)
 
 
 def classify_ssh_error(dest: str, stderr: str) -> HostError:
@@ -192,7 +247,9 @@ class SshTransport:
 
         # Parallel runctl processes to one host share a single master: whoever holds the lock
         # starts it, the others find it up when they get the lock.
-        with open(str(self.control_path) + ".lock", "w") as lock:
+        # O_NOFOLLOW: a symlink planted as the lock file is refused, never followed and truncated.
+        lock = os.open(str(self.control_path) + ".lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if self.master_alive():
                 self._master_ok = True
@@ -212,6 +269,8 @@ class SshTransport:
                 raise HostTimeout(
                     "connecting to %s timed out" % self.dest, "check that the host is up: ssh %s true" % self.dest
                 ) from None
+        finally:
+            os.close(lock)
         if proc.returncode != 0:
             raise classify_ssh_error(str(self.dest), proc.stderr.decode("utf-8", "replace"))
         self._master_ok = True
@@ -305,7 +364,14 @@ class SshTransport:
                 "no python3 on %s" % self.dest,
                 "install Python >= 3.8 there (e.g. apt-get install -y python3), then retry",
             )
-        version = tuple(int(p) for p in info.python.split(".")[:2])
+        parsed = re.match(r"^(\d+)\.(\d+)(?:\.\d+)?$", info.python)
+        if parsed is None:
+            raise HostError(
+                "cannot tell the python3 version on %s: it printed %r" % (self.dest, info.python[:200]),
+                "check that `python3 -c 'import sys; print(sys.version)'` works there (no wrapper or shell "
+                "profile printing to stdout)",
+            )
+        version = (int(parsed.group(1)), int(parsed.group(2)))
         if version < MIN_PYTHON:
             raise HostError(
                 "python3 on %s is %s; runctl needs >= 3.8" % (self.dest, info.python),
@@ -321,10 +387,19 @@ class SshTransport:
         assert self._agent_path is not None
         target = shlex.quote(self._agent_path)
         tmp = shlex.quote(self._agent_path + ".tmp")
-        self.run(
-            'mkdir -p "$HOME/.runctl/agent" && cat > %s && mv -f %s %s' % (tmp, tmp, target),
+        proc = self.run(
+            'mkdir -p "$HOME/.runctl/agent" && cat > %s && mv -f %s %s || { rm -f %s; exit 1; }'
+            % (tmp, tmp, target, tmp),
             input=artifact.read_bytes(),
+            check=False,
         )
+        if proc.returncode != 0:
+            error = proc.stderr.decode("utf-8", "replace")
+            if "No space left on device" in error or "Disk quota exceeded" in error:
+                raise WriteFailed("disk_full", os.path.dirname(self._agent_path), str(self.dest))
+            if "Read-only file system" in error:
+                raise WriteFailed("read_only", os.path.dirname(self._agent_path), str(self.dest))
+            raise HostError("could not install the runctl agent on %s: %s" % (self.dest, error.strip()[-400:]))
 
     @property
     def home(self) -> str:
@@ -350,6 +425,10 @@ class SshTransport:
                 "the runctl agent on %s failed: %s"
                 % (self.dest, proc.stderr.decode("utf-8", "replace").strip()[-400:] or "no output")
             ) from None
+        refused = result.get("write_error")
+        if isinstance(refused, dict) and args[0] != "launch":
+            # The host refused a write (disk full, read-only): a host error, never a run dir gone.
+            raise WriteFailed(str(refused.get("kind")), str(refused.get("path")), str(self.dest))
         return result
 
     def expand(self, path: str) -> str:
