@@ -1,8 +1,9 @@
 """The host side of every rsync into a host: check the target, claim it, then become the rsync server.
 
-The controller passes `--rsync-path="python3 -S AGENT sync-target DIR MODE PROJECT --"`, so the
-checks cost no extra round trip: this runs in the same ssh session as the transfer, before rsync
-starts, and `exec`s the real `rsync --server ...` when the target is safe.
+The controller's `--rsync-path` runs `python3 -S AGENT sync-target DIR MODE PROJECT -- ARGS`, so
+the checks cost no extra round trip: this runs in the same ssh session as the transfer, before
+rsync starts, and `exec`s the real `rsync --server ...` when the target is safe. (A dir already
+marked for the project, with nothing to protect, goes straight to rsync by a shell fast path.)
 
 A code sync deletes what the local project no longer has, so it may only run in a directory runctl
 made and marked as its own (`.runctl/owner.json`, naming the project). Modes:
@@ -26,7 +27,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..core import layout
 from ..core.fsutil import atomic_write_json, read_json
@@ -78,6 +79,15 @@ def protect_rules(entries: List[str]) -> List[str]:
         rules.append("P /" + rsync_literal(name))
         rules.append("P /" + rsync_literal(name, wildcard=True) + "/***")
     return rules
+
+
+def owner_fields(project: str) -> Tuple[str, str]:
+    """Two pieces of a marker's one JSON line that say "runctl's, for `project`, nothing to protect".
+
+    The controller's shell fast path looks for them (so an ordinary sync starts no Python); they
+    follow the writer below: json.dumps with sorted keys and the default separators.
+    """
+    return '"adopted": false', '"project": %s,' % json.dumps(project)
 
 
 def owner_path(directory: str) -> str:
@@ -208,7 +218,7 @@ def claim(directory: str, mode: str, project: str) -> List[str]:
     }
     try:
         os.makedirs(os.path.join(real, layout.RUNCTL_DIR), exist_ok=True)
-        atomic_write_json(owner_path(real), record)
+        atomic_write_json(owner_path(real), record)  # sort_keys, one line: see owner_fields
     except OSError as exc:
         raise _os_problem(exc, real) from None
     return protect_rules(foreign)

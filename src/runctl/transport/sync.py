@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 import shlex
 import subprocess
@@ -54,9 +55,23 @@ def rsync_argv(transport: SshTransport) -> list[str]:
 def checked_target(transport: SshTransport, remote_dir: str, mode: str, project: str) -> str:
     """`--rsync-path` that checks (and for code, claims) the target on the host, then runs rsync.
 
-    The check runs in the transfer's own ssh session (agent `sync-target`), so it costs no round trip.
+    The check runs in the transfer's own ssh session (agent `sync-target`), so it costs no round
+    trip. rsync appends its server arguments to this command, hence the shell function taking
+    them as "$@". Its fast path, a dir already marked for this project with nothing to protect
+    (or an existing data dir), reads the marker with shell builtins and starts no Python.
     """
-    return "--rsync-path=" + transport.agent("sync-target", remote_dir, mode, project, "--")
+    quote = shlex.quote
+    if mode == "mkdir":
+        fast = '[ -d %s ] && exec rsync %s "$@"' % (quote(remote_dir), quote("--filter=" + synctarget.PROTECT_ALL))
+    else:
+        adopted, owned = synctarget.owner_fields(project)
+        fast = 'read -r c 2>/dev/null < %s && case "$c" in *%s*%s*) exec rsync "$@";; esac' % (
+            quote(posixpath.join(remote_dir, layout.OWNER)),
+            quote(adopted),
+            quote(owned),
+        )
+    checked = transport.agent("sync-target", remote_dir, mode, project, "--")
+    return '--rsync-path=runctl_sync() { %s; exec %s "$@"; }; runctl_sync' % (fast, checked)
 
 
 def code_filters(includes: list[str], rules_file: str, protect: tuple[str, ...] = ()) -> list[str]:
