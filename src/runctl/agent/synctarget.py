@@ -17,7 +17,8 @@ made and marked as its own (`.runctl/owner.json`, naming the project). Modes:
 - `mkdir`: only create the directory (data staging); the server protects everything from deletion.
 
 A refusal is one line on stderr, `RUNCTL-SYNC-REFUSED {json}` (exit 2) or `RUNCTL-SYNC-HOST-ERROR
-{json}` (exit 4) for permission and disk problems; the controller turns it into its own error.
+{json}` (exit 4) for permission and disk problems, the JSON holding `path`, `problem` and `hint`;
+the controller turns it into its own error, naming the host.
 """
 
 from __future__ import annotations
@@ -45,18 +46,27 @@ PROTECT_ALL = "P *"
 
 
 class Refused(Exception):
-    """The target is not safe to sync into; `hint` says what to do instead."""
+    """The target at `path` is not safe to sync into (`problem` says why); `hint` says what to do."""
 
     tag = REFUSED
 
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(self, path: str, problem: str, hint: str) -> None:
+        super().__init__("the remote dir %s %s" % (path, problem))
+        self.path = path
+        self.problem = problem
         self.hint = hint
 
 
 class HostProblem(Refused):
+    """The host cannot give us `path`: "permission denied", "disk full" (the message reads PROBLEM at PATH)."""
+
     tag = HOST_ERROR
+
+    def __init__(self, path: str, problem: str, hint: str) -> None:
+        Exception.__init__(self, "%s at %s" % (problem, path))
+        self.path = path
+        self.problem = problem
+        self.hint = hint
 
 
 def rsync_literal(name: str, wildcard: bool = False) -> str:
@@ -117,16 +127,16 @@ def check_place(real: str) -> None:
     """Refuse `/`, a home directory or any directory holding one, and any dir inside a runctl project."""
     hint = "pass --remote-dir a directory of its own, e.g. ~/runctl/NAME"
     if real == "/":
-        raise Refused("the remote dir %s is the root directory" % real, hint)
+        raise Refused(real, "is the root directory", hint)
     for home in homes():
         if real == home:
-            raise Refused("the remote dir %s is the home directory" % real, hint)
+            raise Refused(real, "is the home directory", hint)
         if home.startswith(real.rstrip("/") + "/"):
-            raise Refused("the remote dir %s holds the home directory %s" % (real, home), hint)
+            raise Refused(real, "holds the home directory %s" % home, hint)
     parent = os.path.dirname(real)
     while True:
         if read_owner(parent):
-            raise Refused("the remote dir %s is inside the runctl project %s" % (real, parent), hint)
+            raise Refused(real, "is inside the runctl project %s" % parent, hint)
         if parent == os.path.dirname(parent):
             break
         parent = os.path.dirname(parent)
@@ -163,11 +173,11 @@ def _os_problem(exc: OSError, what: str) -> HostProblem:
     where = exc.filename or what
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return HostProblem(
-            "permission denied at %s" % where, "pass --remote-dir a directory this user can write, e.g. ~/runctl/NAME"
+            where, "permission denied", "pass --remote-dir a directory this user can write, e.g. ~/runctl/NAME"
         )
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return HostProblem("disk full at %s" % where, "free space there or pass --remote-dir on a bigger disk")
-    return HostProblem("cannot use %s: %s" % (where, exc.strerror or exc), "check the path on the host")
+        return HostProblem(where, "disk full", "free space there or pass --remote-dir on a bigger disk")
+    return HostProblem(where, "cannot use it (%s)" % (exc.strerror or exc), "check the path on the host")
 
 
 def claim(directory: str, mode: str, project: str) -> List[str]:
@@ -181,18 +191,18 @@ def claim(directory: str, mode: str, project: str) -> List[str]:
         return [PROTECT_ALL]
     check_place(real)
     if os.path.lexists(real) and not os.path.isdir(real):
-        raise Refused("the remote dir %s exists and is not a directory" % real, "pass --remote-dir a new or empty dir")
+        raise Refused(real, "exists and is not a directory", "pass --remote-dir a new or empty dir")
     owner = read_owner(real) if os.path.isdir(real) else None
     nested = nested_project(real) if os.path.isdir(real) else None
     if nested:
         raise Refused(
-            "the remote dir %s holds the runctl project %s" % (real, nested),
-            "pass --remote-dir a directory of its own, e.g. ~/runctl/NAME",
+            real, "holds the runctl project %s" % nested, "pass --remote-dir a directory of its own, e.g. ~/runctl/NAME"
         )
     if owner is not None:
         if owner.get("project") != project:
             raise Refused(
-                "the remote dir %s belongs to the runctl project %r" % (real, owner.get("project")),
+                real,
+                "belongs to the runctl project %r" % owner.get("project"),
                 "pass --project-name %s to sync that project there, or --remote-dir a new or empty dir"
                 % owner.get("project"),
             )
@@ -205,8 +215,10 @@ def claim(directory: str, mode: str, project: str) -> List[str]:
     foreign = [name for name in existing if name != layout.RUNCTL_DIR]
     if foreign and mode != "adopt":
         raise Refused(
-            "the remote dir %s is not empty and was not created by runctl (a sync would delete what is there)" % real,
-            "pass --remote-dir a new or empty directory, or --adopt-remote-dir to use it and keep every file in it",
+            real,
+            "is not empty and was not created by runctl",
+            "a sync there would delete its files: pass --remote-dir a new or empty dir, "
+            "or --adopt-remote-dir to use it and keep every file already in it",
         )
     record = {
         "tool": OWNER_TOOL,
@@ -233,7 +245,8 @@ def main(argv: List[str]) -> int:
     try:
         rules = claim(directory, mode, project)
     except Refused as exc:
-        sys.stderr.write("%s %s\n" % (exc.tag, json.dumps({"message": exc.message, "hint": exc.hint})))
+        report = {"path": exc.path, "problem": exc.problem, "hint": exc.hint}
+        sys.stderr.write("%s %s\n" % (exc.tag, json.dumps(report)))
         sys.stderr.flush()
         return 4 if isinstance(exc, HostProblem) else 2
     sys.stderr.flush()
@@ -241,9 +254,7 @@ def main(argv: List[str]) -> int:
     try:
         os.execvp("rsync", args)
     except OSError as exc:
-        sys.stderr.write(
-            "%s %s\n"
-            % (HOST_ERROR, json.dumps({"message": "cannot start rsync: %s" % exc, "hint": "install rsync on the host"}))
-        )
+        report = {"path": "rsync", "problem": "cannot start (%s)" % exc, "hint": "install rsync on the host"}
+        sys.stderr.write("%s %s\n" % (HOST_ERROR, json.dumps(report)))
         return 4
     return 0  # pragma: no cover - exec does not return

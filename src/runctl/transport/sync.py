@@ -134,10 +134,10 @@ def host_refusal(dest: str, stderr: str) -> RunctlError | None:
             info = json.loads(payload)
         except ValueError:
             continue
-        message = "%s on %s" % (info.get("message"), dest)
+        path, problem, hint = info.get("path"), info.get("problem"), info.get("hint")
         if tag == synctarget.REFUSED:
-            return UsageError(message, info.get("hint"))
-        return HostError(message, info.get("hint"))
+            return UsageError("the remote dir %s on %s %s" % (path, dest, problem), hint)
+        return HostError("%s at %s on %s" % (problem, path, dest), hint)
     return None
 
 
