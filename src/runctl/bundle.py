@@ -16,7 +16,6 @@ from pathlib import Path
 from . import paths
 
 TRAVELLING_PACKAGES = ("core", "agent", "training")
-MAIN = b"import sys\nfrom runctl.agent.cli import main\nsys.exit(main())\n"
 _FIXED_DATE = (2020, 1, 1, 0, 0, 0)
 
 
@@ -26,7 +25,7 @@ def _sources() -> list[tuple[str, bytes]]:
     for package in TRAVELLING_PACKAGES:
         for path in sorted((root / package).glob("*.py")):
             files.append(("runctl/%s/%s" % (package, path.name), path.read_bytes()))
-    files.append(("__main__.py", MAIN))
+    files.append(("__main__.py", (root / "agent" / "__main__.py").read_bytes()))
     return files
 
 

@@ -6,6 +6,7 @@ Every cloud host (EC2, Lambda) goes through here once it is up: it is an SSH hos
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import re
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from .core import status as st
 from .core.errors import HostError, RunctlError, UsageError
 from .core.spec import RunSpec, new_run_id
 from .store import Store
+from .transport.manifest import Plan
 from .transport.ssh import SshTransport
 from .transport.sync import download, stage_data, sync_code
 
@@ -86,17 +88,14 @@ def remote_spec(
     """A validated spec (project_dir still to be placed on the host) and the local project root."""
     root, script_path, relative = controller.locate(script, project_dir)
     is_py = script_path.suffix == ".py"
-    if is_py:
-        command = ["python3", relative, *script_args]
-    else:
-        command = ["./" + relative if "/" not in relative else relative, *script_args]
+    # "./" keeps a name like "-x.py" from being read as an option by python3, and finds a bare executable.
+    runnable = "./" + relative if relative.startswith("-") or (not is_py and "/" not in relative) else relative
+    command = ["python3", runnable, *script_args] if is_py else [runnable, *script_args]
     controller.check_regex(metrics_regex)
-    if project_name is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", project_name):
-        raise UsageError("invalid --project-name %r" % project_name, "use letters, digits, '.', '_' and '-'")
     spec = RunSpec(
         run_id=new_run_id(),
         name=name or script_path.stem,
-        project_dir=project_name or root.name,
+        project_dir=project_name_for(project_name, root),
         command=command,
         provider="ssh",
         script=relative,
@@ -112,6 +111,44 @@ def remote_spec(
         python_script=is_py,
     )
     return spec, root
+
+
+def project_name_for(given: str | None, root: Path) -> str:
+    """The project's name on the host (~/runctl/<name>): one path component, never `.`, `..` or hidden."""
+    if given is not None:
+        bad = not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", given)
+        if bad:
+            raise UsageError(
+                "invalid --project-name %r" % given,
+                "use letters, digits, '.', '_' and '-', starting with a letter or digit",
+            )
+        return given
+    name = root.name
+    if not name or name in (".", "..") or name.startswith(("-", ".")) or "/" in name or "\0" in name:
+        raise UsageError(
+            "the project dir name %r cannot name a directory on the host" % name, "pass --project-name NAME"
+        )
+    return name
+
+
+def place_project(transport: SshTransport, remote_dir: str | None, name: str) -> str:
+    """The project dir on the host: `~` expanded, normalised, and never `/` or a home (or one above it).
+
+    The host re-checks the resolved path (symlinks included) when it syncs; this catches the plain
+    cases before anything is recorded.
+    """
+    if remote_dir is not None and (not remote_dir or "\0" in remote_dir):
+        raise UsageError("invalid --remote-dir %r" % remote_dir, "pass a directory path on the host")
+    path = posixpath.normpath(transport.expand(remote_dir if remote_dir is not None else "~/runctl/" + name))
+    home = posixpath.normpath(transport.home)
+    hint = "pass --remote-dir a directory of its own, e.g. ~/runctl/%s" % name
+    if path in ("/", "//"):
+        raise UsageError("--remote-dir %s is the root directory of %s" % (path, transport.dest), hint)
+    if path == home:
+        raise UsageError("--remote-dir %s is your home directory on %s" % (path, transport.dest), hint)
+    if home.startswith(path.rstrip("/") + "/"):
+        raise UsageError("--remote-dir %s holds your home directory on %s" % (path, transport.dest), hint)
+    return path
 
 
 def host_owned_paths(spec: RunSpec) -> tuple[str, ...]:
@@ -134,11 +171,16 @@ def start_remote(
     data: list[Path],
     download_checkpoints: bool,
     say: Any = None,
+    adopt: bool = False,
 ) -> dict[str, Any]:
-    """Connect, place the project, sync, launch. Host problems before launch leave nothing behind."""
+    """Connect, place the project, sync, launch. Host problems before launch leave nothing behind.
+
+    The sync runs only in a dir runctl created for this project, or one adopted with `adopt`.
+    """
     notify = say or (lambda message: None)
     transport.connect()
-    spec.project_dir = transport.expand(remote_dir or "~/runctl/%s" % spec.project_dir)
+    project = spec.project_dir
+    spec.project_dir = place_project(transport, remote_dir, project)
     spec.host = transport.host
     if data:
         spec.data_dir = spec.project_dir + "/data"
@@ -150,7 +192,9 @@ def start_remote(
     store.add_run(record, info, {"status": st.SYNCING, "seq": 0})
     try:
         if sync:
-            result = sync_code(transport, local_root, spec.project_dir, includes, host_owned_paths(spec))
+            result = sync_code(
+                transport, local_root, spec.project_dir, includes, host_owned_paths(spec), project, adopt
+            )
             notify(
                 "synced %s -> %s:%s (%d files sent, %.1fs)"
                 % (local_root, transport.dest, spec.project_dir, result.files_sent, result.seconds)
@@ -199,8 +243,11 @@ def checkpoints(store: Store, row: dict[str, Any]) -> dict[str, Any]:
 
 def download_checkpoints(
     store: Store, row: dict[str, Any], dest: Path | None, include_all: bool, progress: bool
-) -> tuple[Path, list[str]]:
-    """Pull this run's checkpoints (or all with include_all) into dest, default ./checkpoints/<run_id>/."""
+) -> tuple[Path, Plan]:
+    """Pull this run's checkpoints (or all with include_all) into dest, default ./checkpoints/<run_id>/.
+
+    Local files runctl did not download are never overwritten: they come back in `skipped`.
+    """
     transport = controller.transport_for(row)
     if not isinstance(transport, SshTransport):
         raise UsageError(
@@ -211,10 +258,26 @@ def download_checkpoints(
     files = [f["path"] for f in listing.get("files", []) if include_all or f.get("this_run")]
     local_root = Path(row["transport"].get("local_root") or Path.cwd())
     target = dest or local_root / layout.DEFAULT_CHECKPOINT_DIR / row["run_id"]
-    if files:
-        download(transport, listing["checkpoint_dir"], files, target, progress)
-    store.add_event(row["run_id"], "checkpoints_downloaded", {"dest": str(target), "files": len(files)})
-    return target, files
+    done = download(transport, listing["checkpoint_dir"], files, target, progress) if files else Plan()
+    store.add_event(
+        row["run_id"],
+        "checkpoints_downloaded",
+        {"dest": str(target), "files": len(done.allowed), "skipped": len(done.skipped)},
+    )
+    return target, done
+
+
+def skipped_warning(target: Path, skipped: list[str]) -> str:
+    shown = ", ".join(skipped[:3]) + (" and %d more" % (len(skipped) - 3) if len(skipped) > 3 else "")
+    return (
+        "warning: kept %d file(s) in %s that runctl did not download (not overwritten): %s; "
+        % (
+            len(skipped),
+            target,
+            shown,
+        )
+        + "move them away and download again, or pass --dest"
+    )
 
 
 def after_end(store: Store, row: dict[str, Any], say: Any) -> None:
@@ -224,15 +287,17 @@ def after_end(store: Store, row: dict[str, Any], say: Any) -> None:
     if any(e["kind"] == "checkpoints_downloaded" for e in store.events(row["run_id"])):
         return
     try:
-        target, files = download_checkpoints(store, row, None, False, progress=False)
-    except HostError as exc:
+        target, done = download_checkpoints(store, row, None, False, progress=False)
+    except (HostError, UsageError) as exc:
         say(
             "warning: checkpoint download failed: %s (retry: runctl checkpoint download %s)"
             % (exc.message, row["run_id"])
         )
         return
-    if files:
-        say("downloaded %d checkpoint file(s) to %s" % (len(files), target))
+    if done.allowed:
+        say("downloaded %d checkpoint file(s) to %s" % (len(done.allowed), target))
+    if done.skipped:
+        say(skipped_warning(target, done.skipped))
 
 
 def host_status(transport: SshTransport) -> dict[str, Any]:

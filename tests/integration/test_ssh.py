@@ -90,6 +90,7 @@ class SshEnv:
         identities: list[Path],
         known_hosts_text: str,
         tag: str = "main",
+        user: str = "root",
     ) -> SshEnv:
         """Short RUNCTL_HOME (so the control sockets sit in <home>/ssh) and a `Host *` config."""
         base.mkdir(parents=True, exist_ok=True)
@@ -97,7 +98,7 @@ class SshEnv:
         known_hosts = base / ("known_hosts-%s" % tag)
         known_hosts.write_text(known_hosts_text)
         config = base / ("ssh_config-%s" % tag)
-        lines = ["Host *", "  UserKnownHostsFile %s" % known_hosts, "  User root"]
+        lines = ["Host *", "  UserKnownHostsFile %s" % known_hosts, "  User %s" % user]
         lines += ["  IdentityFile %s" % key for key in identities]
         config.write_text("\n".join(lines) + "\n")
         return cls(hosts, home, config, known_hosts)

@@ -10,6 +10,9 @@ interpreters).  So tests get real ``sshd`` processes instead:
   veth pair with an address of its own (``10.231.K.2``, port 22), so a test can cut its link.
   Otherwise each host is an sshd on ``127.0.0.1`` with a free port.
 * All hosts of one :func:`start_hosts` call share one client key pair.
+* As root, each host also lets in a second, unprivileged Linux user (:data:`SECOND_USER`, made with
+  ``useradd`` if missing) whose ``HOME`` is a directory of this host's own (``second_home``),
+  holding canary files (:data:`SECOND_USER_CANARIES`) and a sibling runctl project ``~/runctl/other``.
 
 Everything started here is torn down by :meth:`SshHosts.teardown`, by an ``atexit`` hook, and, for
 namespaces left behind by a process that died, by the next :func:`start_hosts` call.
@@ -29,6 +32,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -47,6 +51,9 @@ START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 LINK_UP_TIMEOUT = 5.0
 _PR_SET_PDEATHSIG = 1
+# A second, unprivileged account every host (started as root) also accepts: runctl connects as it
+# to prove it never touches what it did not create in a real user's home.
+SECOND_USER = "rctest"
 
 _NETNS_RE = re.compile(rf"^{NETNS_PREFIX}-(\d+)-(\w+)$")
 # Host-side veth names: "rct<pid>h<index>" (at most 15 characters, the kernel's limit).
@@ -259,6 +266,58 @@ def _sshd_supports(option_line: str, scratch_dir: Path) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
+# The second (unprivileged) user
+
+# What a real user's home holds and a tool must never destroy; ~/.ssh/authorized_keys gets the
+# test client's key, so losing it also locks the tests out, as it would lock out the user.
+SECOND_USER_CANARIES = {
+    ".bashrc": 'cd "$HOME" 2>/dev/null || true\n# canary: the user\'s own .bashrc\n',
+    ".profile": "# canary: the user's own .profile\n",
+    "notes.txt": "canary: a file of the user's in their home\n",
+    "runctl/other/train.py": "print('the sibling project')\n",
+    "runctl/other/.runctl/owner.json": '{"project": "other", "tool": "runctl", "version": 1}\n',
+}
+
+
+def ensure_second_user() -> tuple[int, int] | None:
+    """(uid, gid) of :data:`SECOND_USER`, created with ``useradd`` if missing; None when not root."""
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        return None
+    import pwd
+
+    with _subnet_lock():  # another test process may be adding it at the same moment
+        try:
+            entry = pwd.getpwnam(SECOND_USER)
+        except KeyError:
+            # Password "*": none can be typed, but the account is not locked ("!"), which sshd
+            # (without PAM) would refuse even for key logins.
+            _run(["useradd", "--create-home", "--shell", "/bin/bash", "--password", "*", SECOND_USER])
+            entry = pwd.getpwnam(SECOND_USER)
+        if _shadow_password(SECOND_USER).startswith("!"):
+            _run(["usermod", "--password", "*", SECOND_USER])
+    return entry.pw_uid, entry.pw_gid
+
+
+def _shadow_password(user: str) -> str:
+    try:
+        lines = Path("/etc/shadow").read_text().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        name, _, rest = line.partition(":")
+        if name == user:
+            return rest.split(":", 1)[0]
+    return ""
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    os.chown(root, uid, gid)
+    for base, dirs, files in os.walk(root):
+        for name in dirs + files:
+            os.lchown(os.path.join(base, name), uid, gid)
+
+
+# --------------------------------------------------------------------------------------------------
 # One host
 
 
@@ -283,6 +342,8 @@ class SshTestHost:
     veth_ns: str | None = None
     gateway: str | None = None
     """The test machine's address as seen from inside the host (netns only): serve things here."""
+    second_home: Path | None = None
+    """HOME of :data:`SECOND_USER` on this host (outside the root-only temp dir), when root."""
     _proc: subprocess.Popen[bytes] | None = dataclasses.field(default=None, init=False, repr=False)
 
     @property
@@ -321,6 +382,37 @@ class SshTestHost:
     @property
     def dest(self) -> str:
         return f"{self.user}@{self.address}"
+
+    @property
+    def second_dest(self) -> str:
+        """``rctest@ADDRESS``: the unprivileged user (needs root to have made it; see second_home)."""
+        if self.second_home is None:
+            raise SshHostError(f"{self.name}: no second user (hosts started as root have one)")
+        return f"{SECOND_USER}@{self.address}"
+
+    def second_canaries(self) -> dict[str, str]:
+        """Files of the second user's home that must keep this content: path -> text."""
+        assert self.second_home is not None
+        return {rel: (self.second_home / rel).read_text() for rel in SECOND_USER_CANARIES} | {
+            ".ssh/authorized_keys": (self.second_home / ".ssh" / "authorized_keys").read_text()
+        }
+
+    def _prepare_second_user(self, client_public_key: str) -> None:
+        ids = ensure_second_user()
+        if ids is None:
+            return
+        if self.second_home is None:
+            # pytest's temp dirs are root-only (0700): the user's home must live where it can reach.
+            self.second_home = Path(tempfile.mkdtemp(prefix=f"rctest-home-{self.name}-", dir="/tmp"))
+        for rel, text in SECOND_USER_CANARIES.items():
+            path = self.second_home / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        ssh_dir = self.second_home / ".ssh"
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        (ssh_dir / "authorized_keys").write_text(client_public_key.strip() + "\n")
+        _chown_tree(self.second_home, *ids)
+        self.second_home.chmod(0o755)
 
     # -- client side -------------------------------------------------------------------------------
 
@@ -401,6 +493,7 @@ class SshTestHost:
             # HOME) for commands run by sshd, so this puts relative paths (ssh, rsync, scp) under
             # this host's HOME, as on a real machine.  It prints nothing, so rsync keeps working.
             bashrc.write_text('cd "$HOME" 2>/dev/null || true\n')
+        self._prepare_second_user(client_public_key)
         self.config_path.write_text(self._sshd_config())
 
     def _sshd_config(self) -> str:
@@ -441,6 +534,13 @@ class SshTestHost:
         # does exactly that) and would then refuse the test client; older sshd rejects the option.
         if _sshd_supports("PerSourcePenalties no", self.sshd_dir):
             lines.append("PerSourcePenalties no")
+        if self.second_home is not None:
+            # Last: a Match block runs to the end of the file. Its values override the ones above.
+            lines += [
+                f"Match User {SECOND_USER}",
+                f"  SetEnv {_config_value(f'HOME={self.second_home}')}",
+                f"  AuthorizedKeysFile {_config_value(str(self.second_home / '.ssh' / 'authorized_keys'))}",
+            ]
         return "\n".join(lines) + "\n"
 
     def _netns_prefix(self) -> list[str]:
@@ -589,6 +689,8 @@ class SshTestHost:
             pids.update(_descendants(listener))
         # Session shells (and whatever they ran) carry this host's HOME, even once re-parented.
         pids.update(_ssh_session_pids(str(self.home)))
+        if self.second_home is not None:
+            pids.update(_ssh_session_pids(str(self.second_home)))
         if self.netns:
             pids.update(_netns_pids(self.netns))
         pids.discard(os.getpid())
@@ -634,6 +736,8 @@ class SshTestHost:
         if self.veth_host and Path(f"/sys/class/net/{self.veth_host}").exists():
             # Deleting the namespace destroys the pair; this only catches a half-built host.
             _run(["ip", "link", "del", self.veth_host], check=False)
+        if self.second_home is not None:
+            shutil.rmtree(self.second_home, ignore_errors=True)
         with contextlib.suppress(ValueError):
             _LIVE_HOSTS.remove(self)
         if errors:

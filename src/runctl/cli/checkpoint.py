@@ -51,8 +51,13 @@ def download(
 
     db = store()
     row = db.resolve(run_id)
-    target, files = remote.download_checkpoints(
-        db, row, Path(dest).expanduser() if dest else None, all_files, progress=sys.stderr.isatty()
+    target, done = remote.download_checkpoints(
+        db, row, Path(dest).expanduser().absolute() if dest else None, all_files, progress=sys.stderr.isatty()
     )
     print(target)
-    say("%d file(s) in %s" % (len(files), target) if files else "no checkpoints to download for run %s" % row["run_id"])
+    if done.allowed:
+        say("%d file(s) in %s" % (len(done.allowed), target))
+    elif not done.skipped:
+        say("no checkpoints to download for run %s" % row["run_id"])
+    if done.skipped:
+        say(remote.skipped_warning(target, done.skipped))

@@ -43,6 +43,13 @@ def train(
     remote_dir: Annotated[
         str | None, typer.Option("--remote-dir", help="Project dir on the host (default ~/runctl/<project-name>)")
     ] = None,
+    adopt_remote_dir: Annotated[
+        bool,
+        typer.Option(
+            "--adopt-remote-dir",
+            help="Sync into an existing non-empty --remote-dir runctl did not create; what is there is never deleted",
+        ),
+    ] = False,
     sync_code: Annotated[bool, typer.Option("--sync-code/--no-sync-code", help="rsync the project first")] = True,
     include: Annotated[
         list[str] | None, typer.Option("--include", help="Sync this pattern even if ignored (repeatable)")
@@ -100,7 +107,7 @@ def train(
     try:
         state = remote.start_remote(
             db, transport, spec, root, remote_dir, sync_code, include or [], data_paths, download_checkpoints,
-            say=None if output == Output.json else say,
+            say=None if output == Output.json else say, adopt=adopt_remote_dir,
         )  # fmt: skip
     except KeyboardInterrupt:
         raise Detached("interrupted before run %s started on %s" % (spec.run_id, transport.dest)) from None

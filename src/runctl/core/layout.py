@@ -7,6 +7,8 @@ import os
 RUNCTL_DIR = ".runctl"
 RUNS_DIR = os.path.join(RUNCTL_DIR, "runs")
 LATEST_RUN = os.path.join(RUNCTL_DIR, "latest_run")
+# Marks a host directory as made by runctl for one project: only such a dir gets a sync with deletion.
+OWNER = os.path.join(RUNCTL_DIR, "owner.json")
 
 # Inside <project>/.runctl/runs/<run_id>/
 SPEC = "spec.json"

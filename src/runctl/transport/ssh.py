@@ -143,7 +143,8 @@ def classify_ssh_error(dest: str, stderr: str) -> HostError:
     last = text.splitlines()[-1] if text else "no error output"
     if "Could not resolve hostname" in text:
         return HostError("unknown host %s: %s" % (dest, last), "check the name, or add a Host entry to ~/.ssh/config")
-    if "Permission denied" in text or "Too many authentication failures" in text:
+    # ssh's own refusal reads "Permission denied (publickey,...)"; a remote command's EACCES is not one.
+    if "Permission denied (" in text or "Too many authentication failures" in text:
         return HostError(
             "authentication failed for %s" % dest, "pass -i/--identity KEY, or load the key into ssh-agent"
         )

@@ -7,6 +7,9 @@ the run outputs: those paths are excluded, which also protects them from --delet
 
 from __future__ import annotations
 
+import json
+import os
+import posixpath
 import re
 import shlex
 import subprocess
@@ -15,9 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..agent import synctarget
+from ..agent.synctarget import rsync_literal
 from ..core import layout
-from ..core.errors import HostError
-from . import ignore
+from ..core.errors import HostError, RunctlError, UsageError
+from . import ignore, manifest
 from .ssh import SshTransport, classify_ssh_error
 
 WARN_BYTES = 500 * 1024 * 1024
@@ -38,9 +43,35 @@ class SyncResult:
     warning: str | None = None
 
 
-def mkdir_then_rsync(remote_dir: str) -> str:
-    """Create the target dir in the same round trip as the transfer (older rsyncs lack --mkpath)."""
-    return "--rsync-path=mkdir -p %s && rsync" % shlex.quote(remote_dir)
+def rsync_argv(transport: SshTransport) -> list[str]:
+    """rsync over the transport's ssh, with protected arguments (`-s`, rsync >= 3.0 on both ends).
+
+    With `-s` the file names travel inside rsync's protocol instead of the remote shell's command
+    line, so no path (backticks, `$()`, quotes, newlines, leading dashes) is ever parsed by a shell.
+    """
+    return ["rsync", "-s", "-e", transport.rsync_rsh()]
+
+
+def checked_target(transport: SshTransport, remote_dir: str, mode: str, project: str) -> str:
+    """`--rsync-path` that checks (and for code, claims) the target on the host, then runs rsync.
+
+    The check runs in the transfer's own ssh session (agent `sync-target`), so it costs no round
+    trip. rsync appends its server arguments to this command, hence the shell function taking
+    them as "$@". Its fast path, a dir already marked for this project with nothing to protect
+    (or an existing data dir), reads the marker with shell builtins and starts no Python.
+    """
+    quote = shlex.quote
+    if mode == "mkdir":
+        fast = '[ -d %s ] && exec rsync %s "$@"' % (quote(remote_dir), quote("--filter=" + synctarget.PROTECT_ALL))
+    else:
+        adopted, owned = synctarget.owner_fields(project)
+        fast = 'read -r c 2>/dev/null < %s && case "$c" in *%s*%s*) exec rsync "$@";; esac' % (
+            quote(posixpath.join(remote_dir, layout.OWNER)),
+            quote(adopted),
+            quote(owned),
+        )
+    checked = transport.agent("sync-target", remote_dir, mode, project, "--")
+    return '--rsync-path=runctl_sync() { %s; exec %s "$@"; }; runctl_sync' % (fast, checked)
 
 
 def code_filters(includes: list[str], rules_file: str, protect: tuple[str, ...] = ()) -> list[str]:
@@ -50,7 +81,7 @@ def code_filters(includes: list[str], rules_file: str, protect: tuple[str, ...] 
     """
     rules = ["--include=%s" % pattern for pattern in includes]
     rules += ["--exclude=%s" % pattern for pattern in REMOTE_OUTPUTS]
-    rules += ["--exclude=/%s" % path.strip("/") for path in protect]
+    rules += ["--exclude=/%s" % rsync_literal(path.strip("/")) for path in protect]
     rules += ["--filter=. %s" % rules_file]
     rules += ["--exclude=%s" % pattern for pattern in ALWAYS_EXCLUDED]
     return rules
@@ -70,12 +101,13 @@ def _rsync(
     transport: SshTransport, args: list[str], what: str, target_dir: str = "/"
 ) -> subprocess.CompletedProcess[str]:
     transport.ensure_master()
-    proc = subprocess.run(
-        ["rsync", "-e", transport.rsync_rsh(), *args], capture_output=True, text=True, stdin=subprocess.DEVNULL
-    )
+    proc = subprocess.run([*rsync_argv(transport), *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if proc.returncode == 0:
         return proc
     err = proc.stderr.strip()
+    refusal = host_refusal(str(transport.dest), err)
+    if refusal is not None:
+        raise refusal
     if "No space left on device" in err or "Disk quota exceeded" in err:
         raise HostError(
             "%s failed: the disk on %s is full" % (what, transport.dest),
@@ -92,6 +124,23 @@ def _rsync(
     raise HostError("%s to %s failed: %s" % (what, transport.dest, last))
 
 
+def host_refusal(dest: str, stderr: str) -> RunctlError | None:
+    """The error the host-side target check reported (see agent/synctarget.py), if it refused."""
+    for line in stderr.splitlines():
+        tag, _, payload = line.strip().partition(" ")
+        if tag not in (synctarget.REFUSED, synctarget.HOST_ERROR):
+            continue
+        try:
+            info = json.loads(payload)
+        except ValueError:
+            continue
+        path, problem, hint = info.get("path"), info.get("problem"), info.get("hint")
+        if tag == synctarget.REFUSED:
+            return UsageError("the remote dir %s on %s %s" % (path, dest, problem), hint)
+        return HostError("%s at %s on %s" % (problem, path, dest), hint)
+    return None
+
+
 _TOTAL = re.compile(r"Total file size: ([\d,.]+) bytes")
 _SENT = re.compile(r"Number of regular files transferred: ([\d,.]+)")
 
@@ -102,18 +151,29 @@ def _stat(pattern: re.Pattern[str], text: str) -> int:
 
 
 def sync_code(
-    transport: SshTransport, local_root: Path, remote_dir: str, includes: list[str], protect: tuple[str, ...] = ()
+    transport: SshTransport,
+    local_root: Path,
+    remote_dir: str,
+    includes: list[str],
+    protect: tuple[str, ...] = (),
+    project: str | None = None,
+    adopt: bool = False,
 ) -> SyncResult:
+    """Mirror the project into `remote_dir`, which must be runctl's own for `project` (see synctarget).
+
+    `adopt` marks an existing non-empty dir as runctl's, keeping (never deleting) what was there.
+    """
     started = time.monotonic()
     with tempfile.NamedTemporaryFile("w", prefix="runctl-ignore-", suffix=".rules") as rules_file:
         rules_file.write("".join(rule + "\n" for rule in ignore.collect(local_root)))
         rules_file.flush()
         filters = code_filters(includes, rules_file.name, protect)
-        return _sync_with(transport, local_root, remote_dir, filters, started)
+        target = checked_target(transport, remote_dir, "adopt" if adopt else "claim", project or local_root.name)
+        return _sync_with(transport, local_root, remote_dir, target, filters, started)
 
 
 def _sync_with(
-    transport: SshTransport, local_root: Path, remote_dir: str, filters: list[str], started: float
+    transport: SshTransport, local_root: Path, remote_dir: str, target: str, filters: list[str], started: float
 ) -> SyncResult:
     proc = _rsync(
         transport,
@@ -121,7 +181,7 @@ def _sync_with(
             "-az",
             "--delete",
             "--stats",
-            mkdir_then_rsync(remote_dir),
+            target,
             *filters,
             str(local_root) + "/",
             "%s:%s/" % (transport.dest.rsync_target, remote_dir),
@@ -165,7 +225,7 @@ def stage_data(transport: SshTransport, local_paths: list[Path], remote_data_dir
             [
                 "-az",
                 "--partial",
-                mkdir_then_rsync(remote_data_dir),
+                checked_target(transport, remote_data_dir, "mkdir", "-"),
                 source,
                 "%s:%s" % (transport.dest.rsync_target, target),
             ],
@@ -174,23 +234,34 @@ def stage_data(transport: SshTransport, local_paths: list[Path], remote_data_dir
         )
 
 
-def download(transport: SshTransport, remote_dir: str, files: list[str], local_dest: Path, progress: bool) -> None:
-    """Resumable pull of `files` (relative to remote_dir) into local_dest."""
-    local_dest.mkdir(parents=True, exist_ok=True)
+def download(
+    transport: SshTransport, remote_dir: str, files: list[str], local_dest: Path, progress: bool
+) -> manifest.Plan:
+    """Resumable pull of `files` (relative to remote_dir) into local_dest; never deletes a local file.
+
+    Files that exist locally and were not put there by runctl are skipped (returned in `skipped`).
+    """
+    # Absolute, so a dest holding ':' is never read by rsync as host:path.
+    local_dest = Path(os.path.abspath(local_dest))
+    if os.path.lexists(local_dest) and not local_dest.is_dir():
+        raise UsageError("%s exists and is not a directory" % local_dest, "pass --dest a directory")
+    todo = manifest.plan(local_dest, files)
+    if not todo.allowed:
+        return todo
+    try:
+        local_dest.mkdir(parents=True, exist_ok=True)
+        manifest.mark_pending(local_dest, todo.allowed)
+    except OSError as exc:
+        raise UsageError(
+            "cannot write to %s: %s" % (local_dest, exc.strerror or exc), "pass --dest a directory you can write"
+        ) from None
     args = ["-a", "--partial", "--files-from=-", "--from0"]
     if progress:
         args.append("--info=progress2")
     transport.ensure_master()
     proc = subprocess.run(
-        [
-            "rsync",
-            "-e",
-            transport.rsync_rsh(),
-            *args,
-            "%s:%s/" % (transport.dest.rsync_target, remote_dir),
-            str(local_dest) + "/",
-        ],
-        input="\0".join(files),
+        [*rsync_argv(transport), *args, "%s:%s/" % (transport.dest.rsync_target, remote_dir), str(local_dest) + "/"],
+        input="\0".join(todo.allowed),
         text=True,
         stdout=None if progress else subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -202,3 +273,5 @@ def download(transport: SshTransport, remote_dir: str, files: list[str], local_d
         raise HostError(
             "checkpoint download from %s failed: %s" % (transport.dest, err.splitlines()[-1] if err else "")
         )
+    manifest.record(local_dest, todo.allowed)
+    return todo
