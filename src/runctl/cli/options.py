@@ -8,6 +8,7 @@ import typer
 
 from ..core.durations import parse_duration
 from ..core.errors import UsageError
+from ..core.stopping import MAX_GRACE
 from .common import Output
 
 POLICY = "Stop policies"
@@ -104,6 +105,8 @@ def policy_flags(
         parsed = parse_duration(value, flag)
         if parsed <= 0 and flag != "--exit-grace":
             raise UsageError("%s must be positive, got %r" % (flag, value), "for example: %s 15m" % flag)
+        if flag == "--stop-grace" and parsed > MAX_GRACE:
+            raise UsageError("--stop-grace must be at most 1h, got %r" % value, "for example: --stop-grace 5m")
         return parsed
 
     def choice(value: str | None, flag: str, allowed: tuple[str, ...]) -> str | None:

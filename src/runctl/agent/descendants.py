@@ -1,0 +1,217 @@
+"""Every process a run starts, found and stopped with it, even ones that left its session.
+
+A child that calls setsid() leaves the process group, and one started with `env -i` carries no
+RUNCTL_RUN_ID. What it cannot leave is the process tree: the agent makes itself a *child
+subreaper*, so an orphaned descendant is re-parented to the agent (not to init) and its parent
+chain still leads here. The agent scans /proc as it polls and records each descendant (pid and
+kernel start time) the first time it is seen, so one that escapes anyway (no subreaper support,
+another subreaper in between) is still known by its recorded identity. A pid is only ever
+signalled while its start time matches the record, so a reused pid is never killed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Dict, Iterable, List, NamedTuple, Optional, Set
+
+from . import procs
+
+PR_SET_CHILD_SUBREAPER = 36
+COMMAND_CHARS = 200
+
+
+class ProcInfo(NamedTuple):
+    ppid: int
+    pgrp: int
+    state: str
+    start: str
+
+
+class Known(NamedTuple):
+    pid: int
+    start: str
+
+
+def become_subreaper() -> bool:
+    """Orphaned descendants are re-parented to this process instead of init (Linux >= 3.4)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def read_stat(pid: int) -> Optional[ProcInfo]:
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            data = handle.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses: split after the last ')'.
+    fields = data[data.rfind(")") + 2 :].split()
+    if len(fields) < 20:
+        return None
+    try:
+        return ProcInfo(int(fields[1]), int(fields[2]), fields[0], fields[19])
+    except ValueError:
+        return None
+
+
+def snapshot() -> Dict[int, ProcInfo]:
+    """Every process visible in /proc, by pid ({} where there is no /proc)."""
+    found: Dict[int, ProcInfo] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if entry.isdigit():
+            info = read_stat(int(entry))
+            if info is not None:
+                found[int(entry)] = info
+    return found
+
+
+def descendants_of(root: int, table: Dict[int, ProcInfo]) -> List[int]:
+    """Pids whose parent chain leads to `root` (not `root` itself), from one snapshot."""
+    children: Dict[int, List[int]] = {}
+    for pid, info in table.items():
+        children.setdefault(info.ppid, []).append(pid)
+    found: List[int] = []
+    todo = list(children.get(root, []))
+    seen: Set[int] = {root}
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def command_of(pid: int) -> str:
+    """The process's command line (its name when that is unreadable), for the run's events."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            text = handle.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    except OSError:
+        text = ""
+    if not text:
+        try:
+            with open("/proc/%d/comm" % pid, "rb") as handle:
+                text = "[%s]" % handle.read().decode("utf-8", "replace").strip()
+        except OSError:
+            text = "?"
+    return text[:COMMAND_CHARS]
+
+
+class Tracker:
+    """The descendants of one agent (the run's processes), recorded as they appear."""
+
+    def __init__(self, root: int, run_id: str) -> None:
+        self.root = root
+        self.run_id = run_id
+        self.known: Dict[int, Known] = {}
+        self.groups: Set[int] = set()
+
+    def watch_group(self, pgid: int) -> None:
+        """Members of this process group belong to the run even if they were re-parented away."""
+        self.groups.add(pgid)
+
+    def scan(self) -> List[Known]:
+        """Record descendants seen for the first time; returns them."""
+        table = snapshot()
+        new: List[Known] = []
+        candidates = descendants_of(self.root, table)
+        candidates += [pid for pid, info in table.items() if info.pgrp in self.groups and pid != self.root]
+        for pid in candidates:
+            info = table.get(pid)
+            if info is None or info.state == "Z":
+                continue
+            record = self.known.get(pid)
+            if record is not None and record.start == info.start:
+                continue
+            record = Known(pid, info.start)
+            self.known[pid] = record
+            new.append(record)
+        return new
+
+    def reap(self, keep: Iterable[int] = ()) -> None:
+        """Collect exited orphans re-parented to the agent; `keep` are children a Popen still waits for."""
+        kept = set(keep)
+        for pid, info in snapshot().items():
+            if info.ppid == self.root and info.state == "Z" and pid not in kept:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except OSError:
+                    pass
+
+    def alive(self) -> List[Known]:
+        """Recorded descendants still running with the start time they were recorded with."""
+        living = []
+        for record in list(self.known.values()):
+            info = read_stat(record.pid)
+            if info is None or info.start != record.start or info.state == "Z":
+                self.known.pop(record.pid, None)
+                continue
+            living.append(record)
+        return living
+
+    def signal_all(self, sig: int, group: int = 0) -> List[Dict[str, object]]:
+        """Send `sig` to process group `group` (when given), then to every other live descendant and
+        every RUNCTL_RUN_ID-tagged process. Each process gets the signal once.
+
+        Returns what was signalled outside the group, with its command line, for the run's events.
+        """
+        if group:
+            procs.signal_group(group, sig)
+        self.scan()
+        skip = {self.root, os.getpid()}
+        targets = {r.pid: r.start for r in self.alive() if r.pid not in skip}
+        for pid in procs.tagged_processes(self.run_id):
+            if pid not in skip and pid not in targets:
+                start = procs.start_time(pid)
+                if start is not None:
+                    targets[pid] = start
+        sent: List[Dict[str, object]] = []
+        for pid, start in sorted(targets.items()):
+            info = read_stat(pid)
+            if info is None or info.start != start:
+                continue  # it exited (and its pid may be reused): not ours to signal
+            if group and info.pgrp == group:
+                continue  # the group signal reached it already
+            command = command_of(pid)
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                continue
+            sent.append({"pid": pid, "command": command})
+        return sent
+
+    def any_alive(self, group: int = 0) -> bool:
+        return bool(self.alive()) or (bool(group) and procs.group_alive(group))
+
+    def kill_all(self, grace: float, group: int = 0, keep: Iterable[int] = ()) -> List[Dict[str, object]]:
+        """SIGTERM the run's group and every other process of the run, wait up to `grace`, SIGKILL
+        what remains. Returns each process signalled outside the group, with the last signal it got.
+        """
+        kept = list(keep)
+        result: Dict[int, Dict[str, object]] = {}
+        for entry in self.signal_all(signal.SIGTERM, group):
+            result[int(str(entry["pid"]))] = dict(entry, signal="SIGTERM")
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            self.reap(kept)
+            if not self.any_alive(group) and not procs.tagged_processes(self.run_id):
+                break
+            time.sleep(0.02)
+        else:
+            for entry in self.signal_all(signal.SIGKILL, group):
+                result[int(str(entry["pid"]))] = dict(entry, signal="SIGKILL")
+        self.reap(kept)
+        return [result[pid] for pid in sorted(result)]
