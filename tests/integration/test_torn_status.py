@@ -174,3 +174,55 @@ def test_lost_needs_evidence_agent_and_process_gone_no_exit(cli, project: Path) 
     assert (status["status"], status["termination_status"]) == ("lost", "lost"), status
     assert "no exit code was recorded" in status["termination_message"]
     assert "run directory" not in status["termination_message"]
+
+
+# ---- over SSH: the same probe runs on the host through the agent's command line ----------------
+
+
+@pytest.fixture
+def sshenv(ssh_hosts, tmp_path: Path):  # type: ignore[no-untyped-def]
+    from tests.integration.test_ssh import SshEnv
+
+    env = SshEnv.create(list(ssh_hosts), tmp_path / "client", [ssh_hosts.client_key], ssh_hosts.known_hosts.read_text())
+    yield env
+    env.cleanup()
+
+
+def test_ssh_run_with_a_corrupted_status_is_not_lost_and_completes(sshenv, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.integration.test_ssh import make_project, remote_project
+
+    host = sshenv.hosts[0]
+    project = make_project(tmp_path, "s-torn", {"gated.py": GATED})
+    run_id = sshenv.start(host, "gated.py", cwd=project)
+    remote = remote_project(host, "s-torn")
+    remote_run = remote / ".runctl" / "runs" / run_id
+    poll(lambda: "working" in _read(remote_run / "training.log"), 20, "the script's first line")
+    state = poll(lambda: _state(remote_run).get("agent_pid") and _state(remote_run), 10, "the agent's pid")
+    os.kill(state["agent_pid"], signal.SIGSTOP)  # the test host shares this machine's pid namespace
+    try:
+        (remote_run / "status.json").write_text('{"seq": 4, "status": "run')
+        run = sshenv.status(run_id, project)
+        assert run["status"] == "running", run
+        assert "status.json is unreadable" in run["warning"]
+        listed = [r for r in sshenv.runs(project) if r["run_id"] == run_id]
+        assert listed and listed[0]["status"] == "running", listed
+    finally:
+        os.kill(state["agent_pid"], signal.SIGCONT)
+    (remote / "GO").write_text("")
+    waited = sshenv.cli("runs", "wait", run_id, "--timeout", "60", "-o", "json", cwd=project)
+    assert waited.code == 0, waited.err
+    assert waited.json["status"] == "completed"
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _state(remote_run: Path) -> dict[str, Any]:
+    try:
+        return json.loads((remote_run / "status.json").read_text())  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return {}
