@@ -7,6 +7,7 @@ end of the run and on `runs stop`, and says in events.jsonl what it killed.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -52,9 +53,9 @@ def _no_leftovers(project: Path) -> Iterator[None]:
                 os.kill(int(pid), signal.SIGKILL)
 
 
-def start(cli, project: Path, secs: int, *args: str) -> tuple[str, list[int]]:  # type: ignore[no-untyped-def]
+def start(cli, project: Path, secs: int, *args: str, env: dict[str, str] | None = None) -> tuple[str, list[int]]:  # type: ignore[no-untyped-def]
     (project / "escaper.py").write_text(ESCAPER % {"secs": secs, "secs2": secs + 1})
-    started = cli("local", "train", "escaper.py", "--python", FAST_PY, "--", *args)
+    started = cli("local", "train", "escaper.py", "--python", FAST_PY, "--", *args, env=env)
     assert started.code == 0, started.err
     run_id = started.out.strip()
     poll(lambda: "children started" in log_text(project, run_id), 20, "the children to start")
@@ -76,8 +77,29 @@ def killed_pids(project: Path, run_id: str) -> dict[int, str]:
     return found
 
 
-def test_children_that_escaped_session_and_environment_end_with_the_run(cli, project: Path) -> None:  # type: ignore[no-untyped-def]
-    run_id, pids = start(cli, project, 1000)
+def cgroup_allowed() -> bool:
+    """Whether this machine lets the agent make a cgroup v2 of its own (root with cgroup2 mounted)."""
+    parent = descendants.own_cgroup_dir()
+    return os.geteuid() == 0 and parent is not None and os.access(parent, os.W_OK)
+
+
+def cgroup_of(pid: int) -> str:
+    lines = Path("/proc/%d/cgroup" % pid).read_text().splitlines()
+    return next((line[3:] for line in lines if line.startswith("0::")), "")
+
+
+@pytest.mark.parametrize("tracking", ["cgroup", "process-tree"])
+def test_children_that_escaped_session_and_environment_end_with_the_run(cli, project: Path, tracking: str) -> None:  # type: ignore[no-untyped-def]
+    if tracking == "cgroup" and not cgroup_allowed():
+        pytest.skip("this machine allows no cgroup v2 of the agent's own")
+    env = {"RUNCTL_CGROUP": "off"} if tracking == "process-tree" else {}
+    run_id, pids = start(cli, project, 1000, env=env)
+    how = next(e for e in events(project, run_id) if e["event"] == "tracking_processes")
+    assert how["subreaper"] is True
+    if tracking == "cgroup":
+        assert how["cgroup"] and all(cgroup_of(pid).endswith("/runctl-" + run_id) for pid in pids), how
+    else:
+        assert how["cgroup"] is None
     (project / "GO").write_text("")
     waited = cli("runs", "wait", run_id, "--timeout", "30", "-o", "json")
     assert waited.code == 0, waited.err
@@ -86,6 +108,8 @@ def test_children_that_escaped_session_and_environment_end_with_the_run(cli, pro
     killed = killed_pids(project, run_id)
     assert killed.get(pids[0]) == "sleep 1000" and killed.get(pids[1]) == "sleep 1001", killed
     assert any(e["event"] == "processes_killed" for e in events(project, run_id))
+    if how["cgroup"]:
+        poll(lambda: not Path(how["cgroup"]).exists(), 5, "the run's cgroup to be removed")
 
 
 def test_runs_stop_ends_the_escaped_children_too(cli, project: Path) -> None:  # type: ignore[no-untyped-def]
@@ -115,3 +139,27 @@ def test_a_recorded_pid_whose_start_time_changed_is_never_signalled() -> None:
         if stranger.poll() is None:
             stranger.kill()
             stranger.wait()
+
+
+@pytest.mark.parametrize("tracking", ["cgroup", "process-tree"])
+def test_stop_after_the_agent_died_still_ends_the_escaped_children(cli, project: Path, tracking: str) -> None:  # type: ignore[no-untyped-def]
+    """What the agent recorded (descendants.jsonl, its cgroup) outlives it: a later stop uses it."""
+    if tracking == "cgroup" and not cgroup_allowed():
+        pytest.skip("this machine allows no cgroup v2 of the agent's own")
+    env = {"RUNCTL_CGROUP": "off"} if tracking == "process-tree" else {}
+    run_id, pids = start(cli, project, 1003, "--forever", env=env)
+    poll(lambda: len(killed_or_recorded(project, run_id) & set(pids)) == 2, 10, "the children to be recorded")
+    agent = status_file(project, run_id)["agent_pid"]
+    os.kill(agent, signal.SIGKILL)
+    poll(lambda: not procs.is_alive(agent), 5, "the agent to die")
+    stopped = cli("runs", "stop", run_id, "--grace", "0")
+    assert stopped.code == 0, stopped.err
+    poll(lambda: not any(procs.is_alive(p) for p in pids), 15, "the escaped children to be gone")
+    assert set(pids) <= set(killed_pids(project, run_id)), events(project, run_id)
+
+
+def killed_or_recorded(project: Path, run_id: str) -> set[int]:
+    path = project / ".runctl" / "runs" / run_id / "descendants.jsonl"
+    if not path.exists():
+        return set()
+    return {json.loads(line)["pid"] for line in path.read_text().splitlines() if line.strip()}

@@ -1,12 +1,17 @@
 """Every process a run starts, found and stopped with it, even ones that left its session.
 
 A child that calls setsid() leaves the process group, and one started with `env -i` carries no
-RUNCTL_RUN_ID. What it cannot leave is the process tree: the agent makes itself a *child
-subreaper*, so an orphaned descendant is re-parented to the agent (not to init) and its parent
-chain still leads here. The agent scans /proc as it polls and records each descendant (pid and
-kernel start time) the first time it is seen, so one that escapes anyway (no subreaper support,
-another subreaper in between) is still known by its recorded identity. A pid is only ever
-signalled while its start time matches the record, so a reused pid is never killed.
+RUNCTL_RUN_ID. Two mechanisms find it anyway:
+
+- a cgroup (v2) of the run's own, where the agent may create one (root, or a delegated
+  subtree): every process the run starts is put there and no descendant can leave it;
+- else, and always as well, the process tree: the agent makes itself a *child subreaper*, so an
+  orphaned descendant is re-parented to the agent (not to init) and its parent chain still leads
+  here. The agent scans /proc as it polls and records each descendant (pid and kernel start time)
+  the first time it is seen, so one that escapes anyway is still known by its recorded identity.
+
+A pid is only ever signalled while its start time matches the record, so a reused pid is never
+killed. `RUNCTL_CGROUP=off` in the agent's environment turns the cgroup off.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Dict, Iterable, List, NamedTuple, Optional, Set
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Set
 
 from . import procs
 
 PR_SET_CHILD_SUBREAPER = 36
 COMMAND_CHARS = 200
+CGROUP_PREFIX = "runctl-"
 
 
 class ProcInfo(NamedTuple):
@@ -43,6 +49,97 @@ def become_subreaper() -> bool:
         return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+def _unescape(field: str) -> str:
+    """Octal escapes of /proc/self/mountinfo (a space is \\040)."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def own_cgroup_dir() -> Optional[str]:
+    """The directory of this process's cgroup v2, or None (no cgroup2 mount, or not visible)."""
+    try:
+        with open("/proc/self/cgroup") as handle:
+            lines = handle.read().splitlines()
+        with open("/proc/self/mountinfo") as handle:
+            mounts = handle.read().splitlines()
+    except OSError:
+        return None
+    own = next((line[3:] for line in lines if line.startswith("0::")), None)
+    if own is None:
+        return None
+    for line in mounts:
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or not right.startswith("cgroup2 ") or len(fields) < 5:
+            continue
+        root, mount = _unescape(fields[3]), _unescape(fields[4])
+        if own == root or own.startswith(root.rstrip("/") + "/"):
+            return os.path.join(mount, own[len(root.rstrip("/")) :].lstrip("/"))
+    return None
+
+
+class RunCgroup:
+    """A cgroup v2 holding every process of one run; processes inside cannot leave it by themselves."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls, run_id: str) -> "Optional[RunCgroup]":
+        """A new cgroup next to the agent's own (its child), or None where that is not allowed."""
+        if os.environ.get("RUNCTL_CGROUP", "").lower() in ("off", "0", "no"):
+            return None
+        parent = own_cgroup_dir()
+        if parent is None or not os.path.isfile(os.path.join(parent, "cgroup.procs")):
+            return None
+        path = os.path.join(parent, CGROUP_PREFIX + run_id)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            pass
+        except OSError:
+            return None
+        return cls(path)
+
+    def add(self, pid: int) -> bool:
+        try:
+            with open(os.path.join(self.path, "cgroup.procs"), "w") as handle:
+                handle.write("%d\n" % pid)
+            return True
+        except OSError:
+            return False
+
+    def members(self) -> List[int]:
+        try:
+            with open(os.path.join(self.path, "cgroup.procs")) as handle:
+                return [int(line) for line in handle.read().split()]
+        except (OSError, ValueError):
+            return []
+
+    def kill(self) -> bool:
+        """SIGKILL every member at once, forks in flight included (Linux >= 5.14)."""
+        try:
+            with open(os.path.join(self.path, "cgroup.kill"), "w") as handle:
+                handle.write("1\n")
+            return True
+        except OSError:
+            return False
+
+    def remove(self) -> bool:
+        try:
+            os.rmdir(self.path)
+            return True
+        except OSError:
+            return False
 
 
 def read_stat(pid: int) -> Optional[ProcInfo]:
@@ -76,14 +173,14 @@ def snapshot() -> Dict[int, ProcInfo]:
     return found
 
 
-def descendants_of(root: int, table: Dict[int, ProcInfo]) -> List[int]:
-    """Pids whose parent chain leads to `root` (not `root` itself), from one snapshot."""
+def descendants_of(roots: Iterable[int], table: Dict[int, ProcInfo]) -> List[int]:
+    """Pids whose parent chain leads to one of `roots` (not the roots themselves), from one snapshot."""
     children: Dict[int, List[int]] = {}
     for pid, info in table.items():
         children.setdefault(info.ppid, []).append(pid)
     found: List[int] = []
-    todo = list(children.get(root, []))
-    seen: Set[int] = {root}
+    seen: Set[int] = set(roots)
+    todo = [child for root in seen for child in children.get(root, [])]
     while todo:
         pid = todo.pop()
         if pid in seen:
@@ -113,11 +210,45 @@ def command_of(pid: int) -> str:
 class Tracker:
     """The descendants of one agent (the run's processes), recorded as they appear."""
 
-    def __init__(self, root: int, run_id: str) -> None:
+    def __init__(self, root: int, run_id: str, on_new: Optional[Callable[[Known], None]] = None) -> None:
         self.root = root
         self.run_id = run_id
         self.known: Dict[int, Known] = {}
         self.groups: Set[int] = set()
+        self.cgroup: Optional[RunCgroup] = None
+        self.on_new = on_new
+
+    @classmethod
+    def from_records(cls, run_id: str, records: List[Dict[str, Any]], cgroup: Optional[str]) -> "Tracker":
+        """What a dead agent knew of its run (its recorded descendants, its cgroup), to stop them."""
+        tracker = cls(-1, run_id)
+        for record in records:
+            if isinstance(record.get("pid"), int) and record.get("start"):
+                tracker.known[record["pid"]] = Known(record["pid"], str(record["start"]))
+        if cgroup and os.path.isdir(cgroup):
+            tracker.cgroup = RunCgroup(cgroup)
+        return tracker
+
+    def use_cgroup(self) -> Optional[str]:
+        """Put the run's processes in a cgroup of their own where allowed; its path, or None."""
+        self.cgroup = RunCgroup.create(self.run_id)
+        return self.cgroup.path if self.cgroup else None
+
+    def adopt(self, pid: int) -> None:
+        """A process the agent just started: into the run's cgroup, and recorded."""
+        if self.cgroup is not None and not self.cgroup.add(pid):
+            self.cgroup.remove()
+            self.cgroup = None  # not allowed after all: the process tree alone tracks the run
+        start = procs.start_time(pid)
+        if start is not None and pid not in self.known:
+            self.known[pid] = Known(pid, start)
+            if self.on_new is not None:
+                self.on_new(self.known[pid])
+
+    def close(self) -> None:
+        """Remove the run's cgroup once it is empty (kept, harmlessly, if anything survived)."""
+        if self.cgroup is not None and not self.cgroup.members():
+            self.cgroup.remove()
 
     def watch_group(self, pgid: int) -> None:
         """Members of this process group belong to the run even if they were re-parented away."""
@@ -127,8 +258,13 @@ class Tracker:
         """Record descendants seen for the first time; returns them."""
         table = snapshot()
         new: List[Known] = []
-        candidates = descendants_of(self.root, table)
+        roots = [self.root] + [
+            r.pid for r in self.known.values() if getattr(table.get(r.pid), "start", None) == r.start
+        ]
+        candidates = descendants_of(roots, table)
         candidates += [pid for pid, info in table.items() if info.pgrp in self.groups and pid != self.root]
+        if self.cgroup is not None:
+            candidates += self.cgroup.members()
         for pid in candidates:
             info = table.get(pid)
             if info is None or info.state == "Z":
@@ -139,6 +275,8 @@ class Tracker:
             record = Known(pid, info.start)
             self.known[pid] = record
             new.append(record)
+            if self.on_new is not None:
+                self.on_new(record)
         return new
 
     def reap(self, keep: Iterable[int] = ()) -> None:
@@ -191,6 +329,8 @@ class Tracker:
             except OSError:
                 continue
             sent.append({"pid": pid, "command": command})
+        if sig == signal.SIGKILL and self.cgroup is not None:
+            self.cgroup.kill()  # and whatever was forked in between
         return sent
 
     def any_alive(self, group: int = 0) -> bool:

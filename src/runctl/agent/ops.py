@@ -6,6 +6,7 @@ agent's command line. One implementation serves both.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -13,7 +14,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from ..core import completion, layout, stopping
 from ..core import status as st
 from ..core.fsutil import append_json, atomic_write, atomic_write_json, parse_exit_code, read_json, read_text
-from . import procs
+from . import descendants, procs
 
 WAIT_POLL_SECONDS = 0.05
 LIVENESS_EVERY_SECONDS = 1.0
@@ -232,7 +233,12 @@ def stop_unsupervised(run_dir: str, state: Dict[str, Any], grace: Optional[float
         deadline = time.monotonic() + wait
         while procs.is_alive(pid, state.get("pid_start")) and time.monotonic() < deadline:
             time.sleep(0.1)
-        procs.kill_all(pid, str(state.get("run_id", "")), 10.0)
+        killed = stop_run_processes(run_dir, pid, str(state.get("run_id", "")))
+        if killed:
+            append_json(
+                os.path.join(run_dir, layout.EVENTS),
+                {"t": time.time(), "event": "processes_killed", "processes": killed},
+            )
         unreadable = bool(state.pop("unreadable", False))
         state.update(
             {
@@ -251,6 +257,24 @@ def stop_unsupervised(run_dir: str, state: Dict[str, Any], grace: Optional[float
         atomic_write_json(os.path.join(run_dir, layout.STATUS), state)
         return {"ok": True, "status": st.STOPPED, "unsupervised": True}
     return {"ok": True, "status": probe(run_dir).get("status"), "unsupervised": True}
+
+
+def stop_run_processes(run_dir: str, pgid: int, run_id: str, grace: float = 10.0) -> List[Dict[str, object]]:
+    """Without its agent: SIGTERM, then SIGKILL, the run's group and every process the agent recorded
+    (descendants.jsonl, its cgroup), each checked against its recorded start time."""
+    records: List[Dict[str, Any]] = []
+    for line in (read_text(os.path.join(run_dir, layout.DESCENDANTS)) or "").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    ident = read_json(os.path.join(run_dir, layout.IDENTITY)) or {}
+    tracker = descendants.Tracker.from_records(run_id, records, ident.get("cgroup"))
+    killed = tracker.kill_all(grace, pgid)
+    tracker.close()
+    return killed
 
 
 def wait_change(run_dir: str, seq: int, timeout: float) -> Dict[str, Any]:

@@ -72,8 +72,9 @@ class Supervisor:
         self.stop_reason: Optional[policies.Decision] = None
         self.stop_seq: Optional[stopping.Sequence] = None
         self.stop_request_seen: Any = None
-        self.tracker = descendants.Tracker(os.getpid(), self.run_id)
+        self.tracker = descendants.Tracker(os.getpid(), self.run_id, on_new=self.record_descendant)
         self.next_scan = 0.0
+        self.subreaper = False
         self.status_stamp: Any = None
         self.signal_stop = ""
         self.last_status_write = 0.0
@@ -126,13 +127,17 @@ class Supervisor:
         self.event("status_repaired", reason="unreadable" if current is None else "changed by another writer")
         self.write_status(fsync=True)
 
+    def record_descendant(self, found: descendants.Known) -> None:
+        """On disk too, so the run's processes can be stopped even after this agent died."""
+        append_json(self.path(layout.DESCENDANTS), {"pid": found.pid, "start": found.start, "t": time.time()})
+
     def write_identity(self) -> None:
         """Who supervises the run and which process is its script, in a file written once per change.
 
         It lets a reader decide the run's liveness from the agent and the process even when
         status.json cannot be read.
         """
-        keys = ("run_id", "agent_pid", "agent_start", "pid", "pid_start", "started_at")
+        keys = ("run_id", "agent_pid", "agent_start", "pid", "pid_start", "started_at", "cgroup")
         atomic_write_json(self.path(layout.IDENTITY), {k: self.state.get(k) for k in keys if k in self.state})
 
     def _notify_failed(self, url: str, error: str) -> None:
@@ -169,6 +174,8 @@ class Supervisor:
             os.replace(self.original_stop_file, self.path("stale_STOP_TRAINING"))
             self.event("stale_stop_file_moved")
         atomic_write(os.path.join(self.project_dir, layout.LATEST_RUN), (self.run_id + "\n").encode())
+        self.state["cgroup"] = self.tracker.use_cgroup()
+        self.event("tracking_processes", cgroup=self.state["cgroup"], subreaper=self.subreaper)
         self.write_identity()
         os.makedirs(self.spec_checkpoint_dir(), exist_ok=True)
         self.log_fd = os.open(self.path(layout.LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -250,6 +257,7 @@ class Supervisor:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        self.tracker.adopt(proc.pid)
         self.tracker.watch_group(proc.pid)
         return proc
 
@@ -332,8 +340,14 @@ class Supervisor:
     # ---- the loop ------------------------------------------------------------------------
 
     def run(self) -> int:
+        try:
+            return self.supervise()
+        finally:
+            self.tracker.close()  # the run's cgroup goes with it
+
+    def supervise(self) -> int:
         # Orphaned descendants come to this agent, not init, so none escapes the run's tree.
-        descendants.become_subreaper()
+        self.subreaper = descendants.become_subreaper()
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)

@@ -19,6 +19,7 @@ EXIT_CODE = "training_exit_code.txt"
 STOP_FILE = "STOP_TRAINING"
 STOP_REQUEST = "stop_request.json"
 IDENTITY = "agent.json"  # the agent's and the script's pid and start time, kept apart from status.json
+DESCENDANTS = "descendants.jsonl"  # every process of the run, recorded (pid, start time) when first seen
 AGENT_LOG = "agent.log"
 SUMMARY = "training_log.json"
 STALE_MARKER = "stale_training_complete.txt"
