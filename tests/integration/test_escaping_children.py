@@ -94,7 +94,7 @@ def test_children_that_escaped_session_and_environment_end_with_the_run(cli, pro
         pytest.skip("this machine allows no cgroup v2 of the agent's own")
     env = {"RUNCTL_CGROUP": "off"} if tracking == "process-tree" else {}
     run_id, pids = start(cli, project, 1000, env=env)
-    how = next(e for e in events(project, run_id) if e["event"] == "tracking_processes")
+    how = next(e for e in events(project, run_id) if e["event"] == "started")
     assert how["subreaper"] is True
     if tracking == "cgroup":
         assert how["cgroup"] and all(cgroup_of(pid).endswith("/runctl-" + run_id) for pid in pids), how

@@ -217,6 +217,7 @@ class Tracker:
         self.groups: Set[int] = set()
         self.cgroup: Optional[RunCgroup] = None
         self.on_new = on_new
+        self.last_table: Dict[int, ProcInfo] = {}
 
     @classmethod
     def from_records(cls, run_id: str, records: List[Dict[str, Any]], cgroup: Optional[str]) -> "Tracker":
@@ -256,7 +257,7 @@ class Tracker:
 
     def scan(self) -> List[Known]:
         """Record descendants seen for the first time; returns them."""
-        table = snapshot()
+        table = self.last_table = snapshot()
         new: List[Known] = []
         roots = [self.root] + [
             r.pid for r in self.known.values() if getattr(table.get(r.pid), "start", None) == r.start
@@ -279,10 +280,13 @@ class Tracker:
                 self.on_new(record)
         return new
 
-    def reap(self, keep: Iterable[int] = ()) -> None:
-        """Collect exited orphans re-parented to the agent; `keep` are children a Popen still waits for."""
+    def reap(self, keep: Iterable[int] = (), fresh: bool = True) -> None:
+        """Collect exited orphans re-parented to the agent; `keep` are children a Popen still waits for.
+
+        With `fresh=False` the table of the last scan is used (one /proc pass per poll, not two).
+        """
         kept = set(keep)
-        for pid, info in snapshot().items():
+        for pid, info in (snapshot() if fresh else self.last_table).items():
             if info.ppid == self.root and info.state == "Z" and pid not in kept:
                 try:
                     os.waitpid(pid, os.WNOHANG)
@@ -334,7 +338,10 @@ class Tracker:
         return sent
 
     def any_alive(self, group: int = 0) -> bool:
-        return bool(self.alive()) or (bool(group) and procs.group_alive(group))
+        """Whether any recorded process or member of `group` still runs (zombies do not count)."""
+        if self.alive():
+            return True
+        return bool(group) and any(i.pgrp == group and i.state != "Z" for i in snapshot().values())
 
     def kill_all(self, grace: float, group: int = 0, keep: Iterable[int] = ()) -> List[Dict[str, object]]:
         """SIGTERM the run's group and every other process of the run, wait up to `grace`, SIGKILL

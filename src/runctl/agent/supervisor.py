@@ -27,7 +27,7 @@ TICK_SECONDS = 0.2
 STATUS_MIN_INTERVAL = 1.0
 DRAIN_SECONDS = 2.0
 LEFTOVER_GRACE = 5.0
-SCAN_SECONDS = 0.5  # how often the run's process tree is scanned for new descendants
+SCAN_SECONDS = 1.0  # how often the run's process tree is scanned for new descendants
 TAIL_BYTES = 4096
 LOG_METRIC_DELAY = 0.3
 READ_BYTES = 1 << 18
@@ -175,7 +175,6 @@ class Supervisor:
             self.event("stale_stop_file_moved")
         atomic_write(os.path.join(self.project_dir, layout.LATEST_RUN), (self.run_id + "\n").encode())
         self.state["cgroup"] = self.tracker.use_cgroup()
-        self.event("tracking_processes", cgroup=self.state["cgroup"], subreaper=self.subreaper)
         self.write_identity()
         os.makedirs(self.spec_checkpoint_dir(), exist_ok=True)
         self.log_fd = os.open(self.path(layout.LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -333,8 +332,11 @@ class Supervisor:
             pid_start=procs.start_time(self.proc.pid),
             host=self.spec.get("host"),
         )
+        # How the run's processes are tracked: its cgroup (None: the process tree alone), the subreaper.
+        self.state["cgroup"] = self.tracker.cgroup.path if self.tracker.cgroup else None
         self.write_identity()
-        self.event("started", pid=self.proc.pid, command=self.spec["command"])
+        tracking = {"cgroup": self.state["cgroup"], "subreaper": self.subreaper}
+        self.event("started", pid=self.proc.pid, command=self.spec["command"], **tracking)
         self.notify("started")
 
     # ---- the loop ------------------------------------------------------------------------
@@ -722,7 +724,7 @@ class Supervisor:
             return
         self.next_scan = mono + SCAN_SECONDS
         self.tracker.scan()
-        self.tracker.reap(keep)
+        self.tracker.reap(keep, fresh=False)
 
     def kill_everything(self, grace: float, group: int, keep: "tuple[int, ...]" = ()) -> List[Dict[str, object]]:
         """Stop every process of the run (group, descendants, RUNCTL_RUN_ID-tagged) and say which."""
