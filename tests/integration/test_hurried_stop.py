@@ -90,10 +90,10 @@ def test_a_later_stop_with_a_longer_grace_does_not_delay_the_first(cli, project:
 
 
 BAD_STOPS = [
-    (("--grace", "3601"), "--grace must be between 0 and 3600 seconds"),
-    (("--grace", "1e400"), "--grace must be between 0 and 3600 seconds"),
-    (("--grace", "nan"), "--grace must be between 0 and 3600 seconds"),
-    (("--grace", "-1"), "--grace must be between 0 and 3600 seconds"),
+    (("--grace", "3601"), "--grace must be 0 or more and at most 3600 seconds"),
+    (("--grace", "1e400"), "--grace must be 0 or more and at most 3600 seconds"),
+    (("--grace", "nan"), "--grace must be 0 or more and at most 3600 seconds"),
+    (("--grace", "-1"), "--grace must be 0 or more and at most 3600 seconds"),
     (("--now", "--grace", "5"), "--now and --grace both given"),
 ]
 

@@ -142,7 +142,7 @@ def stop(
         raise UsageError("--now and --grace both given", "--now is --grace 0: pass one of them")
     if grace is not None and not 0 <= grace <= MAX_GRACE:
         raise UsageError(
-            "--grace must be between 0 and %d seconds, got %g" % (MAX_GRACE, grace),
+            "--grace must be 0 or more and at most %d seconds (1 h), got %g" % (MAX_GRACE, grace),
             "for example: --grace 60, or --now to stop at once",
         )
     if now:
