@@ -58,8 +58,8 @@ def read_status_patiently(run_dir: str) -> Optional[Dict[str, Any]]:
     path = os.path.join(run_dir, layout.STATUS)
     for attempt in range(STATUS_READ_ATTEMPTS):
         state = read_json(path)
-        if state is not None:
-            return state
+        if state is not None and isinstance(state.get("seq"), int):
+            return state  # valid JSON without a seq is no status of ours either
         if not os.path.isdir(run_dir):
             return None
         if attempt + 1 < STATUS_READ_ATTEMPTS:
@@ -439,6 +439,8 @@ def follow(
         elif mtime != last_mtime:
             # A torn or corrupted read is skipped: the next change or liveness check tells.
             state = read_json(status_path)
+            if state is not None and not isinstance(state.get("seq"), int):
+                state = None
         last_mtime = mtime
         if state is not None and state.get("seq") is None:
             if state.get("unreadable"):

@@ -129,7 +129,10 @@ class Supervisor:
 
     def record_descendant(self, found: descendants.Known) -> None:
         """On disk too, so the run's processes can be stopped even after this agent died."""
-        append_json(self.path(layout.DESCENDANTS), {"pid": found.pid, "start": found.start, "t": time.time()})
+        try:
+            append_json(self.path(layout.DESCENDANTS), {"pid": found.pid, "start": found.start, "t": time.time()})
+        except OSError:
+            pass  # (a full disk) the agent still knows it: only a stop after the agent's death would miss it
 
     def write_identity(self) -> None:
         """Who supervises the run and which process is its script, in a file written once per change.
@@ -730,7 +733,10 @@ class Supervisor:
         """Stop every process of the run (group, descendants, RUNCTL_RUN_ID-tagged) and say which."""
         killed = self.tracker.kill_all(grace, group, keep)
         if killed:
-            self.event("processes_killed", processes=killed)
+            try:
+                self.event("processes_killed", processes=killed)
+            except OSError:
+                pass  # (a full disk) they are stopped all the same
         return killed
 
     # ---- the end -------------------------------------------------------------------------
