@@ -131,10 +131,10 @@ def probe(run_dir: str) -> Dict[str, Any]:
 def probe_without_status(run_dir: str) -> Dict[str, Any]:
     """Liveness when status.json stays unreadable: decided from the agent and the process.
 
-    A run dir that is gone is reported as such (no "seq", no "unreadable"). Otherwise the run is
-    `lost` only with evidence (its agent and its process are both known and both gone, and no
-    exit was recorded); a recorded exit or a completion marker ends it as the completion rules
-    say; anything else leaves it as it was, with a warning.
+    A run dir that is gone is reported as such (no "seq", no "unreadable"). Otherwise nothing is
+    decided unless the agent is known (agent.json) and gone: then a recorded exit or a completion
+    marker ends the run as the completion rules say, and it is `lost` only when its process is
+    gone too with no exit recorded. Anything else leaves the run as it was, with a warning.
     """
     if not os.path.isdir(run_dir):
         return {"status": "unknown", "error": "no run directory %s" % run_dir}
@@ -161,7 +161,8 @@ def probe_without_status(run_dir: str) -> Dict[str, Any]:
     if pid_alive:
         found["warning"] = "%s is unreadable and the agent is gone; the training process still runs" % layout.STATUS
         return found
-    if agent_alive is None and exit_code is None:
+    if agent_alive is None:
+        # No agent on record: it may be alive and about to write the run's end itself.
         found["warning"] = "%s is unreadable and no agent is recorded; nothing tells how the run is doing" % (
             layout.STATUS
         )
