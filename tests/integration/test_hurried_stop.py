@@ -14,6 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_ssh import (
+    make_project,
+    remote_project,
+    sshenv,  # noqa: F401  (the SSH tests' user setup, reused)
+)
 from tests.support.runs import events, kill_leftover_runs, log_text, poll, status_file
 
 pytestmark = pytest.mark.timeout(60)
@@ -117,3 +122,23 @@ def test_stop_grace_above_the_maximum_is_refused_before_anything_starts(cli, pro
     assert "--stop-grace must be at most 1h" in result.err and "Traceback" not in result.err
     assert not (project / ".runctl" / "runs").exists() or not list((project / ".runctl" / "runs").iterdir())
     assert cli("runs", "list", "--all", "-o", "json").json == []
+
+
+# ---- over SSH: the request travels through the agent's command line -------------------------------
+
+
+def test_ssh_stop_now_hurries_a_stop_with_a_long_grace(sshenv, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    host = sshenv.hosts[1]
+    project = make_project(tmp_path, "s-hurry", {"stubborn.py": STUBBORN})
+    started = sshenv.cli("ssh", "train", sshenv.dest(host), "stubborn.py", "--stop-grace", "1h", cwd=project)
+    assert started.code == 0, started.err
+    run_id = started.out.strip()
+    log = remote_project(host, "s-hurry") / ".runctl" / "runs" / run_id / "training.log"
+    poll(lambda: log.exists() and "working" in log.read_text(), 20, "the script's first line")
+    assert sshenv.cli("runs", "stop", run_id, "--no-wait", cwd=project).code == 0
+    poll(lambda: sshenv.status(run_id, project)["status"] == "stopping", 10, "stopping")
+    began = time.monotonic()
+    hurried = sshenv.cli("runs", "stop", run_id, "--now", "-o", "json", cwd=project)
+    assert hurried.code == 0, hurried.err
+    assert hurried.json["status"] == "stopped" and hurried.json["exit_code"] == 143, hurried.json
+    assert time.monotonic() - began < 15

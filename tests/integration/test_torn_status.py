@@ -19,6 +19,11 @@ from typing import Any
 
 import pytest
 
+from tests.integration.test_ssh import (
+    make_project,
+    remote_project,
+    sshenv,  # noqa: F401  (the SSH tests' user setup, reused)
+)
 from tests.support.runs import kill_leftover_runs, log_text, poll, run_dir, status_file
 
 pytestmark = pytest.mark.timeout(60)
@@ -179,18 +184,7 @@ def test_lost_needs_evidence_agent_and_process_gone_no_exit(cli, project: Path) 
 # ---- over SSH: the same probe runs on the host through the agent's command line ----------------
 
 
-@pytest.fixture
-def sshenv(ssh_hosts, tmp_path: Path):  # type: ignore[no-untyped-def]
-    from tests.integration.test_ssh import SshEnv
-
-    env = SshEnv.create(list(ssh_hosts), tmp_path / "client", [ssh_hosts.client_key], ssh_hosts.known_hosts.read_text())
-    yield env
-    env.cleanup()
-
-
-def test_ssh_run_with_a_corrupted_status_is_not_lost_and_completes(sshenv, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from tests.integration.test_ssh import make_project, remote_project
-
+def test_ssh_run_with_a_corrupted_status_is_not_lost_and_completes(sshenv, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     host = sshenv.hosts[0]
     project = make_project(tmp_path, "s-torn", {"gated.py": GATED})
     run_id = sshenv.start(host, "gated.py", cwd=project)
