@@ -142,6 +142,16 @@ class RunCgroup:
             return False
 
 
+def release_cgroup(path: Optional[str], run_id: str) -> bool:
+    """Remove the run's cgroup left by an agent that died, once empty. Only ever a cgroup named
+    for this run (what a status file says is not trusted further than that)."""
+    if not path or os.path.basename(path) != CGROUP_PREFIX + run_id:
+        return False
+    if not os.path.isfile(os.path.join(path, "cgroup.procs")):
+        return False
+    return RunCgroup(path).remove()
+
+
 def read_stat(pid: int) -> Optional[ProcInfo]:
     try:
         with open("/proc/%d/stat" % pid, "rb") as handle:
@@ -226,8 +236,8 @@ class Tracker:
         for record in records:
             if isinstance(record.get("pid"), int) and record.get("start"):
                 tracker.known[record["pid"]] = Known(record["pid"], str(record["start"]))
-        if cgroup and os.path.isdir(cgroup):
-            tracker.cgroup = RunCgroup(cgroup)
+        if cgroup and os.path.basename(cgroup) == CGROUP_PREFIX + run_id and os.path.isdir(cgroup):
+            tracker.cgroup = RunCgroup(cgroup)  # only the run's own: never another cgroup's members
         return tracker
 
     def use_cgroup(self) -> Optional[str]:

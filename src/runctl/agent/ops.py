@@ -121,6 +121,7 @@ def probe(run_dir: str) -> Dict[str, Any]:
         }
     )
     atomic_write_json(os.path.join(run_dir, layout.STATUS), state)
+    descendants.release_cgroup(state.get("cgroup"), str(state.get("run_id")))
     append_json(
         os.path.join(run_dir, layout.EVENTS),
         {"t": time.time(), "event": "agent_gone", "status": verdict.status},
@@ -204,6 +205,7 @@ def probe_without_status(run_dir: str) -> Dict[str, Any]:
     if exit_code is not None:
         state["exited_at"] = _file_info(join(layout.EXIT_CODE)).get("mtime", now)
     atomic_write_json(join(layout.STATUS), state)
+    descendants.release_cgroup(ident.get("cgroup"), str(found["run_id"]))
     append_json(join(layout.EVENTS), {"t": now, "event": "status_rebuilt", "status": verdict.status})
     return state
 

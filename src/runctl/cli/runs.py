@@ -93,7 +93,7 @@ def logs(
                 controller.record_gone(db, row, payload)
                 raise RunGone("the run directory %s is gone; run %s is lost" % (row["run_dir"], row["run_id"]))
             elif kind in ("status", "end"):
-                db.update_state(row["run_id"], payload)
+                controller.record_state(db, db.get(row["run_id"]) or row, payload)
                 if kind == "end":
                     break
     except KeyboardInterrupt:
