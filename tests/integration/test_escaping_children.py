@@ -163,3 +163,35 @@ def killed_or_recorded(project: Path, run_id: str) -> set[int]:
     if not path.exists():
         return set()
     return {json.loads(line)["pid"] for line in path.read_text().splitlines() if line.strip()}
+
+
+def test_empty_run_cgroups_left_by_killed_agents_are_swept_never_populated_ones() -> None:
+    if not cgroup_allowed():
+        pytest.skip("this machine allows no cgroup v2 of the agent's own")
+    parent = descendants.own_cgroup_dir()
+    assert parent is not None
+    empty = descendants.RunCgroup(os.path.join(parent, "runctl-sweeptest-empty"))
+    busy = descendants.RunCgroup(os.path.join(parent, "runctl-sweeptest-busy"))
+    other = os.path.join(parent, "not-runctl-sweeptest")
+    for path in (empty.path, busy.path, other):
+        os.mkdir(path)
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        assert busy.add(sleeper.pid)
+        descendants.sweep_empty_cgroups(parent, older_than=0)
+        assert not os.path.exists(empty.path)
+        assert os.path.isdir(busy.path) and busy.members() == [sleeper.pid]
+        assert os.path.isdir(other), "only runctl's own cgroups are ever touched"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for path in (busy.path, other, empty.path):
+            poll(lambda path=path: not os.path.exists(path) or _rmdir(path), 5, "removing %s" % path)
+
+
+def _rmdir(path: str) -> bool:
+    try:
+        os.rmdir(path)
+        return True
+    except OSError:
+        return False

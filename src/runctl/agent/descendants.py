@@ -26,6 +26,7 @@ from . import procs
 PR_SET_CHILD_SUBREAPER = 36
 COMMAND_CHARS = 200
 CGROUP_PREFIX = "runctl-"
+STALE_CGROUP_SECONDS = 600.0
 
 
 class ProcInfo(NamedTuple):
@@ -101,6 +102,7 @@ class RunCgroup:
         parent = own_cgroup_dir()
         if parent is None or not os.path.isfile(os.path.join(parent, "cgroup.procs")):
             return None
+        sweep_empty_cgroups(parent)
         path = os.path.join(parent, CGROUP_PREFIX + run_id)
         try:
             os.mkdir(path)
@@ -140,6 +142,26 @@ class RunCgroup:
             return True
         except OSError:
             return False
+
+
+def sweep_empty_cgroups(parent: str, older_than: float = STALE_CGROUP_SECONDS) -> None:
+    """Remove runs' cgroups left empty by agents that were killed (an empty cgroup holds nothing:
+    at worst a live agent's own goes early, and it then tracks its run by the process tree)."""
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(CGROUP_PREFIX)]
+    except OSError:
+        return
+    now = time.time()
+    for name in names:
+        path = os.path.join(parent, name)
+        try:
+            if now - os.stat(path).st_ctime < older_than:
+                continue
+        except OSError:
+            continue
+        group = RunCgroup(path)
+        if not group.members():
+            group.remove()
 
 
 def release_cgroup(path: Optional[str], run_id: str) -> bool:
