@@ -297,10 +297,25 @@ def refresh(store: Store, row: dict[str, Any]) -> dict[str, Any]:
         stale = view(row)
         stale["warning"] = "last known state; %s" % exc.message
         return stale
+    if state.get("unreadable"):
+        # status.json could not be read, yet the run dir is there: keep what was last known.
+        stale = view(row)
+        stale["warning"] = "last known state; %s" % (state.get("warning") or state.get("error"))
+        if state.get("agent_alive") is not None:
+            stale["agent_alive"] = state["agent_alive"]
+        return stale
     if state.get("seq") is None:
         return record_gone(store, row, state)
-    store.update_state(row["run_id"], state)
+    record_state(store, row, state)
     return view(store.get(row["run_id"]) or row)
+
+
+def record_state(store: Store, row: dict[str, Any], state: dict[str, Any]) -> None:
+    """Record a status from the run dir. One rebuilt from evidence (its status.json was unreadable)
+    keeps what the store last knew of the run (metrics, times) under the new verdict."""
+    if state.get("rebuilt"):
+        state = {**row["state"], **{k: v for k, v in state.items() if v is not None}}
+    store.update_state(row["run_id"], state)
 
 
 def being_launched(row: dict[str, Any]) -> bool:
@@ -401,7 +416,7 @@ def follow(
         elif kind == "gone":
             return record_gone(store, store.get(row["run_id"]) or row, payload)
         elif kind in ("status", "end"):
-            store.update_state(row["run_id"], payload)
+            record_state(store, store.get(row["run_id"]) or row, payload)
             if kind == "end":
                 return view(store.get(row["run_id"]) or row)
         if deadline is not None and time.monotonic() >= deadline:

@@ -19,6 +19,7 @@ from pydantic_core import PydanticCustomError
 from .core.durations import MAX_SECONDS, MAX_TEXT, duration_seconds, shown
 from .core.errors import UsageError
 from .core.policies import DEFAULTS, NOTIFY, STOP
+from .core.stopping import MAX_GRACE
 
 MAX_COUNT = 1_000_000
 IGNORE = "ignore"
@@ -116,8 +117,11 @@ class PolicyParams(BaseModel):
 
     @field_validator("exit_grace", "stop_grace", mode="before")
     @classmethod
-    def _graces(cls, value: Any) -> float:
-        return _seconds(value, allow_zero=True)
+    def _graces(cls, value: Any, info: ValidationInfo) -> float:
+        seconds = _seconds(value, allow_zero=True)
+        if info.field_name == "stop_grace" and seconds > MAX_GRACE:
+            raise _refuse("must be at most 1h (the agent's cap on any grace), got %s" % shown(value))
+        return seconds
 
     @field_validator("poll_interval", "hang_timeout", "max_duration", mode="before")
     @classmethod

@@ -568,9 +568,7 @@ kids = {"child": child.pid, "grandchild": int(open("grandchild.pid").read()), "s
 with open("kids.json", "w") as handle:
     json.dump(kids, handle)
 print("ready", flush=True)
-if sys.argv[1] == "exit":
-    sys.exit(0)
-while True:
+while sys.argv[1] != "exit" or not os.path.exists("GO"):
     time.sleep(0.05)
 """
 
@@ -588,6 +586,7 @@ def test_no_child_outlives_its_run(cli, project: Path, how: str, reap: list[tupl
         result = cli("runs", "stop", run_id, "--grace", "0.5")
         expected = "stopped"
     else:
+        (project / "GO").write_text("")  # only now: the run's end may not race the checks above
         result = cli("runs", "wait", run_id)
         expected = "completed"
     assert result.code == 0, result.err

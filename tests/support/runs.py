@@ -113,3 +113,25 @@ def kill_leftover_runs(project: Path) -> None:
                     kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
+        kill_run_cgroup(directory)
+
+
+def kill_run_cgroup(directory: Path) -> None:
+    """SIGKILL whatever is left in the run's own cgroup (if the agent made one) and remove it."""
+    try:
+        cgroup = json.loads((directory / "agent.json").read_text()).get("cgroup")
+    except (OSError, ValueError):
+        return
+    if not cgroup or Path(cgroup).name != "runctl-" + directory.name:
+        return
+    try:
+        (Path(cgroup) / "cgroup.kill").write_text("1\n")
+    except OSError:
+        return
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.rmdir(cgroup)
+            return
+        except OSError:
+            time.sleep(0.05)

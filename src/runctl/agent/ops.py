@@ -6,11 +6,12 @@ agent's command line. One implementation serves both.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from ..core import completion, layout
+from ..core import completion, layout, stopping
 from ..core import status as st
 from ..core.fsutil import (
     append_json,
@@ -24,13 +25,15 @@ from ..core.fsutil import (
     release_space,
     write_failed,
 )
-from . import procs
+from . import descendants, procs
 
 WAIT_POLL_SECONDS = 0.05
 LIVENESS_EVERY_SECONDS = 1.0
 LOG_TAIL_HINT_BYTES = 8192
 AGENT_START_SECONDS = 60.0
 LOG_CHUNK = 1 << 20
+STATUS_READ_ATTEMPTS = 6
+STATUS_RETRY_SECONDS = 0.1
 
 
 def _file_info(path: str) -> Dict[str, Any]:
@@ -60,15 +63,37 @@ def read_status(run_dir: str) -> Dict[str, Any]:
     return read_json(os.path.join(run_dir, layout.STATUS)) or {}
 
 
+def read_status_patiently(run_dir: str) -> Optional[Dict[str, Any]]:
+    """status.json, read again for a moment when it is missing or unparsable (a torn or corrupted
+    write, which a live agent repairs within a tick); None if it stays unreadable."""
+    path = os.path.join(run_dir, layout.STATUS)
+    for attempt in range(STATUS_READ_ATTEMPTS):
+        state = read_json(path)
+        if state is not None and isinstance(state.get("seq"), int):
+            return state  # valid JSON without a seq is no status of ours either
+        if not os.path.isdir(run_dir):
+            return None
+        if attempt + 1 < STATUS_READ_ATTEMPTS:
+            time.sleep(STATUS_RETRY_SECONDS)
+    return None
+
+
+def rebuilt_seq() -> int:
+    """The seq of a status rebuilt without the agent's own record: above any seq the agent writes
+    (it counts its writes from 1), so every reader takes the rebuilt status as the newest."""
+    return int(time.time() * 1000)
+
+
 def probe(run_dir: str) -> Dict[str, Any]:
     """The run's status, with the liveness of its agent and process checked.
 
     When the agent is gone the run dir is classified by the completion rules; a process that is
-    gone with no recorded exit becomes `lost` (written back, so every reader agrees).
+    gone with no recorded exit becomes `lost` (written back, so every reader agrees). An
+    unreadable status.json never decides anything by itself: see probe_without_status.
     """
-    state = read_status(run_dir)
-    if not state:
-        return {"status": "unknown", "error": "no status.json in %s" % run_dir}
+    state = read_status_patiently(run_dir)
+    if state is None:
+        return probe_without_status(run_dir)
     if st.is_terminal(state.get("status", "")):
         return state
     if procs.is_alive(state.get("agent_pid"), state.get("agent_start")):
@@ -138,6 +163,7 @@ def record_verdict(run_dir: str, state: Dict[str, Any]) -> Dict[str, Any]:
                 }
             )
         return state
+    descendants.release_cgroup(state.get("cgroup"), str(state.get("run_id")))
     try:
         append_json(
             os.path.join(run_dir, layout.EVENTS),
@@ -148,14 +174,100 @@ def record_verdict(run_dir: str, state: Dict[str, Any]) -> Dict[str, Any]:
     return state
 
 
+def probe_without_status(run_dir: str) -> Dict[str, Any]:
+    """Liveness when status.json stays unreadable: decided from the agent and the process.
+
+    A run dir that is gone is reported as such (no "seq", no "unreadable"). Otherwise nothing is
+    decided unless the agent is known (agent.json) and gone: then a recorded exit or a completion
+    marker ends the run as the completion rules say, and it is `lost` only when its process is
+    gone too with no exit recorded. Anything else leaves the run as it was, with a warning.
+    """
+    if not os.path.isdir(run_dir):
+        return {"status": "unknown", "error": "no run directory %s" % run_dir}
+    join = lambda name: os.path.join(run_dir, name)  # noqa: E731
+    ident = read_json(join(layout.IDENTITY)) or {}
+    spec = read_json(join(layout.SPEC)) or {}
+    pid = ident.get("pid") or parse_exit_code(read_text(join(layout.PID)))
+    agent_pid = ident.get("agent_pid")
+    agent_alive = procs.is_alive(agent_pid, ident.get("agent_start")) if agent_pid else None
+    pid_alive = procs.is_alive(pid, ident.get("pid_start")) if pid else None
+    exit_code = parse_exit_code(read_text(join(layout.EXIT_CODE)))
+    found: Dict[str, Any] = {
+        "status": "unknown",
+        "unreadable": True,
+        "error": "%s in %s is unreadable" % (layout.STATUS, run_dir),
+        "agent_alive": agent_alive,
+        "pid": pid,
+        "pid_start": ident.get("pid_start"),
+        "run_id": spec.get("run_id") or ident.get("run_id"),
+    }
+    if agent_alive:
+        found["warning"] = "%s is unreadable; the agent is alive and rewrites it" % layout.STATUS
+        return found
+    if pid_alive:
+        found["warning"] = "%s is unreadable and the agent is gone; the training process still runs" % layout.STATUS
+        return found
+    if agent_alive is None:
+        # No agent on record: it may be alive and about to write the run's end itself.
+        found["warning"] = "%s is unreadable and no agent is recorded; nothing tells how the run is doing" % (
+            layout.STATUS
+        )
+        return found
+    marker = marker_info(run_dir, layout.project_of(run_dir), str(found["run_id"]))
+    verdict = completion.classify(
+        completion.Evidence(
+            now=time.time(),
+            started_at=ident.get("started_at"),
+            exit_code=exit_code,
+            marker_size=marker.get("size"),
+            marker_mtime=marker.get("mtime"),
+            pid=pid if pid else -1,
+            pid_alive=False,
+        )
+    )
+    if not st.is_terminal(verdict.status):
+        found["warning"] = "%s is unreadable; %s" % (layout.STATUS, verdict.message)
+        return found
+    message = verdict.message
+    if verdict.status == st.LOST and not pid:
+        message = "the agent died before the training process started"
+    now = time.time()
+    state: Dict[str, Any] = {
+        "run_id": found["run_id"],
+        "name": spec.get("name"),
+        "status": verdict.status,
+        "termination_status": verdict.termination_status,
+        "termination_message": "%s (the agent is gone; %s was unreadable)" % (message, layout.STATUS),
+        "ended_at": now,
+        "started_at": ident.get("started_at"),
+        "pid": pid,
+        "agent_pid": agent_pid,
+        "exit_code": exit_code,
+        "rebuilt": True,
+        "seq": rebuilt_seq(),
+        "updated_at": now,
+    }
+    if exit_code is not None:
+        state["exited_at"] = _file_info(join(layout.EXIT_CODE)).get("mtime", now)
+    atomic_write_json(join(layout.STATUS), state)
+    descendants.release_cgroup(ident.get("cgroup"), str(found["run_id"]))
+    append_json(join(layout.EVENTS), {"t": now, "event": "status_rebuilt", "status": verdict.status})
+    return state
+
+
 def request_stop(run_dir: str, grace: Optional[float], message: str) -> Dict[str, Any]:
-    """Ask the agent for a graceful stop; the agent acts on it within one tick."""
+    """Ask the agent for a graceful stop; the agent acts on it within one tick.
+
+    A run already stopping gets the new request too: a shorter grace hurries its sequence.
+    """
     state = probe(run_dir)
     if st.is_terminal(state.get("status", "")):
         return {"ok": False, "status": state.get("status"), "error": "the run already ended"}
     if not state.get("agent_alive"):
+        if state.get("unreadable") and not state.get("pid"):
+            return {"ok": False, "status": state.get("status"), "error": state.get("warning") or state.get("error")}
         return stop_unsupervised(run_dir, state, grace, message)
-    request = {"t": time.time(), "grace": grace, "message": message}
+    request = {"t": time.time(), "grace": grace, "message": message, "id": os.urandom(8).hex()}
     atomic_write_json(os.path.join(run_dir, layout.STOP_REQUEST), request)
     return {"ok": True, "status": state.get("status")}
 
@@ -163,28 +275,54 @@ def request_stop(run_dir: str, grace: Optional[float], message: str) -> Dict[str
 def stop_unsupervised(run_dir: str, state: Dict[str, Any], grace: Optional[float], message: str) -> Dict[str, Any]:
     """The agent is gone but the script runs on: stop it ourselves, gracefully, and record why it ended."""
     pid = state.get("pid")
-    wait = float(grace if grace is not None else 10)
+    wait = stopping.clamp_grace(grace, 10.0)
     if pid and procs.is_alive(pid, state.get("pid_start")):
         atomic_write(os.path.join(run_dir, layout.STOP_FILE), (message + "\n").encode())
         deadline = time.monotonic() + wait
         while procs.is_alive(pid, state.get("pid_start")) and time.monotonic() < deadline:
             time.sleep(0.1)
-        procs.kill_all(pid, str(state.get("run_id", "")), 10.0)
+        killed = stop_run_processes(run_dir, pid, str(state.get("run_id", "")))
+        if killed:
+            append_json(
+                os.path.join(run_dir, layout.EVENTS),
+                {"t": time.time(), "event": "processes_killed", "processes": killed},
+            )
+        unreadable = bool(state.pop("unreadable", False))
         state.update(
             {
                 "status": st.STOPPED,
                 "termination_status": st.T_USER_STOP,
                 "termination_message": message + " (the agent was gone; the process was stopped directly)",
                 "ended_at": time.time(),
-                "seq": int(state.get("seq", 0)) + 1,
+                "seq": rebuilt_seq() if unreadable else int(state.get("seq", 0)) + 1,
                 "updated_at": time.time(),
             }
         )
-        state.pop("agent_alive", None)
-        state.pop("warning", None)
+        if unreadable:
+            state["rebuilt"] = True
+        for key in ("agent_alive", "warning", "error"):
+            state.pop(key, None)
         atomic_write_json(os.path.join(run_dir, layout.STATUS), state)
         return {"ok": True, "status": st.STOPPED, "unsupervised": True}
     return {"ok": True, "status": probe(run_dir).get("status"), "unsupervised": True}
+
+
+def stop_run_processes(run_dir: str, pgid: int, run_id: str, grace: float = 10.0) -> List[Dict[str, object]]:
+    """Without its agent: SIGTERM, then SIGKILL, the run's group and every process the agent recorded
+    (descendants.jsonl, its cgroup), each checked against its recorded start time."""
+    records: List[Dict[str, Any]] = []
+    for line in (read_text(os.path.join(run_dir, layout.DESCENDANTS)) or "").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    ident = read_json(os.path.join(run_dir, layout.IDENTITY)) or {}
+    tracker = descendants.Tracker.from_records(run_id, records, ident.get("cgroup"))
+    killed = tracker.kill_all(grace, pgid)
+    tracker.close()
+    return killed
 
 
 def wait_change(run_dir: str, seq: int, timeout: float) -> Dict[str, Any]:
@@ -347,11 +485,17 @@ def follow(
             next_liveness = now + LIVENESS_EVERY_SECONDS
             state = probe(run_dir)
         elif mtime != last_mtime:
-            state = read_status(run_dir)
+            # A torn or corrupted read is skipped: the next change or liveness check tells.
+            state = read_json(status_path)
+            if state is not None and not isinstance(state.get("seq"), int):
+                state = None
         last_mtime = mtime
         if state is not None and state.get("seq") is None:
-            yield "gone", state
-            return
+            if state.get("unreadable"):
+                state = None  # unreadable, yet the run may well be alive: never "gone" from that
+            else:
+                yield "gone", state
+                return
         if state is not None and int(state.get("seq", 0)) > seq:
             seq = int(state.get("seq", 0))
             if st.is_terminal(state.get("status", "")):

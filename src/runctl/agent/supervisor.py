@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from ..core import completion, layout, metrics, policies
+from ..core import completion, layout, metrics, policies, stopping
 from ..core import status as st
 from ..core.fsutil import (
     PRIVATE_FILE,
@@ -30,13 +30,14 @@ from ..core.fsutil import (
     release_space,
     write_failed,
 )
-from . import ops, procs, pyenv
+from . import descendants, ops, procs, pyenv
 from .notify import Notifier
 
 TICK_SECONDS = 0.2
 STATUS_MIN_INTERVAL = 1.0
 DRAIN_SECONDS = 2.0
 LEFTOVER_GRACE = 5.0
+SCAN_SECONDS = 1.0  # how often the run's process tree is scanned for new descendants
 TAIL_BYTES = 4096
 LOG_METRIC_DELAY = 0.3
 READ_BYTES = 1 << 18
@@ -79,10 +80,12 @@ class Supervisor:
         custom = spec.get("metrics_regex")
         self.custom_regex = re.compile(custom) if custom else None
         self.stop_reason: Optional[policies.Decision] = None
-        self.term_at: Optional[float] = None
-        self.kill_at: Optional[float] = None
-        self.term_sent = False
-        self.kill_sent = False
+        self.stop_seq: Optional[stopping.Sequence] = None
+        self.stop_request_seen: Any = None
+        self.tracker = descendants.Tracker(os.getpid(), self.run_id, on_new=self.record_descendant)
+        self.next_scan = 0.0
+        self.subreaper = False
+        self.status_stamp: Any = None
         self.signal_stop = ""
         self.last_status_write = 0.0
         self.dirty = False
@@ -100,6 +103,10 @@ class Supervisor:
     def path(self, name: str) -> str:
         return os.path.join(self.run_dir, name)
 
+    @property
+    def term_sent(self) -> bool:
+        return self.stop_seq is not None and self.stop_seq.term_sent_at is not None
+
     def event(self, name: str, **data: Any) -> None:
         data.update({"t": time.time(), "event": name})
         append_json(self.path(layout.EVENTS), data)
@@ -113,8 +120,38 @@ class Supervisor:
         self.state["seq"] = int(self.state.get("seq", 0)) + 1
         self.state["updated_at"] = time.time()
         atomic_write_json(self.path(layout.STATUS), self.state, fsync=fsync)
+        self.status_stamp = _stamp(self.path(layout.STATUS))
         self.last_status_write = time.monotonic()
         self.dirty = False
+
+    def guard_status(self) -> None:
+        """Rewrite status.json if anything but this agent changed it (a corrupted or truncated file):
+        the run dir must keep telling the truth while the run lives."""
+        path = self.path(layout.STATUS)
+        if _stamp(path) == self.status_stamp:
+            return
+        current = read_json(path)
+        if current is not None and current.get("seq") == self.state.get("seq"):
+            self.status_stamp = _stamp(path)
+            return
+        self.event("status_repaired", reason="unreadable" if current is None else "changed by another writer")
+        self.write_status(fsync=True)
+
+    def record_descendant(self, found: descendants.Known) -> None:
+        """On disk too, so the run's processes can be stopped even after this agent died."""
+        try:
+            append_json(self.path(layout.DESCENDANTS), {"pid": found.pid, "start": found.start, "t": time.time()})
+        except OSError:
+            pass  # (a full disk) the agent still knows it: only a stop after the agent's death would miss it
+
+    def write_identity(self) -> None:
+        """Who supervises the run and which process is its script, in a file written once per change.
+
+        It lets a reader decide the run's liveness from the agent and the process even when
+        status.json cannot be read.
+        """
+        keys = ("run_id", "agent_pid", "agent_start", "pid", "pid_start", "started_at", "cgroup")
+        atomic_write_json(self.path(layout.IDENTITY), {k: self.state.get(k) for k in keys if k in self.state})
 
     def _notify_failed(self, url: str, error: str) -> None:
         self.event("notify_failed", url=url, error=error)
@@ -150,6 +187,8 @@ class Supervisor:
             os.replace(self.original_stop_file, self.path("stale_STOP_TRAINING"))
             self.event("stale_stop_file_moved")
         atomic_write(os.path.join(self.project_dir, layout.LATEST_RUN), (self.run_id + "\n").encode())
+        self.state["cgroup"] = self.tracker.use_cgroup()
+        self.write_identity()
         os.makedirs(self.spec_checkpoint_dir(), exist_ok=True)
         self.log_fd = os.open(self.path(layout.LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
         self.tail_fd = os.open(self.path(layout.LOG), os.O_RDONLY)
@@ -221,7 +260,7 @@ class Supervisor:
         Writing straight into the append-only log, a script runs as fast as into any file and keeps
         running even if this supervisor is killed (a pipe would break on its next print).
         """
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             argv,
             cwd=self.project_dir,
             env=env,
@@ -230,6 +269,9 @@ class Supervisor:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        self.tracker.adopt(proc.pid)
+        self.tracker.watch_group(proc.pid)
+        return proc
 
     def run_setup_step(self, argv: List[str], env: Dict[str, str]) -> int:
         return self.wait_setup(self.start_logged(argv, env))
@@ -241,9 +283,10 @@ class Supervisor:
                 return proc.wait(timeout=TICK_SECONDS)
             except subprocess.TimeoutExpired:
                 pass
+            self.track(time.monotonic(), keep=(proc.pid,))
             reason, _ = self.stop_asked()
             if reason:
-                procs.kill_all(proc.pid, self.run_id, 5.0)
+                self.kill_everything(5.0, proc.pid, keep=(proc.pid,))
                 proc.wait()
                 raise StoppedDuringSetup(reason)
 
@@ -254,8 +297,9 @@ class Supervisor:
         """
         request = read_json(self.path(layout.STOP_REQUEST))
         if request is not None:
-            grace = request.get("grace")
-            return request.get("message") or "stopped by the user", float(grace) if grace is not None else None
+            self.stop_request_seen = request_key(request)
+            grace = policies.finite(request.get("grace"))
+            return str(request.get("message") or "stopped by the user"), grace
         if self.signal_stop:
             return "the agent received %s" % self.signal_stop, None
         if os.path.exists(self.stop_file):
@@ -301,12 +345,24 @@ class Supervisor:
             pid_start=procs.start_time(self.proc.pid),
             host=self.spec.get("host"),
         )
-        self.event("started", pid=self.proc.pid, command=self.spec["command"])
+        # How the run's processes are tracked: its cgroup (None: the process tree alone), the subreaper.
+        self.state["cgroup"] = self.tracker.cgroup.path if self.tracker.cgroup else None
+        self.write_identity()
+        tracking = {"cgroup": self.state["cgroup"], "subreaper": self.subreaper}
+        self.event("started", pid=self.proc.pid, command=self.spec["command"], **tracking)
         self.notify("started")
 
     # ---- the loop ------------------------------------------------------------------------
 
     def run(self) -> int:
+        try:
+            return self.supervise()
+        finally:
+            self.tracker.close()  # the run's cgroup goes with it
+
+    def supervise(self) -> int:
+        # Orphaned descendants come to this agent, not init, so none escapes the run's tree.
+        self.subreaper = descendants.become_subreaper()
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
@@ -347,7 +403,7 @@ class Supervisor:
         except OSError:
             pass  # agent.log is on the same full disk
         if self.proc is not None:
-            procs.kill_all(self.pgid, self.run_id, LEFTOVER_GRACE)
+            self.kill_everything(LEFTOVER_GRACE, self.pgid)
         failure = write_failed(exc)
         message = failure.message if failure else "the runctl agent failed: %s: %s" % (type(exc).__name__, exc)
         try:
@@ -431,8 +487,11 @@ class Supervisor:
                 self.scan_checkpoints()
                 self.apply(self.engine.on_poll())
             self.advance_stop(mono)
+            self.track(mono, keep=(self.proc.pid,))
             if self.dirty and mono - self.last_status_write >= STATUS_MIN_INTERVAL:
                 self.write_status()
+            else:
+                self.guard_status()
         signal.set_wakeup_fd(-1)
         os.close(wake_r)
         os.close(wake_w)
@@ -613,12 +672,27 @@ class Supervisor:
         self.notify("ended")
 
     def check_controls(self) -> None:
-        """Stop requests from the controller, the user's STOP_TRAINING files, and signals to the agent."""
+        """Stop requests from the controller, the user's STOP_TRAINING files, and signals to the agent.
+
+        Once stopping, a newer request from the controller (`runctl runs stop --grace N` or `--now`)
+        can still hurry the sequence: the earliest deadline wins.
+        """
         if self.stop_reason is not None:
+            self.check_hurry()
             return
         reason, grace = self.stop_asked()
         if reason:
             self.initiate(policies.Decision(st.T_USER_STOP, reason), grace=grace)
+
+    def check_hurry(self) -> None:
+        request = read_json(self.path(layout.STOP_REQUEST))
+        if request is None or self.stop_seq is None or request_key(request) == self.stop_request_seen:
+            return
+        self.stop_request_seen = request_key(request)
+        assert self.engine is not None
+        grace = stopping.clamp_grace(request.get("grace"), float(self.engine.cfg["stop_grace"]))
+        hurried = self.stop_seq.add(time.monotonic(), grace)
+        self.event("stop_requested_again", grace=grace, hurried=hurried, message=request.get("message"))
 
     # ---- stopping ------------------------------------------------------------------------
 
@@ -637,11 +711,11 @@ class Supervisor:
         if self.stop_reason is not None or self.engine is None:
             return
         self.stop_reason = decision
-        if grace is None:
-            grace = float(self.engine.cfg["stop_grace"])
+        grace = stopping.clamp_grace(grace, float(self.engine.cfg["stop_grace"]))
         if not os.path.exists(self.stop_file):
             atomic_write(self.stop_file, (decision.message + "\n").encode())
-        self.term_at = time.monotonic() + max(0.0, grace)
+        self.stop_seq = stopping.Sequence(float(self.engine.cfg["term_grace"]))
+        self.stop_seq.add(time.monotonic(), grace)
         self.event(
             "stop_initiated",
             termination_status=decision.termination_status,
@@ -659,17 +733,35 @@ class Supervisor:
         self.notify("policy")
 
     def advance_stop(self, mono: float) -> None:
-        if self.stop_reason is None or self.engine is None:
+        """Send the signal the stop sequence says is due: to the group and every other descendant."""
+        if self.stop_seq is None:
             return
-        if not self.term_sent and self.term_at is not None and mono >= self.term_at:
-            self.term_sent = True
-            self.kill_at = mono + float(self.engine.cfg["term_grace"])
-            self.event("signal", signal="SIGTERM", target="process group %d" % self.pgid)
-            procs.signal_group(self.pgid, signal.SIGTERM)
-        elif self.term_sent and not self.kill_sent and self.kill_at is not None and mono >= self.kill_at:
-            self.kill_sent = True
-            self.event("signal", signal="SIGKILL", target="process group %d" % self.pgid)
-            procs.signal_group(self.pgid, signal.SIGKILL)
+        due = self.stop_seq.due(mono)
+        if due is None:
+            return
+        self.stop_seq.sent(due, mono)
+        others = self.tracker.signal_all(getattr(signal, due), self.pgid)
+        self.event("signal", signal=due, target="process group %d" % self.pgid, processes=others)
+
+    # ---- the run's processes -------------------------------------------------------------
+
+    def track(self, mono: float, keep: "tuple[int, ...]" = ()) -> None:
+        """Record descendants as they appear and collect exited orphans (the agent is their reaper)."""
+        if mono < self.next_scan:
+            return
+        self.next_scan = mono + SCAN_SECONDS
+        self.tracker.scan()
+        self.tracker.reap(keep, fresh=False)
+
+    def kill_everything(self, grace: float, group: int, keep: "tuple[int, ...]" = ()) -> List[Dict[str, object]]:
+        """Stop every process of the run (group, descendants, RUNCTL_RUN_ID-tagged) and say which."""
+        killed = self.tracker.kill_all(grace, group, keep)
+        if killed:
+            try:
+                self.event("processes_killed", processes=killed)
+            except OSError:
+                pass  # (a full disk) they are stopped all the same
+        return killed
 
     # ---- the end -------------------------------------------------------------------------
 
@@ -681,10 +773,11 @@ class Supervisor:
         self._mirror(layout.EXIT_CODE, ("%d\n" % exit_code).encode())
         ended = time.time()
         self.event("exited", exit_code=exit_code, signal=exit_signal)
-        leftovers = procs.group_alive(self.pgid) or bool(procs.tagged_processes(self.run_id))
+        self.tracker.scan()
+        leftovers = self.tracker.any_alive(self.pgid) or bool(procs.tagged_processes(self.run_id))
         if leftovers:
             self.event("leftover_processes", action="SIGTERM then SIGKILL")
-            procs.kill_all(self.pgid, self.run_id, LEFTOVER_GRACE)
+            self.kill_everything(LEFTOVER_GRACE, self.pgid)
         self.drain()
         self.read_metrics(ended)
         self.flush_log_metrics(ended, final=True)
@@ -809,6 +902,20 @@ def failure_fields(exc: BaseException) -> Dict[str, Any]:
     if failure.kind == "disk_full":
         fields["disk_full"] = failure.path
     return fields
+
+
+def request_key(request: Dict[str, Any]) -> Any:
+    """What tells one stop request from the next (its id; its time for requests without one)."""
+    return request.get("id") or (request.get("t"), request.get("grace"))
+
+
+def _stamp(path: str) -> Any:
+    """A cheap identity of a file's current content: changes whenever anyone rewrites it."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 class StoppedDuringSetup(Exception):

@@ -110,7 +110,7 @@ def logs(
                 controller.record_gone(db, row, payload)
                 raise RunGone("the run directory %s is gone; run %s is lost" % (row["run_dir"], row["run_id"]))
             elif kind in ("status", "end"):
-                db.update_state(row["run_id"], payload)
+                controller.record_state(db, db.get(row["run_id"]) or row, payload)
                 if kind == "end":
                     break
     except KeyboardInterrupt:
@@ -138,16 +138,33 @@ def stop(
     run_id: RunId,
     grace: Annotated[
         float | None,
-        typer.Option("--grace", help="Seconds the script gets after STOP_TRAINING before SIGTERM"),
+        typer.Option(
+            "--grace",
+            help="Seconds the script gets after STOP_TRAINING before SIGTERM (at most 3600); "
+            "again on a stopping run, a shorter grace hurries it",
+        ),
     ] = None,
+    now: Annotated[
+        bool, typer.Option("--now", help="--grace 0: SIGTERM at once; on a run already sent SIGTERM, SIGKILL")
+    ] = False,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once the stop is requested")] = False,
     output: o.OutputOpt = Output.text,
 ) -> None:
     """Stop a run gracefully: STOP_TRAINING, then SIGTERM, then SIGKILL to its process group."""
     from .. import controller
+    from ..core.stopping import MAX_GRACE
     from .waiting import report_end, run_ended
 
     grace = seconds_option(grace, "--grace")
+    if now and grace is not None:
+        raise UsageError("--now and --grace both given", "--now is --grace 0: pass one of them")
+    if grace is not None and not 0 <= grace <= MAX_GRACE:
+        raise UsageError(
+            "--grace must be 0 or more and at most %d seconds (1 h), got %g" % (MAX_GRACE, grace),
+            "for example: --grace 60, or --now to stop at once",
+        )
+    if now:
+        grace = 0.0
     db = store()
     row = db.resolve(run_id)
     controller.stop(db, row, grace)
