@@ -187,7 +187,7 @@ CASES: dict[str, Case] = {
     "runs-wait-timeout-400-digits": Case(("runs", "wait", "deadbeef", "--timeout", DIGITS_400), ("maximum of 30d",)),
     "stop-grace-negative": Case(("runs", "stop", "deadbeef", "--grace", "-1"), ("--grace", "0 or more")),
     "stop-grace-nan": Case(("runs", "stop", "deadbeef", "--grace", "nan"), ("--grace", "nan")),
-    "stop-grace-inf": Case(("runs", "stop", "deadbeef", "--grace", "inf"), ("--grace", "at most 30d")),
+    "stop-grace-inf": Case(("runs", "stop", "deadbeef", "--grace", "inf"), ("--grace", "at most 3600")),
     "stop-grace-text": Case(("runs", "stop", "deadbeef", "--grace", "soon"), ("--grace", "see: runctl runs stop")),
     "logs-tail-not-a-number": Case(("runs", "logs", "deadbeef", "--tail", "x"), ("--tail", "see: runctl runs logs")),
     "runs-list-yaml": Case(("runs", "list", "-o", "yaml"), ("'yaml'", "see: runctl runs list --help")),

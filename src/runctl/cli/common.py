@@ -10,9 +10,8 @@ from typing import Any
 
 import typer
 
-from ..core.durations import MAX_TEXT, parse_duration, within_bounds
+from ..core.durations import parse_duration
 from ..core.errors import Detached as Detached
-from ..core.errors import UsageError
 
 
 class Output(str, Enum):
@@ -43,19 +42,6 @@ def say(message: str) -> None:
 
 def duration_option(value: str | None, flag: str) -> float | None:
     return None if value is None else parse_duration(value, flag)
-
-
-def seconds_option(value: float | None, flag: str) -> float | None:
-    """A number-of-seconds flag: finite, 0 or more, and no longer than any duration may be."""
-    if value is None:
-        return None
-    if math.isnan(value):
-        raise UsageError("%s must be a number of seconds, got %s" % (flag, value), "for example: %s 30" % flag)
-    if value < 0:
-        raise UsageError("%s must be 0 or more, got %g" % (flag, value), "for example: %s 30" % flag)
-    if not within_bounds(value):
-        raise UsageError("%s must be at most %s, got %g" % (flag, MAX_TEXT, value), "for example: %s 30" % flag)
-    return value
 
 
 def exit_with(code: int) -> None:

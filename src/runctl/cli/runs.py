@@ -11,7 +11,7 @@ import typer
 from ..core import status as st
 from ..core.errors import RunctlError, RunGone, UsageError
 from . import options as o
-from .common import Detached, Output, duration_option, emit_json, exit_with, say, seconds_option, store
+from .common import Detached, Output, duration_option, emit_json, exit_with, say, store
 
 app = typer.Typer(help="Inspect, follow, wait for and stop runs.", no_args_is_help=True, rich_markup_mode=None)
 
@@ -155,10 +155,9 @@ def stop(
     from ..core.stopping import MAX_GRACE
     from .waiting import report_end, run_ended
 
-    grace = seconds_option(grace, "--grace")
     if now and grace is not None:
         raise UsageError("--now and --grace both given", "--now is --grace 0: pass one of them")
-    if grace is not None and not 0 <= grace <= MAX_GRACE:
+    if grace is not None and not 0 <= grace <= MAX_GRACE:  # NaN fails this too
         raise UsageError(
             "--grace must be 0 or more and at most %d seconds (1 h), got %g" % (MAX_GRACE, grace),
             "for example: --grace 60, or --now to stop at once",
