@@ -591,6 +591,41 @@ def ensure(
     return message
 
 
+def before_launch(settings: Any) -> Dict[str, Any]:
+    """The agent's first hook for a run whose spec carries a `watchdog` block, before the run
+    starts: start or update the watchdog, which also restarts its idle window, so no power-off can
+    fall between the run's start and its registration (`after_launch`). Never raises: the run goes
+    on either way, and the answer (`ok` false with the error) tells the controller what happened.
+
+    `settings`: {"idle_stop": 900 | "15m" | "off", "poweroff_cmd": [...] (optional),
+    "poll": 5 (optional), "dir": "~/.runctl/watchdog" (optional)}.
+    """
+    try:
+        if not isinstance(settings, dict) or "idle_stop" not in settings:
+            raise WatchdogError("the spec's watchdog block needs idle_stop")
+        idle_stop = parse_idle_stop(settings["idle_stop"])
+        cmd = settings.get("poweroff_cmd")
+        poweroff_cmd = None if cmd is None else parse_poweroff_cmd(json.dumps(cmd))
+        poll = parse_poll(settings.get("poll", DEFAULT_POLL))
+        directory = settings.get("dir")
+        if directory is not None and not isinstance(directory, str):
+            raise WatchdogError("the watchdog dir must be a path")
+        return ensure(idle_stop, poweroff_cmd, poll, directory)
+    except (WatchdogError, OSError) as exc:
+        return {"ok": False, "error": str(exc)}
+
+
+def after_launch(settings: Any, answer: Dict[str, Any], run_dir: str, agent_pid: int) -> Dict[str, Any]:
+    """The second hook, once the run's agent is up: register the run (while `agent_pid` lives)."""
+    if not answer.get("ok") or answer.get("settings", {}).get("idle_stop") is None:
+        return answer
+    try:
+        directory = settings.get("dir") if isinstance(settings, dict) else None
+        return dict(answer, registered=register_run(run_dir, agent_pid, directory))
+    except (WatchdogError, OSError) as exc:
+        return {"ok": False, "error": str(exc)}
+
+
 def stop(directory: Optional[str] = None, timeout: float = 10.0) -> Dict[str, Any]:
     """SIGTERM the running watchdog and wait until it has let go of its lock."""
     directory = watchdog_dir(directory)
