@@ -123,6 +123,18 @@ def test_off_never_powers_off(wd: Path, record: Path) -> None:
     assert "disabled" in [e["kind"] for e in state["events"]]
 
 
+def test_off_then_on_right_away_leaves_one_watchdog_running(wd: Path, record: Path) -> None:
+    ensure(wd, "30", recording_cmd(record), poll=0.05)
+    for _ in range(5):
+        ensure(wd, "off", recording_cmd(record), poll=0.05)
+        time.sleep(0.03)  # around the moment the running one sees `off`
+        ensure(wd, "30", recording_cmd(record), poll=0.05)
+        time.sleep(0.3)
+        assert status(wd)["running"] is True
+        assert len(lock_holders(wd)) == 1
+    assert recorded_times(record) == []
+
+
 def test_a_second_ensure_does_not_start_a_second_watchdog(wd: Path, record: Path) -> None:
     first = ensure(wd, "30", recording_cmd(record))
     second = ensure(wd, "40", recording_cmd(record))

@@ -25,12 +25,10 @@ import argparse
 import binascii
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import signal
 import stat
-import subprocess
 import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -170,6 +168,8 @@ def is_running(directory: Optional[str] = None) -> bool:
 
 
 def _entry_path(directory: str, run_dir: str) -> str:
+    import hashlib  # here, not at the top: every agent command imports this module for its parser
+
     name = hashlib.sha256(os.path.abspath(run_dir).encode("utf-8", "surrogateescape")).hexdigest()[:24]
     return os.path.join(directory, RUNS, name + ".json")
 
@@ -436,6 +436,8 @@ class Watchdog:
         self.last_issue = self.clock()
         self.event("poweroff_issued", cmd=cmd, idle_for=record["idle_for"], idle_stop=idle_stop)
         self.save(force=True, fsync=True)  # the command may end this process before it returns
+        import subprocess  # already loaded by _serve_locked; lazy for the agent's other commands
+
         try:
             proc = subprocess.run(
                 cmd,
@@ -463,7 +465,6 @@ class Watchdog:
     # -- the loop
 
     def serve(self) -> int:
-        self.event("started", pid=os.getpid())
         while not self.stopping:
             try:
                 delay = self.poll()
@@ -492,6 +493,8 @@ def _serve_locked(directory: str, ready_fd: Optional[int]) -> int:
             os.write(ready_fd, json.dumps(message).encode())
             os.close(ready_fd)
 
+    import subprocess  # noqa: F401 - loaded now, while the agent zip it comes from is surely in place
+
     lock_fd = _open_lock(directory)
     deadline = time.monotonic() + LOCK_WAIT
     while not _try_lock(lock_fd):
@@ -513,9 +516,22 @@ def _serve_locked(directory: str, ready_fd: Optional[int]) -> int:
     except WatchdogError as exc:
         ready({"ok": False, "error": str(exc)})
         return 1
+    watchdog.event("started", pid=os.getpid())
     watchdog.save(force=True)
     ready({"ok": True, "started": True, "pid": os.getpid()})
-    return watchdog.serve()
+    while True:
+        watchdog.serve()
+        if watchdog.stopping:
+            return 0
+        # Disabled: let go of the lock, then look at the settings once more. An `ensure` that wrote
+        # new ones meanwhile either saw the lock held (so this process must carry on) or saw it
+        # free and started another watchdog (then taking the lock again fails and this one exits).
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        config = read_config(directory)
+        if config is None or config["idle_stop"] is None or not _try_lock(lock_fd):
+            return 0
+        watchdog.state["status"] = "watching"
+        watchdog.event("enabled_again")
 
 
 def _spawn(directory: str) -> Dict[str, Any]:
