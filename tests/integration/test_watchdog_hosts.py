@@ -98,16 +98,19 @@ def _zombie(pid: int) -> bool:
 
 def test_the_watchdog_powers_an_idle_host_off_with_its_default_command(host: SshTestHost) -> None:
     started = time.time()
-    result = on_host(host, "watchdog", "ensure", "--idle-stop", "1", "--poll", "0.1")
+    result = on_host(host, "watchdog", "ensure", "--idle-stop", "2", "--poll", "0.1")
     assert result["ok"] and result["started"] is True
     assert result["settings"]["poweroff_cmd"] == DEFAULT_CMD  # root on the host: no sudo
+    # The ssh session that started it is over; the watchdog lives on, detached.
+    assert lock_holders(watchdog_dir(host)) == [result["pid"]]
+    assert os.getsid(result["pid"]) != os.getsid(0)
     wait_until(lambda: went_down(host), 15)
     ((called_at, argv),) = host.poweroff_calls()
     assert argv == DEFAULT_CMD
-    assert called_at - started >= 1.0
+    assert called_at - started >= 2.0
     state = json.loads((watchdog_dir(host) / "state.json").read_text())  # the host's disk survives it
     assert state["poweroff"]["cmd"] == DEFAULT_CMD
-    assert started + 1.0 <= state["poweroff"]["issued_at"] <= called_at
+    assert started + 2.0 <= state["poweroff"]["issued_at"] <= called_at
     assert lock_holders(watchdog_dir(host)) == []  # the watchdog went down with its host
 
 

@@ -154,3 +154,28 @@ def test_parse_idle_stop_off(text: str) -> None:
 @pytest.mark.parametrize("text,seconds", [("900", 900.0), ("15m", 900.0), ("1h30m", 5400.0), (2.5, 2.5)])
 def test_parse_idle_stop_durations(text: object, seconds: float) -> None:
     assert wd.parse_idle_stop(text) == seconds
+
+
+@pytest.mark.parametrize("run_dir", ["../../etc/passwd", "/x/\nnew line", "/a b/'\"$(id)", "-rf"])
+def test_registrations_stay_in_the_registry_whatever_the_run_dir(tmp_path: Path, run_dir: str) -> None:
+    registry = tmp_path / "wd" / wd.RUNS
+    entry = Path(wd.register_run(run_dir, os.getpid(), str(tmp_path / "wd")))
+    assert entry.parent == registry and list(registry.iterdir()) == [entry]
+    assert json.loads(entry.read_text())["run_dir"] == os.path.abspath(run_dir)
+    assert wd.unregister_run(run_dir, str(tmp_path / "wd")) is True
+    assert list(registry.iterdir()) == []
+
+
+def test_stop_never_signals_a_process_that_is_not_the_watchdog(tmp_path: Path) -> None:
+    directory = tmp_path / "wd"
+    wd._prepare_dir(str(directory))
+    fd = wd._open_lock(str(directory))
+    try:
+        assert wd._try_lock(fd)  # this test process plays a watchdog that holds the lock...
+        start = wd.process_start(os.getpid())
+        stale = {"pid": os.getpid(), "pid_start": (start or 0) + 1}  # ...under a stale state file
+        (directory / wd.STATE).write_text(json.dumps(stale))
+        result = wd.stop(str(directory), timeout=0.5)
+        assert result["ok"] is False and "is not it" in result["error"]
+    finally:
+        os.close(fd)

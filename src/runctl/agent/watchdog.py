@@ -289,6 +289,7 @@ class Watchdog:
         self.written: Optional[Dict[str, Any]] = None
         self.state: Dict[str, Any] = {
             "pid": os.getpid(),
+            "pid_start": process_start(os.getpid()),
             "started_at": wall(),
             "status": "watching",
             "settings": None,
@@ -648,9 +649,13 @@ def stop(directory: Optional[str] = None, timeout: float = 10.0) -> Dict[str, An
     if not is_running(directory):
         return {"ok": True, "stopped": False, "running": False}
     state = read_json(os.path.join(directory, STATE)) or {}
-    pid = state.get("pid")
+    pid, start = state.get("pid"), state.get("pid_start")
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return {"ok": False, "error": "a watchdog holds the lock but %s names no pid" % STATE}
+    # The pid and its start time, as the watchdog wrote them: a stale file never gets another
+    # process signalled.
+    if not process_alive(pid, start if isinstance(start, int) else None):
+        return {"ok": False, "error": "a watchdog holds the lock but pid %d in %s is not it" % (pid, STATE)}
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
