@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 
 from runctl.bundle import agent_artifact
-from tests.support.sshhosts import SshHostError, SshTestHost, start_hosts_with_poweroff_fake
+from tests.support.sshhosts import SshTestHost, start_hosts_with_poweroff_fake
 from tests.support.watchdog import lock_holders, wait_until
 
 REAL_POWEROFF = Path("/usr/bin/systemctl")
@@ -38,11 +39,10 @@ def _digest(path: Path) -> str:
 @pytest.fixture
 def host(tmp_path: Path) -> Iterator[SshTestHost]:
     """One fresh test host with its power-off fake; this machine's power-off is checked untouched."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare here for the test host's private mount namespace")
     before = _digest(REAL_POWEROFF)
-    try:
-        hosts = start_hosts_with_poweroff_fake(1, tmp_path / "hosts")
-    except SshHostError as exc:
-        pytest.skip("no test host with a power-off fake here: %s" % exc)
+    hosts = start_hosts_with_poweroff_fake(1, tmp_path / "hosts")  # a fake that cannot be checked fails
     try:
         hosts[0].check_poweroff_fake()
         yield hosts[0]
@@ -67,6 +67,17 @@ def watchdog_dir(host: SshTestHost) -> Path:
 
 def went_down(host: SshTestHost) -> bool:
     return bool(host.poweroff_calls()) and host.sshd_pid() is None and not host.is_reachable(0.3)
+
+
+POWEROFF_NAMES = ["/usr/bin/systemctl", "/sbin/shutdown", "/sbin/poweroff", "/sbin/halt", "/sbin/reboot"]
+
+
+def test_every_power_off_name_is_the_fake_on_the_host_and_the_real_one_here(host: SshTestHost) -> None:
+    names = [n for n in POWEROFF_NAMES if os.path.exists(n)]
+    inside = host.run(shlex.join(["grep", "-l", "RUNCTL-TEST-FAKE-POWEROFF", *names]))
+    assert inside.stdout.split() == names
+    outside = subprocess.run(["grep", "-l", "RUNCTL-TEST-FAKE-POWEROFF", *names], capture_output=True, text=True)
+    assert outside.returncode == 1 and outside.stdout == ""
 
 
 def test_the_fake_takes_the_host_down_and_leaves_this_machine_alone(host: SshTestHost) -> None:

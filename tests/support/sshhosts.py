@@ -531,10 +531,11 @@ class SshTestHost:
     def enable_poweroff_fake(self) -> None:
         """Restart this host's sshd in a private mount namespace where a fake replaces the power-off.
 
-        Every process started through this host then sees the fake at ``/usr/bin/systemctl`` (and so
-        at ``shutdown``, ``poweroff``, ``halt``, ``reboot``, which are symlinks to it on this image):
-        called, it records the call in :attr:`poweroff_record` and ends every process of this host
-        (those sharing its mount namespace, the sshd listener included), as a real power-off would.
+        Every process started through this host then sees the fake over the files that
+        ``systemctl``, ``shutdown``, ``poweroff``, ``halt`` and ``reboot`` lead to (all of them
+        ``/usr/bin/systemctl`` on this image): called by any of those names, it records the call in
+        :attr:`poweroff_record` and ends every process of this host (those sharing its mount
+        namespace, the sshd listener included), as a real power-off would.
         The test machine outside keeps the real binary and is never touched; the fake also refuses
         to act when run outside its namespace.  Raises :class:`SshHostError` when this cannot be set
         up or checked (root is needed), so no test ever reaches the real power-off instead.
@@ -555,13 +556,16 @@ class SshTestHost:
         pid = self.sshd_pid()
         if self.poweroff_fake is None or pid is None:
             raise SshHostError(f"{self.name}: no sshd running with the power-off fake")
-        if _mounted_at(Path("/proc/self/mountinfo"), _POWEROFF_PATH):
-            raise SshHostError(f"{_POWEROFF_PATH} is bind-mounted on the test machine itself: refusing")
-        if not _mounted_at(Path(f"/proc/{pid}/mountinfo"), _POWEROFF_PATH):
-            raise SshHostError(f"{self.name}: the power-off fake is not mounted in its sshd's namespace")
-        with open(f"/proc/{pid}/root{_POWEROFF_PATH}", "rb") as seen:
-            if _FAKE_MARKER.encode() not in seen.read(4096):
-                raise SshHostError(f"{self.name}: its sshd does not see the fake at {_POWEROFF_PATH}")
+        for path in _poweroff_paths():
+            if _mounted_at(Path("/proc/self/mountinfo"), path):
+                raise SshHostError(f"{path} is bind-mounted on the test machine itself: refusing")
+            if not _mounted_at(Path(f"/proc/{pid}/mountinfo"), path):
+                raise SshHostError(f"{self.name}: the power-off fake is not mounted at {path} for its sshd")
+            # Through /proc/PID/root: this file as the sshd's namespace sees it.  (An absolute
+            # symlink met on that walk would lead back to this machine's view, hence real paths.)
+            with open(f"/proc/{pid}/root{path}", "rb") as seen:
+                if _FAKE_MARKER.encode() not in seen.read(4096):
+                    raise SshHostError(f"{self.name}: its sshd does not see the fake at {path}")
 
     def poweroff_calls(self) -> list[tuple[float, list[str]]]:
         """The calls the fake recorded: (time, argv), oldest first."""
@@ -579,7 +583,8 @@ class SshTestHost:
         if self.poweroff_fake is None:
             return []
         # "$0" is the fake and "$@" sshd's argv: no path is ever parsed by the shell.
-        script = f'mount --bind "$0" {_POWEROFF_PATH} && exec "$@"'
+        mounts = " && ".join(f'mount --bind "$0" {shlex.quote(path)}' for path in _poweroff_paths())
+        script = f'{mounts} && exec "$@"'
         return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, str(self.poweroff_fake)]
 
     def stop_sshd(self) -> None:
@@ -708,7 +713,18 @@ class SshTestHost:
 # The power-off fake
 
 
-_POWEROFF_PATH = "/usr/bin/systemctl"
+# Every name a power-off may be called by; on Debian 12 all of them lead to /usr/bin/systemctl.
+_POWEROFF_NAMES = (
+    "/usr/bin/systemctl",
+    "/sbin/shutdown",
+    "/sbin/poweroff",
+    "/sbin/halt",
+    "/sbin/reboot",
+    "/usr/sbin/shutdown",
+    "/usr/sbin/poweroff",
+    "/usr/sbin/halt",
+    "/usr/sbin/reboot",
+)
 _FAKE_MARKER = "RUNCTL-TEST-FAKE-POWEROFF"
 # Plays the hypervisor for one test host: records the call, then ends the host's processes.
 _FAKE_POWEROFF = f"""#!/bin/sh
@@ -726,6 +742,14 @@ for dir in /proc/[0-9]*; do
 done
 exit 0
 """
+
+
+def _poweroff_paths() -> list[str]:
+    """The files behind the power-off names (symlinks resolved, each once): where the fake goes."""
+    found = {os.path.realpath(name) for name in _POWEROFF_NAMES if os.path.exists(name)}
+    if not found:
+        raise SshHostError("no power-off command found on this machine to put a fake over")
+    return sorted(found)
 
 
 def _mounted_at(mountinfo: Path, path: str) -> bool:
