@@ -1,23 +1,29 @@
-"""The controller's SQLite store: runs and their events. WAL mode, safe for parallel runctl processes.
+"""The controller's SQLite store: runs, their events, hosts and their usage. WAL mode, safe for
+parallel runctl processes.
 
-The run dir on the host is the source of truth; rows here are refreshed from it.
+The run dir on the host is the source of truth for a run; rows here are refreshed from it. A host's
+usage is a list of intervals (state, from, to, hourly price), one per observed state, from which
+`runctl.core.cost` computes what the host cost.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from . import paths
 from .core import status as st
+from .core.cost import DEFAULT_BILLING_STATES, Cost, cost
 from .core.errors import CorruptStore, RunctlError, UsageError, WriteFailed
 from .core.fsutil import PRIVATE_FILE, mount_point, tighten, write_failed
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS = {
     1: """
@@ -57,7 +63,52 @@ _MIGRATIONS = {
     );
     CREATE INDEX IF NOT EXISTS events_run ON events(run_id, t);
     """,
+    2: """
+    CREATE TABLE IF NOT EXISTS hosts (
+        host_key TEXT PRIMARY KEY,
+        provider TEXT NOT NULL,
+        host_id TEXT NOT NULL,
+        address TEXT,
+        region TEXT,
+        instance_type TEXT,
+        hourly_price REAL,
+        price_source TEXT,
+        state TEXT NOT NULL,
+        info TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (provider, host_id)
+    );
+    CREATE TABLE IF NOT EXISTS usage (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        host_key TEXT NOT NULL REFERENCES hosts(host_key) ON DELETE CASCADE,
+        state TEXT NOT NULL,
+        t_from REAL NOT NULL,
+        t_to REAL,
+        hourly_price REAL,
+        price_source TEXT
+    );
+    CREATE INDEX IF NOT EXISTS usage_host ON usage(host_key, t_from);
+    CREATE UNIQUE INDEX IF NOT EXISTS usage_open ON usage(host_key) WHERE t_to IS NULL;
+    ALTER TABLE runs ADD COLUMN host_key TEXT;
+    """,
 }
+
+Rows = list[dict[str, Any]]  # named here: inside Store, `list` is the method of that name
+
+# Host states that end a host's life: its last interval is closed and none is opened after it.
+GONE_HOST_STATES = frozenset({"terminated"})
+_PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+
+
+def host_key(provider: str, host_id: str) -> str:
+    """The store's key of a host: `<provider>:<id>` (provider names hold no colon)."""
+    if not _PROVIDER_NAME.match(provider):
+        raise ValueError("invalid provider name %r" % provider)
+    if not host_id:
+        raise ValueError("empty host id")
+    return "%s:%s" % (provider, host_id)
+
 
 COLUMNS = (
     "status",
@@ -121,18 +172,30 @@ class Store:
         self._migrate()
 
     def _migrate(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        version = self._version()
         if version > SCHEMA_VERSION:
             raise UsageError(
                 "the runctl database %s was written by a newer runctl (schema %d)" % (self.path, version),
                 "upgrade runctl, or point RUNCTL_HOME at another directory",
             )
         for target in range(version + 1, SCHEMA_VERSION + 1):
-            # One transaction per step; the statements are idempotent, so two runctl processes
-            # migrating at once both succeed.
-            self.db.executescript(
-                "BEGIN IMMEDIATE;%s\nPRAGMA user_version = %d;\nCOMMIT;" % (_MIGRATIONS[target], target)
-            )
+            # One write transaction per step, and the version read again inside it: of two runctl
+            # processes migrating at once, the second finds the step done and skips it (ALTER TABLE
+            # is not idempotent, so running it twice would fail).
+            with self.transaction():
+                if self._version() >= target:
+                    continue
+                for statement in _MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute("PRAGMA user_version = %d" % target)
+
+    def _version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def transaction(self) -> _Transaction:
+        """`with store.transaction():` one write transaction (BEGIN IMMEDIATE ... COMMIT/ROLLBACK)."""
+        return _Transaction(self.db)
 
     def close(self) -> None:
         self.db.close()
@@ -229,9 +292,193 @@ class Store:
             )
         return [self._row(r) for r in rows]
 
+    def set_run_host(self, run_id: str, key: str) -> None:
+        """Link a run to the host it runs on (a key from `upsert_host`)."""
+        self.db.execute("UPDATE runs SET host_key = ?, updated_at = ? WHERE run_id = ?", (key, time.time(), run_id))
+
     @staticmethod
     def _row(row: sqlite3.Row) -> dict[str, Any]:
         data = dict(row)
         for key in ("command", "spec", "transport", "state"):
             data[key] = json.loads(data[key])
         return data
+
+    # ---- hosts and usage -----------------------------------------------------------------
+
+    def upsert_host(
+        self,
+        provider: str,
+        host_id: str,
+        *,
+        address: str | None = None,
+        region: str | None = None,
+        instance_type: str | None = None,
+        hourly_price: float | None = None,
+        price_source: str | None = None,
+        state: str | None = None,
+        info: dict[str, Any] | None = None,
+        t: float | None = None,
+    ) -> str:
+        """Record a host or what is newly known about it; returns its key.
+
+        Fields left None keep their stored value; `info` (provider data) is merged key by key. A
+        `state` is recorded as an observed transition (see `record_host_state`).
+        """
+        key = host_key(provider, host_id)
+        now = time.time() if t is None else t
+        with self.transaction():
+            row = self.db.execute("SELECT info FROM hosts WHERE host_key = ?", (key,)).fetchone()
+            if row is None:
+                self.db.execute(
+                    "INSERT INTO hosts (host_key, provider, host_id, state, info, created_at, updated_at)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    (key, provider, host_id, "unknown", "{}", now, now),
+                )
+                merged = dict(info or {})
+            else:
+                merged = {**json.loads(row["info"]), **(info or {})}
+            fields = {
+                "address": address,
+                "region": region,
+                "instance_type": instance_type,
+                "hourly_price": hourly_price,
+                "price_source": price_source,
+            }
+            given = {name: value for name, value in fields.items() if value is not None}
+            assignments = "".join("%s = ?, " % name for name in given)
+            self.db.execute(
+                "UPDATE hosts SET %sinfo = ?, updated_at = ? WHERE host_key = ?" % assignments,
+                (*given.values(), json.dumps(merged, default=str), now, key),
+            )
+            if state is not None:
+                self._record_host_state(key, state, now, hourly_price, price_source)
+        return key
+
+    def record_host_state(
+        self,
+        key: str,
+        state: str,
+        t: float | None = None,
+        price: float | None = None,
+        source: str | None = None,
+    ) -> bool:
+        """Record that the host was seen in `state` at `t`; True when a new usage interval began.
+
+        The open interval is closed and a new one opened only when the state (or a known hourly
+        price) changes; seeing the same state again changes nothing. An observation older than the
+        open interval's start is ignored: history is never rewritten. Without `price`, the host's
+        known hourly price (and its source) applies. A gone state (`terminated`) closes the last
+        interval and opens none.
+        """
+        with self.transaction():
+            return self._record_host_state(key, state, time.time() if t is None else t, price, source)
+
+    def _record_host_state(self, key: str, state: str, t: float, price: float | None, source: str | None) -> bool:
+        host = self.db.execute("SELECT state, hourly_price, price_source FROM hosts WHERE host_key = ?", (key,))
+        row = host.fetchone()
+        if row is None:
+            raise ValueError("unknown host %r" % key)
+        if price is None:
+            price, source = row["hourly_price"], row["price_source"]
+        current = self.db.execute(
+            "SELECT id, state, t_from, hourly_price FROM usage WHERE host_key = ? AND t_to IS NULL", (key,)
+        ).fetchone()
+        if current is not None:
+            if t < current["t_from"]:
+                return False
+            if current["state"] == state and (price is None or current["hourly_price"] == price):
+                return False
+            self.db.execute("UPDATE usage SET t_to = ? WHERE id = ?", (t, current["id"]))
+        elif row["state"] in GONE_HOST_STATES:
+            return False  # a gone host stays gone
+        self.db.execute("UPDATE hosts SET state = ?, updated_at = ? WHERE host_key = ?", (state, time.time(), key))
+        if state in GONE_HOST_STATES:
+            return False
+        self.db.execute(
+            "INSERT INTO usage (host_key, state, t_from, t_to, hourly_price, price_source) VALUES (?,?,?,NULL,?,?)",
+            (key, state, t, price, source),
+        )
+        return True
+
+    def host(self, key: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM hosts WHERE host_key = ?", (key,)).fetchone()
+        return self._host_row(row) if row else None
+
+    def hosts(self, provider: str | None = None, include_gone: bool = True) -> Rows:
+        """Known hosts, newest first; `include_gone=False` leaves out terminated ones."""
+        query = "SELECT * FROM hosts WHERE 1"
+        args: tuple[Any, ...] = ()
+        if provider is not None:
+            query += " AND provider = ?"
+            args += (provider,)
+        if not include_gone:
+            gone = sorted(GONE_HOST_STATES)
+            query += " AND state NOT IN (%s)" % ",".join("?" * len(gone))
+            args += tuple(gone)
+        rows = self.db.execute(query + " ORDER BY created_at DESC, host_key", args)
+        return [self._host_row(r) for r in rows]
+
+    def usage(self, key: str, since: float | None = None, until: float | None = None) -> Rows:
+        """The host's usage intervals overlapping [since, until], oldest first; `to` is None while open.
+
+        Intervals are returned whole (not clipped): `runctl.core.cost.cost(..., since=, until=)` clips.
+        """
+        query = "SELECT * FROM usage WHERE host_key = ?"
+        args: tuple[Any, ...] = (key,)
+        if since is not None:
+            query += " AND (t_to IS NULL OR t_to > ?)"
+            args += (since,)
+        if until is not None:
+            query += " AND t_from < ?"
+            args += (until,)
+        rows = self.db.execute(query + " ORDER BY t_from, id", args)
+        return [
+            {
+                "host_key": r["host_key"],
+                "state": r["state"],
+                "from": r["t_from"],
+                "to": r["t_to"],
+                "hourly_price": r["hourly_price"],
+                "price_source": r["price_source"],
+            }
+            for r in rows
+        ]
+
+    def host_cost(
+        self,
+        key: str,
+        now: float | None = None,
+        billing_states: Collection[str] = DEFAULT_BILLING_STATES,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> Cost:
+        """What the host cost between `since` and `until` (default: its whole life until now)."""
+        intervals = self.usage(key, since, until)
+        return cost(intervals, time.time() if now is None else now, billing_states, since, until)
+
+    @staticmethod
+    def _host_row(row: sqlite3.Row) -> dict[str, Any]:
+        data = dict(row)
+        data["info"] = json.loads(data["info"])
+        return data
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE on entry (waits for other writers), COMMIT on success, ROLLBACK on error.
+
+    Nested use joins the outer transaction, so methods that take one can call each other.
+    """
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.outer = False
+
+    def __enter__(self) -> None:
+        self.outer = not self.db.in_transaction
+        if self.outer:
+            self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if not self.outer:
+            return
+        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")

@@ -345,6 +345,8 @@ class SshTestHost:
     second_home: Path | None = None
     """HOME of :data:`SECOND_USER` on this host (outside the root-only temp dir), when root."""
     _proc: subprocess.Popen[bytes] | None = dataclasses.field(default=None, init=False, repr=False)
+    poweroff_fake: Path | None = None
+    """Set by :meth:`enable_poweroff_fake`: the fake bind-mounted over the power-off path."""
 
     @property
     def home(self) -> Path:
@@ -596,7 +598,8 @@ class SshTestHost:
             return
         Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)  # privilege separation dir
         # Absolute paths only: sshd re-executes itself per connection after chdir("/").
-        cmd = [*self._netns_prefix(), SSHD, "-D", "-f", str(self.config_path), "-E", str(self.log_file)]
+        cmd = [*self._netns_prefix(), *self._poweroff_fake_prefix(), SSHD, "-D", "-f", str(self.config_path)]
+        cmd += ["-E", str(self.log_file)]
         with self.log_file.open("ab") as log:  # errors before sshd opens its log (bad config, ...)
             self._proc = subprocess.Popen(
                 cmd,
@@ -617,6 +620,72 @@ class SshTestHost:
                     f"{START_TIMEOUT:.0f}s\n{self.log_tail()}"
                 )
             time.sleep(0.02)
+
+    # -- power-off fake ----------------------------------------------------------------------------
+
+    @property
+    def poweroff_record(self) -> Path:
+        """One line per power-off the host's fake received: ``<unix time> <argv...>``."""
+        return self.root_dir / "poweroff-calls.log"
+
+    def enable_poweroff_fake(self) -> None:
+        """Restart this host's sshd in a private mount namespace where a fake replaces the power-off.
+
+        Every process started through this host then sees the fake over the files that
+        ``systemctl``, ``shutdown``, ``poweroff``, ``halt`` and ``reboot`` lead to (all of them
+        ``/usr/bin/systemctl`` on this image): called by any of those names, it records the call in
+        :attr:`poweroff_record` and ends every process of this host (those sharing its mount
+        namespace, the sshd listener included), as a real power-off would.
+        The test machine outside keeps the real binary and is never touched; the fake also refuses
+        to act when run outside its namespace.  Raises :class:`SshHostError` when this cannot be set
+        up or checked (root is needed), so no test ever reaches the real power-off instead.
+        """
+        if os.geteuid() != 0 or shutil.which("unshare") is None:
+            raise SshHostError(f"{self.name}: the power-off fake needs root and unshare")
+        outer = os.readlink("/proc/self/ns/mnt")
+        fake = self.sshd_dir / "fake-poweroff"
+        fake.write_text(_FAKE_POWEROFF.replace("@OUTER@", outer).replace("@RECORD@", str(self.poweroff_record)))
+        fake.chmod(0o755)
+        self.stop_sshd()
+        self.poweroff_fake = fake
+        self.start_sshd()
+        self.check_poweroff_fake()
+
+    def check_poweroff_fake(self) -> None:
+        """Raise unless the listener sees the fake at the power-off path and this process does not."""
+        pid = self.sshd_pid()
+        if self.poweroff_fake is None or pid is None:
+            raise SshHostError(f"{self.name}: no sshd running with the power-off fake")
+        for path in _poweroff_paths():
+            if _mounted_at(Path("/proc/self/mountinfo"), path):
+                raise SshHostError(f"{path} is bind-mounted on the test machine itself: refusing")
+            if not _mounted_at(Path(f"/proc/{pid}/mountinfo"), path):
+                raise SshHostError(f"{self.name}: the power-off fake is not mounted at {path} for its sshd")
+            # Through /proc/PID/root: this file as the sshd's namespace sees it.  (An absolute
+            # symlink met on that walk would lead back to this machine's view, hence real paths.)
+            with open(f"/proc/{pid}/root{path}", "rb") as seen:
+                if _FAKE_MARKER.encode() not in seen.read(4096):
+                    raise SshHostError(f"{self.name}: its sshd does not see the fake at {path}")
+
+    def poweroff_calls(self) -> list[tuple[float, list[str]]]:
+        """The calls the fake recorded: (time, argv), oldest first."""
+        try:
+            lines = self.poweroff_record.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        calls = []
+        for line in lines:
+            t, _, argv = line.partition(" ")
+            calls.append((float(t), argv.split()))
+        return calls
+
+    def _poweroff_fake_prefix(self) -> list[str]:
+        if self.poweroff_fake is None:
+            return []
+        # "$0" is the fake and "$@" sshd's argv: no path is ever parsed by the shell.
+        mounts = " && ".join(f'mount --bind "$0" {shlex.quote(path)}' for path in _poweroff_paths())
+        script = f'{mounts} && exec "$@"'
+        return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, str(self.poweroff_fake)]
 
     def stop_sshd(self) -> None:
         """Stop the listener (SIGTERM, SIGKILL after 5 s) and wait until it is gone.
@@ -742,6 +811,71 @@ class SshTestHost:
             _LIVE_HOSTS.remove(self)
         if errors:
             raise SshHostError(f"{self.name}: teardown incomplete: {'; '.join(errors)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# The power-off fake
+
+
+# Every name a power-off may be called by; on Debian 12 all of them lead to /usr/bin/systemctl.
+_POWEROFF_NAMES = (
+    "/usr/bin/systemctl",
+    "/sbin/shutdown",
+    "/sbin/poweroff",
+    "/sbin/halt",
+    "/sbin/reboot",
+    "/usr/sbin/shutdown",
+    "/usr/sbin/poweroff",
+    "/usr/sbin/halt",
+    "/usr/sbin/reboot",
+)
+_FAKE_MARKER = "RUNCTL-TEST-FAKE-POWEROFF"
+# Plays the hypervisor for one test host: records the call, then ends the host's processes.
+_FAKE_POWEROFF = f"""#!/bin/sh
+# {_FAKE_MARKER}: stands in for systemctl (shutdown, poweroff, halt, reboot) inside one test host.
+me=$(readlink /proc/self/ns/mnt)
+if [ -z "$me" ] || [ "$me" = "@OUTER@" ]; then
+  echo "fake power-off: not inside a test host's mount namespace, refusing" >&2
+  exit 99
+fi
+printf '%s %s\n' "$(date +%s.%N)" "$0 $*" >> "@RECORD@"
+for dir in /proc/[0-9]*; do
+  pid=${{dir#/proc/}}
+  [ "$pid" = "$$" ] && continue
+  [ "$(readlink "$dir/ns/mnt" 2>/dev/null)" = "$me" ] && kill -9 "$pid" 2>/dev/null
+done
+exit 0
+"""
+
+
+def _poweroff_paths() -> list[str]:
+    """The files behind the power-off names (symlinks resolved, each once): where the fake goes."""
+    found = {os.path.realpath(name) for name in _POWEROFF_NAMES if os.path.exists(name)}
+    if not found:
+        raise SshHostError("no power-off command found on this machine to put a fake over")
+    return sorted(found)
+
+
+def _mounted_at(mountinfo: Path, path: str) -> bool:
+    """Whether ``mountinfo`` (a /proc/PID/mountinfo) lists a mount at ``path``."""
+    try:
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        return False
+    return any(len(fields) > 4 and fields[4] == path for fields in (line.split() for line in lines))
+
+
+def start_hosts_with_poweroff_fake(n: int, base_dir: Path, prefer_netns: bool = True) -> SshHosts:
+    """Like :func:`start_hosts`, each host with its power-off fake (see ``enable_poweroff_fake``)."""
+    hosts = start_hosts(n, base_dir, prefer_netns=prefer_netns)
+    try:
+        for host in hosts:
+            host.enable_poweroff_fake()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            hosts.teardown()
+        raise
+    return hosts
 
 
 # --------------------------------------------------------------------------------------------------

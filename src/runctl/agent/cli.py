@@ -9,7 +9,7 @@ import sys
 from typing import List, Optional
 
 from ..core.fsutil import write_failed
-from . import AGENT_PROTOCOL, ops
+from . import AGENT_PROTOCOL, ops, watchdog
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -56,6 +56,7 @@ def dispatch(argv: Optional[List[str]] = None) -> int:
     p = sub.add_parser("plain")
     p.add_argument("project_dir")
     sub.add_parser("version")
+    watchdog.add_parser(sub)
     args = parser.parse_args(argv)
 
     if args.command == "launch":
@@ -81,6 +82,8 @@ def dispatch(argv: Optional[List[str]] = None) -> int:
         result, code = ops.list_checkpoints(args.run_dir), 0
     elif args.command == "plain":
         result, code = ops.plain_status(args.project_dir), 0
+    elif args.command == "watchdog":
+        result, code = watchdog.run_command(args)
     else:
         result, code = {"protocol": AGENT_PROTOCOL, "python": sys.version.split()[0]}, 0
     sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")

@@ -13,7 +13,8 @@ import time
 from typing import Any, Dict, Optional
 
 from ..core import layout
-from ..core.fsutil import PRIVATE_FILE, atomic_write_json, private_dir, release_space, reserve_space
+from ..core.fsutil import PRIVATE_FILE, atomic_write_json, private_dir, read_json, release_space, reserve_space
+from . import watchdog
 from .supervisor import main_supervise
 
 
@@ -46,6 +47,9 @@ def launch(run_dir: str, spec: Optional[Dict[str, Any]] = None) -> Dict[str, Any
     run_dir = os.path.abspath(run_dir)
     if spec is not None:
         write_spec(run_dir, spec)
+    # Only a spec that asks for it starts (or updates) the host watchdog; see agent/watchdog.py.
+    settings = (spec if spec is not None else read_json(os.path.join(run_dir, layout.SPEC)) or {}).get("watchdog")
+    watched = None if settings is None else watchdog.before_launch(settings)
     read_fd, write_fd = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the forked children
@@ -91,4 +95,8 @@ def launch(run_dir: str, spec: Optional[Dict[str, Any]] = None) -> Dict[str, Any
             "error": "the agent exited before starting the script (see %s)" % layout.AGENT_LOG,
         }
     message.setdefault("run_dir", run_dir)
+    if watched is not None:
+        if message.get("ok") and isinstance(message.get("agent_pid"), int):
+            watched = watchdog.after_launch(settings, watched, run_dir, message["agent_pid"])
+        message["watchdog"] = watched
     return message
