@@ -17,18 +17,20 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from ..core import completion, layout, metrics, policies
+from ..core import completion, failure, layout, metrics, policies
 from ..core import status as st
 from ..core.fsutil import append_json, atomic_write, atomic_write_json, read_json, read_text
 from . import ops, procs, pyenv
+from .logtail import LogTail
 from .notify import Notifier
 
-TICK_SECONDS = 0.2
-STATUS_MIN_INTERVAL = 1.0
+TICK_SECONDS = 0.1
+# A live metric reaches status.json within about half a second of its line being printed.
+STATUS_MIN_INTERVAL = 0.25
 DRAIN_SECONDS = 2.0
 LEFTOVER_GRACE = 5.0
-TAIL_BYTES = 4096
-LOG_METRIC_DELAY = 0.3
+TAIL_BYTES = 1 << 16
+LOG_METRIC_DELAY = 0.15
 READ_BYTES = 1 << 18
 
 
@@ -64,16 +66,17 @@ class Supervisor:
         self.tail_fd = -1
         self.metrics_offset = 0
         self.helper_reports = False
-        self.pending = b""
         self.log_records: List[Dict[str, Any]] = []
         custom = spec.get("metrics_regex")
-        self.custom_regex = re.compile(custom) if custom else None
+        self.logtail = LogTail(re.compile(custom) if custom else None)
         self.stop_reason: Optional[policies.Decision] = None
         self.term_at: Optional[float] = None
         self.kill_at: Optional[float] = None
         self.term_sent = False
         self.kill_sent = False
         self.signal_stop = ""
+        self.signal_at: Optional[float] = None
+        self.exited_at: Optional[float] = None
         self.last_status_write = 0.0
         self.dirty = False
         self.losses: List[float] = []
@@ -370,6 +373,7 @@ class Supervisor:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.signal_stop = signal.Signals(signum).name
+        self.signal_at = time.time()
 
     def loop(self) -> None:
         """Until the script exits: tail its log, check controls and policies every tick.
@@ -414,30 +418,25 @@ class Supervisor:
         os.close(wake_w)
 
     def tail_log(self, now: float) -> bool:
-        """Read what the script appended to its log since the last tick; False when nothing was new."""
+        """Read what the script appended to its log since the last tick; False when nothing was new.
+
+        Only progress (a new line, a bar whose counter moved) counts against --hang-timeout.
+        """
         got = False
         while True:
             data = os.read(self.tail_fd, READ_BYTES)
             if not data:
                 return got
             got = True
-            if self.engine is not None:
-                self.engine.on_output(now)
-            self.state["last_output_at"] = now
-            if not self.helper_reports:
-                self.parse_output(data, now)
+            moved, found = self.logtail.feed(data, parse=not self.helper_reports)
+            if moved:
+                if self.engine is not None:
+                    self.engine.on_output(now)
+                self.state["last_output_at"] = now
+            self.queue_log_records(found, now)
 
-    def parse_output(self, data: bytes, now: float) -> None:
-        text = self.pending + data
-        cut = text.rfind(b"\n")
-        if cut < 0:
-            self.pending = text[-65536:]
-            return
-        complete, self.pending = text[: cut + 1], text[cut + 1 :]
-        if self.custom_regex is None and not metrics.chunk_may_have_metrics(complete):
-            return
-        lines = complete.decode("utf-8", "replace").splitlines()
-        for record in metrics.parse_lines(lines, self.custom_regex):
+    def queue_log_records(self, found: List[Dict[str, Any]], now: float) -> None:
+        for record in found:
             record.update({"t": now, "source": "log"})
             self.log_records.append(record)
 
@@ -612,6 +611,15 @@ class Supervisor:
         """Graceful first: STOP_TRAINING for the script, then SIGTERM to the group, then SIGKILL."""
         if self.stop_reason is not None or self.engine is None:
             return
+        if self.exited_at is not None:
+            self.event(
+                "policy_after_exit",
+                termination_status=decision.termination_status,
+                message=decision.message,
+                exited_at=self.exited_at,
+                note="fired on output read after the process had exited: not the end reason",
+            )
+            return
         self.stop_reason = decision
         if grace is None:
             grace = float(self.engine.cfg["stop_grace"])
@@ -661,12 +669,14 @@ class Supervisor:
         if leftovers:
             self.event("leftover_processes", action="SIGTERM then SIGKILL")
             procs.kill_all(self.pgid, self.run_id, LEFTOVER_GRACE)
+        # From here on nothing can stop the process: a policy that fires on the last output is not why it ended.
+        self.exited_at = ended
         self.drain()
         self.read_metrics(ended)
         self.flush_log_metrics(ended, final=True)
         self.scan_checkpoints()
-        # A script that honoured a user's STOP_TRAINING may exit before the next tick saw the file.
-        self.check_controls()
+        if self.stop_reason is None:
+            self.stop_at_exit(ended)
         exit_info = {"exit_code": exit_code, "exit_signal": exit_signal, "exited_at": ended}
         if st.is_terminal(self.state.get("status", "")):
             # Completed by its marker earlier; a terminal status never changes, the exit is still recorded.
@@ -692,12 +702,53 @@ class Supervisor:
             os.close(fd)
         return 0
 
+    def stop_at_exit(self, exited_at: float) -> None:
+        """A stop asked for around the moment the process exited on its own: record what it was.
+
+        A STOP_TRAINING file the user created while the process lived may have been honoured by the
+        script: that run was stopped by the user. A stop request the agent had not yet passed on (no
+        STOP_TRAINING written), or one that came after the exit, stopped nothing: the run ended
+        naturally. Both times go to events.jsonl either way.
+        """
+        reason, _ = self.stop_asked()
+        if not reason:
+            return
+        requested_at = self.stop_requested_at()
+        by_file = any(
+            os.path.exists(path) and os.path.getmtime(path) <= exited_at
+            for path in (self.stop_file, self.original_stop_file)
+        )
+        self.event(
+            "stop_at_exit",
+            message=reason,
+            requested_at=requested_at,
+            exited_at=exited_at,
+            counted=by_file,
+            note=(
+                "the script could see the stop file before it exited"
+                if by_file
+                else "the process exited before runctl asked it to stop"
+            ),
+        )
+        if by_file:
+            self.stop_reason = policies.Decision(st.T_USER_STOP, reason)
+
+    def stop_requested_at(self) -> Optional[float]:
+        """When the stop was asked for: the request's own time, else the stop file's."""
+        request = read_json(self.path(layout.STOP_REQUEST))
+        if request is not None and policies.is_finite(request.get("t")):
+            return float(request["t"])
+        for path in (self.stop_file, self.original_stop_file):
+            try:
+                return os.path.getmtime(path)
+            except OSError:
+                continue
+        return self.signal_at
+
     def drain(self) -> None:
         """The last of the log: everything the script (and its now-stopped children) wrote."""
         self.tail_log(time.time())
-        if self.pending and not self.helper_reports:
-            self.parse_output(self.pending + b"\n", time.time())
-            self.pending = b""
+        self.queue_log_records(self.logtail.finish(parse=not self.helper_reports), time.time())
 
     def verdict(self, exit_code: int, now: float) -> "tuple[str, str, str]":
         reason = self.stop_reason
@@ -723,12 +774,13 @@ class Supervisor:
         )
         message = found.message
         if found.status == st.FAILED:
-            last = self.last_log_line()
-            if last:
-                message += ": " + last
+            cause = self.failure_summary()
+            if cause:
+                message += ": " + cause
         return found.status, found.termination_status, message
 
-    def last_log_line(self) -> str:
+    def failure_summary(self) -> str:
+        """The exception the log ends with (see core.failure), else its last line."""
         try:
             with open(self.path(layout.LOG), "rb") as handle:
                 handle.seek(0, os.SEEK_END)
@@ -737,8 +789,7 @@ class Supervisor:
                 tail = handle.read().decode("utf-8", "replace")
         except OSError:
             return ""
-        lines = [line.strip() for line in tail.splitlines() if line.strip()]
-        return lines[-1][:300] if lines else ""
+        return failure.summary(tail)
 
     def write_summary(self) -> None:
         """A training_log.json-compatible summary (the original dashboards' keys)."""
