@@ -17,12 +17,13 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from ..core import completion, failure, layout, metrics, policies
+from ..core import checkpoints, completion, failure, layout, metrics, policies
 from ..core import status as st
 from ..core.fsutil import append_json, atomic_write, atomic_write_json, read_json, read_text
 from . import ops, procs, pyenv
 from .logtail import LogTail
 from .notify import Notifier
+from .ttylog import PtyLog
 
 TICK_SECONDS = 0.1
 # A live metric reaches status.json within about half a second of its line being printed.
@@ -31,6 +32,7 @@ DRAIN_SECONDS = 2.0
 LEFTOVER_GRACE = 5.0
 TAIL_BYTES = 1 << 16
 LOG_METRIC_DELAY = 0.15
+PTY_INTERVAL = 0.01
 READ_BYTES = 1 << 18
 
 
@@ -64,6 +66,7 @@ class Supervisor:
         self.pgid = 0
         self.log_fd = -1
         self.tail_fd = -1
+        self.pty: Optional[PtyLog] = None
         self.metrics_offset = 0
         self.helper_reports = False
         self.log_records: List[Dict[str, Any]] = []
@@ -282,7 +285,11 @@ class Supervisor:
             raise SetupFailed(setup_code, "setup command exited with code %d" % setup_code)
         os.lseek(self.tail_fd, 0, os.SEEK_END)  # setup output is not the script's: no metrics from it
         started = time.time()
-        self.proc = self.start_logged(self.spec["command"], env)
+        if self.spec.get("tty"):
+            self.pty = PtyLog(self.log_fd, self.path(layout.RAW_LOG))
+            self.proc = self.pty.start(self.spec["command"], env, self.project_dir)
+        else:
+            self.proc = self.start_logged(self.spec["command"], env)
         self.pgid = self.proc.pid
         self.engine = policies.PolicyEngine(self.spec.get("policies"), started)
         self._mirror(layout.PID, ("%d\n" % self.proc.pid).encode())
@@ -388,8 +395,7 @@ class Supervisor:
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         next_poll = time.monotonic() + float(self.engine.cfg["poll_interval"])
         while self.proc.poll() is None:
-            ready, _, _ = select.select([wake_r], [], [], TICK_SECONDS)
-            if ready:
+            if self.wait_tick(wake_r):
                 try:
                     os.read(wake_r, 4096)
                 except BlockingIOError:
@@ -398,6 +404,8 @@ class Supervisor:
                     break
             mono = time.monotonic()
             now = time.time()
+            if self.pty is not None:
+                self.pty.pump()
             self.tail_log(now)
             self.check_controls()
             self.flush_log_metrics(now)
@@ -416,6 +424,27 @@ class Supervisor:
         signal.set_wakeup_fd(-1)
         os.close(wake_r)
         os.close(wake_w)
+
+    def wait_tick(self, wake_r: int) -> bool:
+        """Sleep until the next tick; True when a signal woke us. With --tty, copy the terminal meanwhile.
+
+        The terminal is read at most every PTY_INTERVAL, so a bar redrawn 10,000 times a second costs
+        a hundred reads, and the script never blocks on a full terminal buffer.
+        """
+        deadline = time.monotonic() + TICK_SECONDS
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            watched = [wake_r]
+            if self.pty is not None and not self.pty.closed:
+                watched.append(self.pty.master)
+            ready, _, _ = select.select(watched, [], [], remaining)
+            if wake_r in ready:
+                return True
+            if self.pty is not None and ready:
+                self.pty.pump()
+                time.sleep(max(0.0, min(PTY_INTERVAL, deadline - time.monotonic())))
 
     def tail_log(self, now: float) -> bool:
         """Read what the script appended to its log since the last tick; False when nothing was new.
@@ -486,7 +515,7 @@ class Supervisor:
             self.helper_reports = True
         t = float(record.get("t") or now)
         update: Dict[str, Any] = {"last_metric_at": t}
-        for key in ("step", "epoch", "total_epochs", "loss", "total_steps"):
+        for key in ("step", "epoch", "total_epochs", "loss", "total_steps", "val_loss", "eval_loss"):
             if key in record and record[key] is not None:
                 update[key] = record[key]
         if policies.is_finite(record.get("loss")):
@@ -541,23 +570,12 @@ class Supervisor:
             self.read_metrics(now)
 
     def scan_checkpoints(self) -> None:
-        """The newest finished checkpoint written during this run (temp and hidden files skipped)."""
+        """The newest finished checkpoint written during this run (see core.checkpoints)."""
         directory = self.spec_checkpoint_dir()
         started = float(self.state.get("started_at") or 0)
-        newest, newest_mtime = None, started
-        try:
-            entries = list(os.scandir(directory))
-        except OSError:
-            return
-        for entry in entries:
-            if entry.name.startswith(".") or ".tmp" in entry.name:
-                continue
-            try:
-                mtime = entry.stat().st_mtime
-            except OSError:
-                continue
-            if mtime >= newest_mtime:
-                newest, newest_mtime = entry.path, mtime
+        files = checkpoints.find(self.project_dir, directory, self.spec.get("checkpoint_globs") or None)
+        found = checkpoints.newest(files, started)
+        newest = checkpoints.absolute(found, self.project_dir, directory) if found else None
         if newest and newest != self.state.get("last_checkpoint"):
             self.state["last_checkpoint"] = newest
             self.dirty = True
@@ -747,6 +765,8 @@ class Supervisor:
 
     def drain(self) -> None:
         """The last of the log: everything the script (and its now-stopped children) wrote."""
+        if self.pty is not None:
+            self.pty.drain()
         self.tail_log(time.time())
         self.queue_log_records(self.logtail.finish(parse=not self.helper_reports), time.time())
 
