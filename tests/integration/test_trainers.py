@@ -190,3 +190,13 @@ def test_tqdm_loop_metrics_hang_and_end_reasons(cli, project: Path) -> None:
     assert (done["status"], done["termination_status"]) == ("completed", "auto_complete"), done
     assert done["loss"] < 0.5
     assert any(e["event"] == "policy_after_exit" for e in events(project, natural))
+
+
+@pytest.mark.parametrize("pattern", ["/etc/*", "../elsewhere/*.pt", ""])
+def test_bad_checkpoint_glob_starts_nothing(cli, project: Path, pattern: str) -> None:
+    result = cli("local", "train", "train_tqdm.py", "--checkpoint-glob", pattern)
+    assert result.code == 2, result.err
+    assert "--checkpoint-glob" in result.err and "Traceback" not in result.err
+    assert result.out == ""
+    assert not (project / ".runctl" / "runs").exists() or not any((project / ".runctl" / "runs").iterdir())
+    assert cli("runs", "list", "-o", "json").json == []
