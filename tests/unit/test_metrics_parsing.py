@@ -305,3 +305,16 @@ def test_parser_drops_a_redraw_without_progress_and_shorter_evaluation_bars() ->
     assert parser.parse(" 10%|█         | 10/100 [00:02<00:09, 9.7it/s]") is None
     assert parser.parse(" 50%|█████     | 2/4 [00:00<00:00]") is None  # an unlabelled evaluation bar
     assert parser.parse(" 11%|█         | 11/100 [00:02<00:09, 9.7it/s]") == {"step": 11, "total_steps": 100}
+
+
+def test_final_epoch_stall_rule_sees_lightnings_last_epoch_as_final() -> None:
+    from runctl.core.policies import PolicyEngine
+
+    record = parse_line("Epoch 14/14  ━━━━━━━━━━━━━━━━━━━━ 16/16 0:00:00 • 0:00:00 57.20it/s train_loss: 0.127")
+    assert record is not None and (record["epoch"], record["total_epochs"]) == (15.0, 15)
+    engine = PolicyEngine({"stall_polls": 1}, 0.0)
+    engine.on_metric(record, 1.0)
+    assert engine.on_poll() is None
+    decision = engine.on_poll()
+    assert decision is not None and decision.termination_status == "auto_complete"
+    assert "final epoch 15/15" in decision.message
