@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from ..core import checkpoints, completion, failure, layout, metrics, policies
 from ..core import status as st
@@ -23,7 +23,9 @@ from ..core.fsutil import append_json, atomic_write, atomic_write_json, read_jso
 from . import ops, procs, pyenv
 from .logtail import LogTail
 from .notify import Notifier
-from .ttylog import PtyLog
+
+if TYPE_CHECKING:
+    from .ttylog import PtyLog
 
 TICK_SECONDS = 0.1
 # A live metric reaches status.json within about half a second of its line being printed.
@@ -66,7 +68,7 @@ class Supervisor:
         self.pgid = 0
         self.log_fd = -1
         self.tail_fd = -1
-        self.pty: Optional[PtyLog] = None
+        self.pty: Optional["PtyLog"] = None
         self.metrics_offset = 0
         self.helper_reports = False
         self.log_records: List[Dict[str, Any]] = []
@@ -286,6 +288,8 @@ class Supervisor:
         os.lseek(self.tail_fd, 0, os.SEEK_END)  # setup output is not the script's: no metrics from it
         started = time.time()
         if self.spec.get("tty"):
+            from .ttylog import PtyLog  # only --tty runs need pty and termios
+
             self.pty = PtyLog(self.log_fd, self.path(layout.RAW_LOG))
             self.proc = self.pty.start(self.spec["command"], env, self.project_dir)
         else:
