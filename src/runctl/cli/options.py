@@ -46,6 +46,7 @@ CheckpointGlobOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--checkpoint-glob",
+        metavar="PATTERN",
         help="Checkpoints outside the checkpoint dir, relative to the project (repeatable; "
         "default: lightning_logs/*/checkpoints/* and *.pt|*.ckpt|... directly under out*/)",
     ),
