@@ -107,7 +107,7 @@ def test_hugging_face_trainer_with_callback(cli, project: Path) -> None:
     watched = start(cli, "train_hf.py", args=("--callback", "--epochs", "100", "--delay", "0.05"))
 
     live = live_metrics(cli, watched, min_step=4)
-    assert live["total_epochs"] == 100 and live["epoch"] == 1
+    assert live["total_epochs"] == 100 and live["epoch"] >= 1
     user_stop(cli, watched)
 
     ended = wait(cli, auto)
