@@ -28,12 +28,12 @@ if TYPE_CHECKING:
     from .ttylog import PtyLog
 
 TICK_SECONDS = 0.1
-# A live metric reaches status.json within about half a second of its line being printed.
-STATUS_MIN_INTERVAL = 0.25
+# A live metric reaches status.json within about 0.3 s of its line being printed.
+STATUS_MIN_INTERVAL = 0.15
 DRAIN_SECONDS = 2.0
 LEFTOVER_GRACE = 5.0
 TAIL_BYTES = 1 << 16
-LOG_METRIC_DELAY = 0.15
+LOG_METRIC_DELAY = 0.08
 PTY_INTERVAL = 0.01
 READ_BYTES = 1 << 18
 
