@@ -91,3 +91,11 @@ def test_failure_summary_adds_a_cuda_error_and_falls_back_to_the_last_line() -> 
     )
     assert failure.summary("working\n\x1b[31mkilled by the OOM killer\x1b[0m\n") == "killed by the OOM killer"
     assert failure.summary("") == ""
+
+
+def test_crlf_line_ends_are_lines() -> None:
+    tail = LogTail()
+    assert tail.feed(b"step 1 loss=0.5\r\nstep 2 loss=0.4\r\n") == (
+        True,
+        [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}],
+    )

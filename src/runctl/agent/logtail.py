@@ -22,17 +22,21 @@ class LogTail:
     def feed(self, data: bytes, parse: bool = True) -> Tuple[bool, List[Dict[str, Any]]]:
         """(the script made progress, the metrics records) of newly read bytes."""
         text = self.pending + data if self.pending else data
-        end = max(text.rfind(b"\n"), text.rfind(b"\r"))
+        redraws = b"\r" in text
+        if redraws and b"\r\n" in text:
+            text = text.replace(b"\r\n", b"\n")  # CRLF line ends are lines, not redraws
+            redraws = b"\r" in text
+        end = max(text.rfind(b"\n"), text.rfind(b"\r")) if redraws else text.rfind(b"\n")
         if end < 0:
             self.pending = text[-logstream.MAX_PENDING :]
             return bool(data.strip()), []
         complete = text[: end + 1]
-        wanted = parse and (self.custom is not None or metrics.chunk_may_have_metrics(complete))
-        if not wanted and b"\r" not in complete:
+        wanted = parse and (self.custom is not None or redraws or metrics.chunk_may_have_metrics(complete))
+        if not wanted and not redraws:
             self.pending = text[end + 1 :]
             return True, []
         recs, self.pending = logstream.records(text)
-        moved = self.progress.advanced(recs) if b"\r" in complete or wanted else bool(recs)
+        moved = self.progress.advanced(recs) if redraws or wanted else bool(recs)
         return moved, self.parse(recs) if wanted else []
 
     def finish(self, parse: bool = True) -> List[Dict[str, Any]]:

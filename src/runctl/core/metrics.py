@@ -60,11 +60,10 @@ def _number(text: str) -> Optional[float]:
         return None
 
 
-# Words every recognised shape contains (b"\xe2\x94\x81" is the `━` of Rich and Keras bars).
-_HINTS = (b"loss", b"step", b"epoch", b"it/s", b"s/it", b"\xe2\x94\x81")
-
-
-_TEXT_HINTS = tuple(word.decode() for word in _HINTS)
+# Words every recognised line contains. Progress bars (`it/s`, Rich's `━`) also count, but only in
+# records: a bar redraws with `\r`, and chunks holding a `\r` are always split into records.
+_HINTS = (b"loss", b"step", b"epoch")
+_TEXT_HINTS = ("loss", "step", "epoch", "it/s", "s/it", "\u2501")
 
 
 def may_have_metrics(text: str) -> bool:
