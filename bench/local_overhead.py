@@ -12,6 +12,8 @@ Every number is the median of several repetitions; every runctl call is a real `
    the `ended_at` that `runs status -o json` reports. Beside it, a parent blocked in waitpid().
 4. A script printing 500,000 lines: `runctl local train s.py --wait --output json` over
    `python s.py > file` (wall ratio), the agent's peak RSS (VmHWM) and the script's for scale.
+5. A tqdm bar redrawn 10,000 times a second for 10 s, its postfix loss changed every 0.5 s: the
+   delay from each printed loss to status.json (what `runs status` shows) and the agent's CPU.
 """
 
 from __future__ import annotations
@@ -67,6 +69,40 @@ for i in range(%d):
 """
     % LINES
 )
+
+
+BAR_SECONDS = 10.0
+BAR_RATE = 10_000
+
+BAR_SCRIPT = """\
+import json
+import time
+
+from tqdm import tqdm
+
+seconds, rate = %r, %r
+bar = tqdm(total=int(seconds * rate), mininterval=0, miniters=1, smoothing=0)
+printed, n, k = [], 0, 0
+start = time.perf_counter()
+next_loss = 0.5
+while True:
+    now = time.perf_counter() - start
+    if now >= seconds:
+        break
+    while n < int(now * rate):
+        bar.update(1)  # mininterval=0: every update redraws the bar
+        n += 1
+    if now >= next_loss:
+        k += 1
+        loss = round(1.0 / (k + 1), 4)
+        bar.set_postfix(loss="%%.4f" %% loss)  # as given: tqdm would round a float to 3 digits
+        printed.append([loss, time.time()])
+        next_loss += 0.5
+    time.sleep(0.0002)
+bar.close()
+with open("printed.json", "w") as handle:
+    json.dump({"printed": printed, "redraws": n, "seconds": time.perf_counter() - start}, handle)
+""" % (BAR_SECONDS, BAR_RATE)
 
 
 def children_cpu() -> float:
@@ -414,12 +450,100 @@ def bench_output(root: Path, env: dict[str, str], reps: int) -> list[dict[str, A
     ]
 
 
+# ---- 5. a fast progress bar ---------------------------------------------------------------------
+
+
+class StatusWatcher(threading.Thread):
+    """Polls the run's status.json every 5 ms; records when each loss value first shows there."""
+
+    def __init__(self, project: Path) -> None:
+        super().__init__(daemon=True)
+        self.project = project
+        self.done = threading.Event()
+        self.first_seen: dict[float, float] = {}
+        self.agent_pid: int | None = None
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                state = latest_status(self.project)
+            except (OSError, ValueError):
+                state = {}
+            self.agent_pid = self.agent_pid or state.get("agent_pid")
+            loss = state.get("loss")
+            if loss is not None and loss not in self.first_seen:
+                self.first_seen[loss] = time.time()
+            time.sleep(0.005)
+
+
+def bench_bar(root: Path, env: dict[str, str]) -> list[dict[str, Any]]:
+    project = make_project(root, "bar", BAR_SCRIPT)
+    watcher = StatusWatcher(project)
+    watcher.start()
+    child = subprocess.Popen(
+        [RUNCTL, "local", "train", "s.py", "--python", PY, "--wait", "-o", "json"],
+        cwd=str(project),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    while watcher.agent_pid is None and child.poll() is None:
+        time.sleep(0.01)
+    cpu_start, wall_start = cpu_seconds(watcher.agent_pid or 0), time.monotonic()
+    cpu_end = cpu_start
+    while child.poll() is None:
+        cpu_end = cpu_seconds(watcher.agent_pid or 0) or cpu_end
+        time.sleep(0.05)
+    wall = time.monotonic() - wall_start
+    _, stderr = child.communicate()
+    watcher.done.set()
+    watcher.join(2)
+    if child.returncode != 0:
+        raise SystemExit("runctl train (tqdm bar) failed: %s" % stderr.decode()[-800:])
+    facts = read_json(project / "printed.json")
+    delays = [watcher.first_seen[loss] - t for loss, t in facts["printed"] if loss in watcher.first_seen]
+    missed = len(facts["printed"]) - len(delays)
+    agent_cpu = 100.0 * ((cpu_end or 0.0) - (cpu_start or 0.0)) / wall
+    rate = facts["redraws"] / facts["seconds"]
+    ordered = sorted(delays)
+    return [
+        result(
+            "tqdm bar 10k/s: loss -> status",
+            "s",
+            median(delays) if delays else float("inf"),
+            "-",
+            None,
+            "diff",
+            0.5,
+            len(delays),
+            samples=delays,
+            note="%d losses printed, %d never shown; max %.3f s; bar redrawn %.0f times/s; "
+            "measured to status.json, which `runs status` reads"
+            % (len(facts["printed"]), missed, ordered[-1] if ordered else float("nan"), rate),
+            redraws_per_second=rate,
+        ),
+        result(
+            "tqdm bar 10k/s: agent CPU",
+            "%",
+            agent_cpu,
+            "-",
+            None,
+            "diff",
+            5.0,
+            1,
+            note="agent CPU time over the run's wall time, in %% of one core (%.1f s run)" % wall,
+        ),
+    ]
+
+
 # ---- report ------------------------------------------------------------------------------------
 
 
 def fmt(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
+    if unit == "%":
+        return "%.1f %%" % value
     return ("%.1f MiB" if unit == "MiB" else "%.3f s") % value
 
 
@@ -440,7 +564,7 @@ def cells(r: dict[str, Any]) -> tuple[str, ...]:
     elif r["target_on"] == "delta":
         target = ("+ <= %g s" if r["compare"] == "diff" else "x <= %g") % r["target"]
     else:
-        target = "<= %g s" % r["target"]
+        target = "<= %g %s" % (r["target"], r["unit"])
     return (
         r["name"],
         fmt(r["measured"], r["unit"]),
@@ -465,6 +589,7 @@ def main() -> int:
         rows.append(bench_sleep(root, env, args.reps))
         rows.extend(bench_detection(root, env, args.reps))
         rows.extend(bench_output(root, env, max(1, (args.reps + 1) // 2)))
+        rows.extend(bench_bar(root, env))
     table = functools.partial(print_table, header, TABLE_LINE, TABLE_TITLES, rows, cells)
     return report(rows, args.json, {"environment": header, "results": rows}, table)
 

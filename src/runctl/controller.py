@@ -382,6 +382,7 @@ def view(row: dict[str, Any]) -> dict[str, Any]:
         "step": state.get("step"),
         "epoch": state.get("epoch"),
         "total_epochs": state.get("total_epochs"),
+        "total_steps": state.get("total_steps"),
         "loss": state.get("loss"),
         "min_loss": state.get("min_loss"),
         "steps_per_sec": state.get("steps_per_sec"),
@@ -389,7 +390,7 @@ def view(row: dict[str, Any]) -> dict[str, Any]:
         "last_checkpoint": state.get("last_checkpoint"),
         "duration": state.get("duration"),
     }
-    for key in ("agent_alive", "warning", "notice", "exit_signal", "disk_full"):
+    for key in ("val_loss", "eval_loss", "agent_alive", "warning", "notice", "exit_signal", "disk_full"):
         if state.get(key) is not None:
             out[key] = state[key]
     return out

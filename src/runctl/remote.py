@@ -255,10 +255,18 @@ def download_checkpoints(
             "see them with: runctl checkpoint list %s" % row["run_id"],
         )
     listing = transport.agent_json("checkpoints", row["run_dir"])
-    files = [f["path"] for f in listing.get("files", []) if include_all or f.get("this_run")]
+    chosen = [f for f in listing.get("files", []) if include_all or f.get("this_run")]
     local_root = Path(row["transport"].get("local_root") or Path.cwd())
     target = dest or local_root / layout.DEFAULT_CHECKPOINT_DIR / row["run_id"]
-    done = download(transport, listing["checkpoint_dir"], files, target, progress) if files else Plan()
+    # Files in the checkpoint dir land at the top of target; those found elsewhere keep their project path.
+    bases = {"checkpoint_dir": listing["checkpoint_dir"], "project": listing.get("project_dir")}
+    done = Plan()
+    for base, remote_dir in bases.items():
+        paths = [f["path"] for f in chosen if f.get("base", "checkpoint_dir") == base]
+        if paths and remote_dir:
+            part = download(transport, remote_dir, paths, target, progress)
+            done.allowed += part.allowed
+            done.skipped += part.skipped
     store.add_event(
         row["run_id"],
         "checkpoints_downloaded",

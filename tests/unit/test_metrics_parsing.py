@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from runctl.core.metrics import chunk_may_have_metrics, from_training_log, parse_line, parse_lines
+from runctl.core.metrics import LogParser, chunk_may_have_metrics, from_training_log, parse_line, parse_lines
 
 
 @pytest.mark.parametrize(
@@ -53,11 +53,14 @@ def test_hugging_face_first_fractional_epoch_is_epoch_one() -> None:
     assert record["epoch_progress"] == 0.04
 
 
-def test_hugging_face_summary_line_uses_train_loss() -> None:
+def test_hugging_face_summary_line_is_not_the_current_loss() -> None:
+    # The end-of-training summary's train_loss is the run's average: it must not trip --auto-stop-loss.
     record = parse_line("{'train_runtime': 12.3, 'train_loss': 0.45, 'epoch': 3.0}")
     assert record is not None
-    assert record["loss"] == 0.45
+    assert "loss" not in record
+    assert record["train_loss"] == 0.45
     assert record["epoch"] == 3.0
+    assert parse_line("{'train_loss': 0.45, 'epoch': 3.0}")["loss"] == 0.45  # type: ignore[index]
 
 
 def test_hugging_face_eval_line_is_not_training_loss() -> None:
@@ -113,7 +116,8 @@ def test_pytorch_tutorial_bracketed_progress() -> None:
         "Training complete",
         "Saved checkpoints/checkpoint_epoch_1.pt",
         "lossless compression",
-        "100%|██████████| 50/50 [00:05<00:00, 9.8it/s]",
+        "loss_scale: 1024",
+        "Training: |          | 0/? [00:00<?, ?it/s]",
     ],
 )
 def test_lines_without_a_metric(line: str) -> None:
@@ -231,3 +235,86 @@ def test_from_training_log_without_losses_uses_top_level_values() -> None:
 def test_from_training_log_with_nothing_useful() -> None:
     assert from_training_log({}) is None
     assert from_training_log({"losses": "n/a", "step": "ten", "job_id": "x"}) is None
+
+
+# --------------------------------------------------------------------------------------------------
+# What today's libraries and scripts print
+
+
+def test_transformers_5_quotes_the_numbers_of_its_log_dicts() -> None:
+    record = parse_line("{'loss': '3.716', 'grad_norm': '1.226', 'learning_rate': '0.0012', 'epoch': '0.5'}")
+    assert record == {"loss": 3.716, "grad_norm": 1.226, "learning_rate": 0.0012, "epoch": 1.0, "epoch_progress": 0.5}
+    assert parse_line('{"eval_loss": "0.25", "epoch": "1"}') == {"eval_loss": 0.25, "epoch": 1.0, "epoch_progress": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("iter 10: loss 4.1234, time 12.34ms", {"loss": 4.1234}),
+        ("step 50: train loss 0.49, val loss 0.55", {"step": 50, "loss": 0.49, "val_loss": 0.55}),
+        ("epoch 3 | val_loss: 0.7 | loss: 0.5", {"epoch": 3.0, "loss": 0.5, "val_loss": 0.7}),
+        ("test loss 1.5", {"test_loss": 1.5}),
+        ("{'eval_loss': '0.3', 'epoch': '2.0'}", {"eval_loss": 0.3, "epoch": 2.0, "epoch_progress": 2.0}),
+    ],
+)
+def test_loss_followed_by_a_space_and_validation_losses_apart(line: str, expected: dict) -> None:
+    assert parse_line(line) == expected
+
+
+def test_tqdm_counter_is_step_and_total_and_its_postfix_is_read() -> None:
+    assert parse_line("100%|██████████| 50/50 [00:05<00:00, 9.8it/s]") == {"step": 50, "total_steps": 50}
+    record = parse_line("train:  42%|████▏     | 42/100 [00:00<00:01, 420.0it/s, loss=0.512]")
+    assert record == {"step": 42, "total_steps": 100, "loss": 0.512}
+
+
+def test_keras_lines() -> None:
+    record = parse_line("32/32 [==============================] - 0s 2ms/step - loss: 0.1234 - accuracy: 0.9100")
+    assert record == {"step": 32, "total_steps": 32, "loss": 0.1234, "accuracy": 0.91}
+    record = parse_line("32/32 ━━━━━━━━━━━━━━━━━━━━ 0s 2ms/step - accuracy: 0.9 - loss: 0.25 - val_loss: 0.5")
+    assert record is not None
+    assert (record["loss"], record["val_loss"], record["accuracy"]) == (0.25, 0.5, 0.9)
+
+
+def test_lightning_tqdm_bar_epochs_are_zero_based() -> None:
+    record = parse_line("Epoch 2:  12%|█▎        | 2/16 [00:00<00:00, 31.79it/s, v_num=0, train_loss=5.220]")
+    # The third epoch; its bar counts this epoch's batches, after 2 x 16 earlier ones.
+    assert record == {"epoch": 3.0, "step": 34, "loss": 5.22}
+
+
+def test_lightning_rich_bar_epochs_and_total_are_zero_based() -> None:
+    line = "Epoch 1/2  ━━━━━━━━━━━━━━━━━━━╸━ 15/16 0:00:00 • 0:00:01 60.40it/s train_loss: 2.959"
+    assert parse_line(line) == {"epoch": 2.0, "total_epochs": 3, "step": 31, "total_steps": 48, "loss": 2.959}
+
+
+def test_evaluation_bars_are_not_training_steps() -> None:
+    assert parse_line("Validation DataLoader 0:  50%|█████     | 2/4 [00:00<00:00, 9.1it/s]") is None
+    assert parse_line("Sanity Checking DataLoader 0: 100%|██████████| 2/2 [00:00<00:00]") is None
+
+
+def test_a_log_whose_first_epoch_is_zero_is_converted() -> None:
+    parser = LogParser()
+    assert parser.parse("Epoch [0/3] loss: 1.0") == {"epoch": 1.0, "total_epochs": 3, "loss": 1.0}
+    assert parser.parse("Epoch [2/3] loss: 0.5") == {"epoch": 3.0, "total_epochs": 3, "loss": 0.5}
+    one_based = LogParser()
+    assert one_based.parse("Epoch 1/3 loss=1.0") == {"epoch": 1.0, "total_epochs": 3, "loss": 1.0}
+
+
+def test_parser_drops_a_redraw_without_progress_and_shorter_evaluation_bars() -> None:
+    parser = LogParser()
+    assert parser.parse(" 10%|█         | 10/100 [00:01<00:09, 9.9it/s]") == {"step": 10, "total_steps": 100}
+    assert parser.parse(" 10%|█         | 10/100 [00:02<00:09, 9.7it/s]") is None
+    assert parser.parse(" 50%|█████     | 2/4 [00:00<00:00]") is None  # an unlabelled evaluation bar
+    assert parser.parse(" 11%|█         | 11/100 [00:02<00:09, 9.7it/s]") == {"step": 11, "total_steps": 100}
+
+
+def test_final_epoch_stall_rule_sees_lightnings_last_epoch_as_final() -> None:
+    from runctl.core.policies import PolicyEngine
+
+    record = parse_line("Epoch 14/14  ━━━━━━━━━━━━━━━━━━━━ 16/16 0:00:00 • 0:00:00 57.20it/s train_loss: 0.127")
+    assert record is not None and (record["epoch"], record["total_epochs"]) == (15.0, 15)
+    engine = PolicyEngine({"stall_polls": 1}, 0.0)
+    engine.on_metric(record, 1.0)
+    assert engine.on_poll() is None
+    decision = engine.on_poll()
+    assert decision is not None and decision.termination_status == "auto_complete"
+    assert "final epoch 15/15" in decision.message

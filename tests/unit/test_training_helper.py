@@ -419,7 +419,8 @@ def test_lightning_payload_maps_trainer() -> None:
 
 
 def test_huggingface_callback_stops_training(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     metrics = tmp_path / "metrics.jsonl"
     stop_file = tmp_path / "STOP_TRAINING"
     monkeypatch.setenv("RUNCTL_METRICS_FILE", str(metrics))
@@ -444,8 +445,9 @@ def test_huggingface_callback_stops_training(monkeypatch: pytest.MonkeyPatch, tm
 
 
 def test_lightning_callback_stops_training(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    pl = pytest.importorskip("lightning.pytorch")
-    torch = pytest.importorskip("torch")
+    import lightning.pytorch as pl
+    import torch
+
     monkeypatch.setenv("RUNCTL_METRICS_FILE", str(tmp_path / "metrics.jsonl"))
     monkeypatch.setenv("RUNCTL_STOP_FILE", str(tmp_path / "STOP_TRAINING"))
     monkeypatch.setenv("RUNCTL_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))

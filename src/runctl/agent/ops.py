@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from ..core import completion, layout, stopping
+from ..core import checkpoints, completion, layout, stopping
 from ..core import status as st
 from ..core.fsutil import (
     append_json,
@@ -364,34 +364,17 @@ def read_log(run_dir: str, offset: int, limit: int = 1 << 20) -> bytes:
 
 
 def list_checkpoints(run_dir: str) -> Dict[str, Any]:
-    """Files in the run's checkpoint dir, newest first, marking those written during this run."""
+    """The run's checkpoints (see core.checkpoints), newest first, marking those written during this run."""
     spec = read_json(os.path.join(run_dir, layout.SPEC)) or {}
     state = read_status(run_dir)
-    directory = layout.checkpoint_dir(spec.get("project_dir") or layout.project_of(run_dir), spec.get("checkpoint_dir"))
+    project = spec.get("project_dir") or layout.project_of(run_dir)
+    directory = layout.checkpoint_dir(project, spec.get("checkpoint_dir"))
     started = float(state.get("started_at") or 0)
     ended = float(state.get("exited_at") or state.get("ended_at") or 0) or None
-    files: List[Dict[str, Any]] = []
-    for base, dirs, names in os.walk(directory):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in names:
-            if name.startswith(".") or ".tmp" in name:
-                continue
-            path = os.path.join(base, name)
-            try:
-                info = os.stat(path)
-            except OSError:
-                continue
-            this_run = info.st_mtime >= started and (ended is None or info.st_mtime <= ended + 60)
-            files.append(
-                {
-                    "path": os.path.relpath(path, directory),
-                    "size": info.st_size,
-                    "mtime": info.st_mtime,
-                    "this_run": this_run,
-                }
-            )
-    files.sort(key=lambda f: f["mtime"], reverse=True)
-    return {"checkpoint_dir": directory, "files": files}
+    files = checkpoints.find(project, directory, spec.get("checkpoint_globs") or None)
+    for item in files:
+        item["this_run"] = item["mtime"] >= started and (ended is None or item["mtime"] <= ended + 60)
+    return {"checkpoint_dir": directory, "project_dir": project, "files": files}
 
 
 def plain_status(project_dir: str) -> Dict[str, Any]:

@@ -15,9 +15,9 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from ..core import completion, layout, metrics, policies, stopping
+from ..core import checkpoints, completion, failure, layout, metrics, policies, stopping
 from ..core import status as st
 from ..core.fsutil import (
     PRIVATE_FILE,
@@ -31,15 +31,21 @@ from ..core.fsutil import (
     write_failed,
 )
 from . import descendants, ops, procs, pyenv
+from .logtail import LogTail
 from .notify import Notifier
 
-TICK_SECONDS = 0.2
-STATUS_MIN_INTERVAL = 1.0
+if TYPE_CHECKING:
+    from .ttylog import PtyLog
+
+TICK_SECONDS = 0.1
+# A live metric reaches status.json within about 0.3 s of its line being printed.
+STATUS_MIN_INTERVAL = 0.15
 DRAIN_SECONDS = 2.0
 LEFTOVER_GRACE = 5.0
 SCAN_SECONDS = 1.0  # how often the run's process tree is scanned for new descendants
-TAIL_BYTES = 4096
-LOG_METRIC_DELAY = 0.3
+TAIL_BYTES = 1 << 16
+LOG_METRIC_DELAY = 0.08
+PTY_INTERVAL = 0.01
 READ_BYTES = 1 << 18
 
 
@@ -73,12 +79,12 @@ class Supervisor:
         self.pgid = 0
         self.log_fd = -1
         self.tail_fd = -1
+        self.pty: Optional["PtyLog"] = None
         self.metrics_offset = 0
         self.helper_reports = False
-        self.pending = b""
         self.log_records: List[Dict[str, Any]] = []
         custom = spec.get("metrics_regex")
-        self.custom_regex = re.compile(custom) if custom else None
+        self.logtail = LogTail(re.compile(custom) if custom else None)
         self.stop_reason: Optional[policies.Decision] = None
         self.stop_seq: Optional[stopping.Sequence] = None
         self.stop_request_seen: Any = None
@@ -87,6 +93,8 @@ class Supervisor:
         self.subreaper = False
         self.status_stamp: Any = None
         self.signal_stop = ""
+        self.signal_at: Optional[float] = None
+        self.exited_at: Optional[float] = None
         self.last_status_write = 0.0
         self.dirty = False
         self.losses: List[float] = []
@@ -333,7 +341,13 @@ class Supervisor:
             raise SetupFailed(setup_code, "setup command exited with code %d" % setup_code)
         os.lseek(self.tail_fd, 0, os.SEEK_END)  # setup output is not the script's: no metrics from it
         started = time.time()
-        self.proc = self.start_logged(self.spec["command"], env)
+        if self.spec.get("tty"):
+            from .ttylog import PtyLog  # only --tty runs need pty and termios
+
+            self.pty = PtyLog(self.log_fd, self.path(layout.RAW_LOG))
+            self.proc = self.pty.start(self.spec["command"], env, self.project_dir)
+        else:
+            self.proc = self.start_logged(self.spec["command"], env)
         self.pgid = self.proc.pid
         self.engine = policies.PolicyEngine(self.spec.get("policies"), started)
         self._mirror(layout.PID, ("%d\n" % self.proc.pid).encode())
@@ -450,6 +464,7 @@ class Supervisor:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.signal_stop = signal.Signals(signum).name
+        self.signal_at = time.time()
 
     def loop(self) -> None:
         """Until the script exits: tail its log, check controls and policies every tick.
@@ -464,8 +479,7 @@ class Supervisor:
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         next_poll = time.monotonic() + float(self.engine.cfg["poll_interval"])
         while self.proc.poll() is None:
-            ready, _, _ = select.select([wake_r], [], [], TICK_SECONDS)
-            if ready:
+            if self.wait_tick(wake_r):
                 try:
                     os.read(wake_r, 4096)
                 except BlockingIOError:
@@ -474,6 +488,8 @@ class Supervisor:
                     break
             mono = time.monotonic()
             now = time.time()
+            if self.pty is not None:
+                self.pty.pump()
             self.tail_log(now)
             self.check_controls()
             self.flush_log_metrics(now)
@@ -496,31 +512,47 @@ class Supervisor:
         os.close(wake_r)
         os.close(wake_w)
 
+    def wait_tick(self, wake_r: int) -> bool:
+        """Sleep until the next tick; True when a signal woke us. With --tty, copy the terminal meanwhile.
+
+        The terminal is read at most every PTY_INTERVAL, so a bar redrawn 10,000 times a second costs
+        a hundred reads, and the script never blocks on a full terminal buffer.
+        """
+        deadline = time.monotonic() + TICK_SECONDS
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            watched = [wake_r]
+            if self.pty is not None and not self.pty.closed:
+                watched.append(self.pty.master)
+            ready, _, _ = select.select(watched, [], [], remaining)
+            if wake_r in ready:
+                return True
+            if self.pty is not None and ready:
+                self.pty.pump()
+                time.sleep(max(0.0, min(PTY_INTERVAL, deadline - time.monotonic())))
+
     def tail_log(self, now: float) -> bool:
-        """Read what the script appended to its log since the last tick; False when nothing was new."""
+        """Read what the script appended to its log since the last tick; False when nothing was new.
+
+        Only progress (a new line, a bar whose counter moved) counts against --hang-timeout.
+        """
         got = False
         while True:
             data = os.read(self.tail_fd, READ_BYTES)
             if not data:
                 return got
             got = True
-            if self.engine is not None:
-                self.engine.on_output(now)
-            self.state["last_output_at"] = now
-            if not self.helper_reports:
-                self.parse_output(data, now)
+            moved, found = self.logtail.feed(data, parse=not self.helper_reports)
+            if moved:
+                if self.engine is not None:
+                    self.engine.on_output(now)
+                self.state["last_output_at"] = now
+            self.queue_log_records(found, now)
 
-    def parse_output(self, data: bytes, now: float) -> None:
-        text = self.pending + data
-        cut = text.rfind(b"\n")
-        if cut < 0:
-            self.pending = text[-65536:]
-            return
-        complete, self.pending = text[: cut + 1], text[cut + 1 :]
-        if self.custom_regex is None and not metrics.chunk_may_have_metrics(complete):
-            return
-        lines = complete.decode("utf-8", "replace").splitlines()
-        for record in metrics.parse_lines(lines, self.custom_regex):
+    def queue_log_records(self, found: List[Dict[str, Any]], now: float) -> None:
+        for record in found:
             record.update({"t": now, "source": "log"})
             self.log_records.append(record)
 
@@ -570,7 +602,7 @@ class Supervisor:
             self.helper_reports = True
         t = float(record.get("t") or now)
         update: Dict[str, Any] = {"last_metric_at": t}
-        for key in ("step", "epoch", "total_epochs", "loss", "total_steps"):
+        for key in ("step", "epoch", "total_epochs", "loss", "total_steps", "val_loss", "eval_loss"):
             if key in record and record[key] is not None:
                 update[key] = record[key]
         if policies.is_finite(record.get("loss")):
@@ -625,23 +657,12 @@ class Supervisor:
             self.read_metrics(now)
 
     def scan_checkpoints(self) -> None:
-        """The newest finished checkpoint written during this run (temp and hidden files skipped)."""
+        """The newest finished checkpoint written during this run (see core.checkpoints)."""
         directory = self.spec_checkpoint_dir()
         started = float(self.state.get("started_at") or 0)
-        newest, newest_mtime = None, started
-        try:
-            entries = list(os.scandir(directory))
-        except OSError:
-            return
-        for entry in entries:
-            if entry.name.startswith(".") or ".tmp" in entry.name:
-                continue
-            try:
-                mtime = entry.stat().st_mtime
-            except OSError:
-                continue
-            if mtime >= newest_mtime:
-                newest, newest_mtime = entry.path, mtime
+        files = checkpoints.find(self.project_dir, directory, self.spec.get("checkpoint_globs") or None)
+        found = checkpoints.newest(files, started)
+        newest = checkpoints.absolute(found, self.project_dir, directory) if found else None
         if newest and newest != self.state.get("last_checkpoint"):
             self.state["last_checkpoint"] = newest
             self.dirty = True
@@ -709,6 +730,15 @@ class Supervisor:
     def initiate(self, decision: policies.Decision, grace: Optional[float] = None) -> None:
         """Graceful first: STOP_TRAINING for the script, then SIGTERM to the group, then SIGKILL."""
         if self.stop_reason is not None or self.engine is None:
+            return
+        if self.exited_at is not None:
+            self.event(
+                "policy_after_exit",
+                termination_status=decision.termination_status,
+                message=decision.message,
+                exited_at=self.exited_at,
+                note="fired on output read after the process had exited: not the end reason",
+            )
             return
         self.stop_reason = decision
         grace = stopping.clamp_grace(grace, float(self.engine.cfg["stop_grace"]))
@@ -778,12 +808,14 @@ class Supervisor:
         if leftovers:
             self.event("leftover_processes", action="SIGTERM then SIGKILL")
             self.kill_everything(LEFTOVER_GRACE, self.pgid)
+        # From here on nothing can stop the process: a policy that fires on the last output is not why it ended.
+        self.exited_at = ended
         self.drain()
         self.read_metrics(ended)
         self.flush_log_metrics(ended, final=True)
         self.scan_checkpoints()
-        # A script that honoured a user's STOP_TRAINING may exit before the next tick saw the file.
-        self.check_controls()
+        if self.stop_reason is None:
+            self.stop_at_exit(ended)
         exit_info = {"exit_code": exit_code, "exit_signal": exit_signal, "exited_at": ended}
         if st.is_terminal(self.state.get("status", "")):
             # Completed by its marker earlier; a terminal status never changes, the exit is still recorded.
@@ -810,12 +842,55 @@ class Supervisor:
         release_space(self.path(layout.SPACE_RESERVE))
         return 0
 
+    def stop_at_exit(self, exited_at: float) -> None:
+        """A stop asked for around the moment the process exited on its own: record what it was.
+
+        A STOP_TRAINING file the user created while the process lived may have been honoured by the
+        script: that run was stopped by the user. A stop request the agent had not yet passed on (no
+        STOP_TRAINING written), or one that came after the exit, stopped nothing: the run ended
+        naturally. Both times go to events.jsonl either way.
+        """
+        reason, _ = self.stop_asked()
+        if not reason:
+            return
+        requested_at = self.stop_requested_at()
+        by_file = any(
+            os.path.exists(path) and os.path.getmtime(path) <= exited_at
+            for path in (self.stop_file, self.original_stop_file)
+        )
+        self.event(
+            "stop_at_exit",
+            message=reason,
+            requested_at=requested_at,
+            exited_at=exited_at,
+            counted=by_file,
+            note=(
+                "the script could see the stop file before it exited"
+                if by_file
+                else "the process exited before runctl asked it to stop"
+            ),
+        )
+        if by_file:
+            self.stop_reason = policies.Decision(st.T_USER_STOP, reason)
+
+    def stop_requested_at(self) -> Optional[float]:
+        """When the stop was asked for: the request's own time, else the stop file's."""
+        request = read_json(self.path(layout.STOP_REQUEST))
+        if request is not None and policies.is_finite(request.get("t")):
+            return float(request["t"])
+        for path in (self.stop_file, self.original_stop_file):
+            try:
+                return os.path.getmtime(path)
+            except OSError:
+                continue
+        return self.signal_at
+
     def drain(self) -> None:
         """The last of the log: everything the script (and its now-stopped children) wrote."""
+        if self.pty is not None:
+            self.pty.drain()
         self.tail_log(time.time())
-        if self.pending and not self.helper_reports:
-            self.parse_output(self.pending + b"\n", time.time())
-            self.pending = b""
+        self.queue_log_records(self.logtail.finish(parse=not self.helper_reports), time.time())
 
     def verdict(self, exit_code: int, now: float) -> "tuple[str, str, str]":
         reason = self.stop_reason
@@ -841,12 +916,13 @@ class Supervisor:
         )
         message = found.message
         if found.status == st.FAILED:
-            last = self.last_log_line()
-            if last:
-                message += ": " + last
+            cause = self.failure_summary()
+            if cause:
+                message += ": " + cause
         return found.status, found.termination_status, message
 
-    def last_log_line(self) -> str:
+    def failure_summary(self) -> str:
+        """The exception the log ends with (see core.failure), else its last line."""
         try:
             with open(self.path(layout.LOG), "rb") as handle:
                 handle.seek(0, os.SEEK_END)
@@ -855,8 +931,7 @@ class Supervisor:
                 tail = handle.read().decode("utf-8", "replace")
         except OSError:
             return ""
-        lines = [line.strip() for line in tail.splitlines() if line.strip()]
-        return lines[-1][:300] if lines else ""
+        return failure.summary(tail)
 
     def write_summary(self) -> None:
         """A training_log.json-compatible summary (the original dashboards' keys)."""

@@ -29,6 +29,8 @@ def train(
     checkpoint_dir: o.CheckpointDirOpt = None,
     resume_from: o.ResumeOpt = None,
     metrics_regex: o.MetricsRegexOpt = None,
+    tty: o.TtyOpt = False,
+    checkpoint_glob: o.CheckpointGlobOpt = None,
     notify: o.NotifyOpt = None,
     auto_stop_loss: o.AutoStopLoss = None,
     auto_stop_patience: o.AutoStopPatience = None,
@@ -55,6 +57,7 @@ def train(
         script, project_dir, name, env or [], python, script_args or [], {}, notify or [],
         metrics_regex, checkpoint_dir, resume_from,
     )  # fmt: skip
+    o.output_flags(spec, tty, checkpoint_glob)
     apply_config(spec, Path(spec.project_dir), flags)
     db = store()
     state = controller.start(db, spec, LocalTransport())

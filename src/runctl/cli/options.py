@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..core.errors import UsageError
 from ..core.policies import DEFAULTS
 from .common import Output
 
@@ -32,6 +33,22 @@ MetricsRegexOpt = Annotated[
     typer.Option(
         "--metrics-regex",
         help=r"Regex with named groups for metrics in log lines, e.g. 'acc=(?P<acc>[\d.]+)'",
+    ),
+]
+TtyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--tty",
+        help="Run the script under a pseudo-terminal, for libraries that print progress only to a terminal",
+    ),
+]
+CheckpointGlobOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--checkpoint-glob",
+        metavar="PATTERN",
+        help="Checkpoints outside the checkpoint dir, relative to the project (repeatable; "
+        "default: lightning_logs/*/checkpoints/* and *.pt|*.ckpt|... directly under out*/)",
     ),
 ]
 NotifyOpt = Annotated[
@@ -127,3 +144,18 @@ def policy_flags(
     )
     checked.pop("notify", None)
     return checked
+
+
+def output_flags(spec: Any, tty: bool, checkpoint_globs: list[str] | None) -> None:
+    """--tty and --checkpoint-glob onto a spec, checked first (a bad glob starts nothing)."""
+    from ..core.checkpoints import check_glob
+
+    for pattern in checkpoint_globs or []:
+        problem = check_glob(pattern)
+        if problem:
+            raise UsageError(
+                "--checkpoint-glob %r %s" % (pattern, problem),
+                "for example: --checkpoint-glob 'out/*.pt'",
+            )
+    spec.tty = bool(tty)
+    spec.checkpoint_globs = list(checkpoint_globs or [])

@@ -44,6 +44,9 @@ def progress(run: dict[str, Any]) -> str:
         parts.append("step %s" % _num(run["step"], "%d"))
     if run.get("loss") is not None:
         parts.append("loss %s (min %s)" % (_num(run["loss"]), _num(run.get("min_loss"))))
+    for key in ("val_loss", "eval_loss"):
+        if run.get(key) is not None:
+            parts.append("%s %s" % (key.replace("_", " "), _num(run[key])))
     if run.get("steps_per_sec"):
         parts.append("%s steps/s" % _num(run["steps_per_sec"], "%.3g"))
     if run.get("eta_seconds") is not None and run.get("status") == "running":

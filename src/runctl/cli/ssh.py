@@ -72,6 +72,8 @@ def train(
     checkpoint_dir: o.CheckpointDirOpt = None,
     resume_from: o.ResumeOpt = None,
     metrics_regex: o.MetricsRegexOpt = None,
+    tty: o.TtyOpt = False,
+    checkpoint_glob: o.CheckpointGlobOpt = None,
     notify: o.NotifyOpt = None,
     auto_stop_loss: o.AutoStopLoss = None,
     auto_stop_patience: o.AutoStopPatience = None,
@@ -102,6 +104,7 @@ def train(
         script, project_dir, project_name, name, env or [], script_args or [], {}, notify or [],
         metrics_regex, checkpoint_dir, resume_from, setup,
     )  # fmt: skip
+    o.output_flags(spec, tty, checkpoint_glob)
     apply_config(spec, root, flags)
     db = store()
     try:

@@ -14,6 +14,7 @@ OWNER = os.path.join(RUNCTL_DIR, "owner.json")
 SPEC = "spec.json"
 STATUS = "status.json"
 LOG = "training.log"
+RAW_LOG = "training.raw.log"  # with --tty: the terminal's bytes as written, control sequences and all
 METRICS = "metrics.jsonl"
 EVENTS = "events.jsonl"
 PID = "training.pid"
@@ -35,7 +36,7 @@ ORIGINAL_SUMMARY = os.path.join("training_output", SUMMARY)
 DEFAULT_CHECKPOINT_DIR = "checkpoints"
 
 # Paths a code sync must never delete on a host: they hold the run's outputs.
-PROTECTED_OUTPUTS = (RUNCTL_DIR, DEFAULT_CHECKPOINT_DIR, "training_output")
+PROTECTED_OUTPUTS = (RUNCTL_DIR, DEFAULT_CHECKPOINT_DIR, "training_output", "lightning_logs")
 
 
 def run_dir(project_dir: str, run_id: str) -> str:

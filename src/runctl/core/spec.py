@@ -35,6 +35,8 @@ class RunSpec:
     python_env: Optional[Dict[str, Any]] = None
     python_script: bool = False
     data_dir: Optional[str] = None
+    tty: bool = False
+    checkpoint_globs: List[str] = field(default_factory=list)
     created_at: float = field(default_factory=time.time)
 
     @property
