@@ -7,6 +7,7 @@ with an `on_end` block in the spec, and followed by a real `runctl runs wait` pr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -59,6 +60,26 @@ def _cleanup(project: Path) -> Iterator[None]:
     kill_leftover_runs(project)
 
 
+@contextlib.contextmanager
+def growing(path: Path, stop: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A writer that appends to `path` every 0.1 s until the block ends: not a process of the run
+    (the agent would stop it), so the run's end does not end it."""
+    code = "import os, sys, time\nwhile not os.path.exists(sys.argv[2]):\n"
+    code += "    open(sys.argv[1], 'ab').write(b'z' * 100)\n    time.sleep(0.1)\n"
+    grower = subprocess.Popen([sys.executable, "-c", code, str(path), str(stop)])
+    try:
+        yield grower
+    finally:
+        stop.touch()
+        grower.wait(10)
+
+
+def finished(project: Path, run_id: str) -> dict[str, Any]:
+    """on_end.json once the command has returned ({} before)."""
+    found = result_file(project, run_id)
+    return found if found.get("ended_at") else {}
+
+
 def recording(record: Path) -> list[str]:
     return [sys.executable, "-c", "import sys, time; open(sys.argv[1], 'a').write('%f\\n' % time.time())", str(record)]
 
@@ -74,6 +95,13 @@ def start(cli_env: dict[str, str], project: Path, script: str, on_end: dict[str,
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().splitlines()[-1]
+
+
+def running(cli_env: dict[str, str], project: Path, on_end: dict[str, Any]) -> str:
+    """A TRAIN run with `on_end`, once it reported its first metric (it then waits for `go`)."""
+    run_id = start(cli_env, project, write_script(project, "t.py", TRAIN), on_end)
+    poll(lambda: status_file(project, run_id).get("step") == 1, 20, "the run's first metric")
+    return run_id
 
 
 @pytest.fixture
@@ -129,7 +157,7 @@ def test_the_agent_performs_on_end_once_with_its_controller_sigkilled(
     assert waiter.wait(10) == -signal.SIGKILL
     assert not record.exists()
     (project / "go").touch()
-    done = poll(lambda: result_file(project, run_id).get("ended_at") and result_file(project, run_id), 30, "on_end")
+    done = poll(lambda: finished(project, run_id), 30, "on_end")
     assert status_file(project, run_id)["status"] == "completed"
     assert done["by"] == "agent" and done["exit_code"] == 0 and done["error"] is None
     assert done["command"] == recording(record)
@@ -158,10 +186,8 @@ def test_a_controller_claim_made_first_keeps_the_agent_from_running_the_command(
     project: Path, env: dict[str, str], tmp_path: Path
 ) -> None:
     record = tmp_path / "on_end_calls"
-    script = write_script(project, "t.py", TRAIN)
-    run_id = start(env, project, script, {"command": recording(record), "controller_grace": 0})
+    run_id = running(env, project, {"command": recording(record), "controller_grace": 0})
     directory = str(run_dir(project, run_id))
-    poll(lambda: status_file(project, run_id).get("step") == 1, 20, "the run's first metric")
     code, answer = agent_cli("on-end-claim", directory, "--by", "controller")
     assert code == 0 and answer["claimed"] is True and answer["claim"]["by"] == "controller"
     assert answer["result"] is None
@@ -184,33 +210,15 @@ def test_a_checkpoint_still_growing_holds_the_command_until_its_size_is_stable(
 ) -> None:
     record = tmp_path / "on_end_calls"
     stop_growing = tmp_path / "stop-growing"
-    script = write_script(project, "t.py", TRAIN)
-    run_id = start(env, project, script, {"command": recording(record)})
-    poll(lambda: status_file(project, run_id).get("step") == 1, 20, "the run's first metric")
-    # Not a process of the run (the agent would stop it): a writer the run's end does not end.
-    grower = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import os, sys, time\n"
-            "while not os.path.exists(sys.argv[2]):\n"
-            "    open(sys.argv[1], 'ab').write(b'z' * 100)\n"
-            "    time.sleep(0.1)\n",
-            str(project / "checkpoints" / "big.pt"),
-            str(stop_growing),
-        ]
-    )
-    try:
+    run_id = running(env, project, {"command": recording(record)})
+    with growing(project / "checkpoints" / "big.pt", stop_growing):
         (project / "go").touch()
         poll(lambda: status_file(project, run_id).get("status") == "completed", 30, "the run's end")
         time.sleep(2.0)
         assert not record.exists(), "the command ran while a checkpoint was still being written"
         assert result_file(project, run_id) == {}
-    finally:
-        stop_growing.touch()
-        grower.wait(10)
     final_size = (project / "checkpoints" / "big.pt").stat().st_size
-    done = poll(lambda: result_file(project, run_id).get("ended_at") and result_file(project, run_id), 30, "on_end")
+    done = poll(lambda: finished(project, run_id), 30, "on_end")
     assert done["exit_code"] == 0 and len(record.read_text().splitlines()) == 1
     files = {Path(f["path"]).name: f["size"] for f in done["proof"]["checkpoints_in_place"]["files"]}
     assert files["big.pt"] == final_size
@@ -223,29 +231,12 @@ def test_a_temp_file_in_the_checkpoint_dir_is_no_checkpoint_and_does_not_hold_th
 ) -> None:
     record = tmp_path / "on_end_calls"
     stop_growing = tmp_path / "stop-growing"
-    script = write_script(project, "t.py", TRAIN)
-    run_id = start(env, project, script, {"command": recording(record)})
-    poll(lambda: status_file(project, run_id).get("step") == 1, 20, "the run's first metric")
+    run_id = running(env, project, {"command": recording(record)})
     partial = project / "checkpoints" / ".ckpt_3.tmp-123-4.pt"
-    grower = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import os, sys, time\n"
-            "while not os.path.exists(sys.argv[2]):\n"
-            "    open(sys.argv[1], 'ab').write(b'z' * 100)\n"
-            "    time.sleep(0.1)\n",
-            str(partial),
-            str(stop_growing),
-        ]
-    )
-    try:
+    with growing(partial, stop_growing) as grower:
         (project / "go").touch()
-        done = poll(lambda: result_file(project, run_id).get("ended_at") and result_file(project, run_id), 30, "on_end")
+        done = poll(lambda: finished(project, run_id), 30, "on_end")
         assert grower.poll() is None, "the temp file was still growing when the command ran"
-    finally:
-        stop_growing.touch()
-        grower.wait(10)
     files = [Path(f["path"]).name for f in done["proof"]["checkpoints_in_place"]["files"]]
     assert sorted(files) == ["ckpt_1.pt", "ckpt_2.pt"]
     assert done["exit_code"] == 0 and len(record.read_text().splitlines()) == 1
@@ -256,28 +247,11 @@ def test_a_proof_that_never_holds_is_recorded_and_the_command_never_runs(
 ) -> None:
     record = tmp_path / "on_end_calls"
     stop_growing = tmp_path / "stop-growing"
-    script = write_script(project, "t.py", TRAIN)
-    run_id = start(env, project, script, {"command": recording(record), "proof_timeout": 1.5})
-    poll(lambda: status_file(project, run_id).get("step") == 1, 20, "the run's first metric")
-    grower = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import os, sys, time\n"
-            "while not os.path.exists(sys.argv[2]):\n"
-            "    open(sys.argv[1], 'ab').write(b'z' * 100)\n"
-            "    time.sleep(0.1)\n",
-            str(project / "checkpoints" / "big.pt"),
-            str(stop_growing),
-        ]
-    )
-    try:
+    run_id = running(env, project, {"command": recording(record), "proof_timeout": 1.5})
+    with growing(project / "checkpoints" / "big.pt", stop_growing):
         (project / "go").touch()
         poll(lambda: "on_end_refused" in names(project, run_id), 30, "the agent to give up")
         poll(lambda: agent_gone(project, run_id), 10, "the agent to exit")
-    finally:
-        stop_growing.touch()
-        grower.wait(10)
     refused = next(e for e in events(project, run_id) if e["event"] == "on_end_refused")
     assert "checkpoints not in place" in refused["reason"] and "big.pt" in refused["reason"]
     assert refused["proof"]["checkpoints_in_place"]["held"] is False
