@@ -295,7 +295,7 @@ def bench_log_loss(root: Path, env: dict[str, str], reps: int, helper_gone: floa
         reps,
         samples=samples["gone"],
         note=breakdown(samples) + "; the agent holds log-parsed metrics briefly (LOG_METRIC_DELAY in "
-        "agent/supervisor.py, so a value both printed and reported counts once) and publishes them on its next tick",
+        "agent/intake.py, so a value both printed and reported counts once) and publishes them on its next tick",
         breakdown={k: v for k, v in samples.items() if k not in ("gone", "ended")},
     )
 

@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 from . import paths
+from .core.fsutil import temp_path
 
 TRAVELLING_PACKAGES = ("core", "agent", "training")
 _FIXED_DATE = (2020, 1, 1, 0, 0, 0)
@@ -58,7 +59,7 @@ def agent_artifact() -> Path:
     target = paths.agent_cache() / ("runctl-agent-%s.pyz" % digest.hexdigest()[:12])
     if target.exists():
         return target
-    tmp = target.with_name(target.name + ".tmp-%d" % os.getpid())
+    tmp = Path(temp_path(str(target)))
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for name, data in files + _bytecode(files):

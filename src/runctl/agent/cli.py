@@ -53,6 +53,12 @@ def dispatch(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--heartbeat", type=float, default=2.0)
     p = sub.add_parser("checkpoints")
     p.add_argument("run_dir")
+    p = sub.add_parser("on-end-claim", help="claim the run's end-of-run step (on_end.claim, O_EXCL)")
+    p.add_argument("run_dir")
+    p.add_argument("--by", choices=("controller", "agent"), default="controller")
+    p = sub.add_parser("on-end-result", help="record the result of the end-of-run step a controller claimed")
+    p.add_argument("run_dir")
+    p.add_argument("--json", dest="result_json", required=True, help="the result as a JSON object")
     p = sub.add_parser("plain")
     p.add_argument("project_dir")
     sub.add_parser("version")
@@ -80,6 +86,17 @@ def dispatch(argv: Optional[List[str]] = None) -> int:
         return stream_frames(args.run_dir, args.offset, args.seq, args.heartbeat)
     elif args.command == "checkpoints":
         result, code = ops.list_checkpoints(args.run_dir), 0
+    elif args.command == "on-end-claim":
+        result = ops.on_end_claim(args.run_dir, args.by)
+        code = 1 if result.get("error") else 0
+    elif args.command == "on-end-result":
+        try:
+            given = json.loads(args.result_json)
+        except ValueError as exc:
+            result = {"ok": False, "error": "--json is not valid JSON: %s" % exc}
+        else:
+            result = ops.on_end_result(args.run_dir, given)
+        code = 0 if result.get("ok") else 1
     elif args.command == "plain":
         result, code = ops.plain_status(args.project_dir), 0
     elif args.command == "watchdog":

@@ -13,6 +13,7 @@ import time
 from typing import Any, Dict, Optional
 
 from ..core import layout
+from ..core import status as st
 from ..core.fsutil import PRIVATE_FILE, atomic_write_json, private_dir, read_json, release_space, reserve_space
 from . import watchdog
 from .supervisor import main_supervise
@@ -34,7 +35,7 @@ def write_spec(run_dir: str, spec: Dict[str, Any]) -> None:
                 "seq": 1,
                 "run_id": spec["run_id"],
                 "name": spec.get("name"),
-                "status": "pending",
+                "status": st.PENDING,
                 "created_at": spec.get("created_at", time.time()),
             },
         )

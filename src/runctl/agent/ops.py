@@ -6,7 +6,6 @@ agent's command line. One implementation serves both.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -21,6 +20,7 @@ from ..core.fsutil import (
     parse_exit_code,
     parse_pid,
     read_json,
+    read_jsonl,
     read_text,
     release_space,
     write_failed,
@@ -310,14 +310,7 @@ def stop_unsupervised(run_dir: str, state: Dict[str, Any], grace: Optional[float
 def stop_run_processes(run_dir: str, pgid: int, run_id: str, grace: float = 10.0) -> List[Dict[str, object]]:
     """Without its agent: SIGTERM, then SIGKILL, the run's group and every process the agent recorded
     (descendants.jsonl, its cgroup), each checked against its recorded start time."""
-    records: List[Dict[str, Any]] = []
-    for line in (read_text(os.path.join(run_dir, layout.DESCENDANTS)) or "").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
+    records, _ = read_jsonl(os.path.join(run_dir, layout.DESCENDANTS))
     ident = read_json(os.path.join(run_dir, layout.IDENTITY)) or {}
     tracker = descendants.Tracker.from_records(run_id, records, ident.get("cgroup"))
     killed = tracker.kill_all(grace, pgid)
@@ -351,6 +344,24 @@ def wait_change(run_dir: str, seq: int, timeout: float) -> Dict[str, Any]:
         if now >= deadline:
             return state
         time.sleep(WAIT_POLL_SECONDS)
+
+
+def on_end_claim(run_dir: str, by: str = "controller") -> Dict[str, Any]:
+    """Claim the run's end-of-run step (see agent/onend.py): {"claimed", "claim", "result"}.
+
+    Whoever claims first performs the step; a controller that gets `claimed: false` reads the
+    agent's claim and result (under way while `result.ended_at` is null) and does not act.
+    """
+    from . import onend
+
+    return onend.controller_claim(run_dir, by)
+
+
+def on_end_result(run_dir: str, result: Any) -> Dict[str, Any]:
+    """Record what the controller's end-of-run step did, in on_end.json; only for the claim's holder."""
+    from . import onend
+
+    return onend.controller_result(run_dir, result)
 
 
 def read_log(run_dir: str, offset: int, limit: int = 1 << 20) -> bytes:

@@ -3,13 +3,16 @@
 It runs detached from the controller (own session, stdio on files), so killing or closing the
 terminal of the `runctl` that started it changes nothing. Everything it knows is written to the
 run directory, which stays the source of truth.
+
+The Supervisor only coordinates; each duty has its module: the run dir's record (record.py),
+metrics intake (intake.py), the stop sequence (stopper.py over the pure core.stopping), the end of
+the run (ending.py) and the host's end-of-run step (onend.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import select
 import signal
 import subprocess
@@ -17,22 +20,15 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from ..core import checkpoints, completion, failure, layout, metrics, policies, stopping
+from ..core import completion, layout, policies
 from ..core import status as st
-from ..core.fsutil import (
-    PRIVATE_FILE,
-    append_json,
-    atomic_write,
-    atomic_write_json,
-    disk_full,
-    read_json,
-    read_text,
-    release_space,
-    write_failed,
-)
-from . import descendants, ops, procs, pyenv
-from .logtail import LogTail
+from ..core.fsutil import PRIVATE_FILE, atomic_write, atomic_write_json, read_json, release_space, write_failed
+from . import descendants, ending, ops, procs, pyenv, starting
+from .intake import Intake
 from .notify import Notifier
+from .onend import EndStep
+from .record import RunRecord, failure_fields
+from .stopper import Stopper
 
 if TYPE_CHECKING:
     from .ttylog import PtyLog
@@ -40,19 +36,9 @@ if TYPE_CHECKING:
 TICK_SECONDS = 0.1
 # A live metric reaches status.json within about 0.3 s of its line being printed.
 STATUS_MIN_INTERVAL = 0.15
-DRAIN_SECONDS = 2.0
 LEFTOVER_GRACE = 5.0
 SCAN_SECONDS = 1.0  # how often the run's process tree is scanned for new descendants
-TAIL_BYTES = 1 << 16
-LOG_METRIC_DELAY = 0.08
 PTY_INTERVAL = 0.01
-READ_BYTES = 1 << 18
-
-
-def artifact_root() -> Optional[str]:
-    """The agent zip this code runs from, if any: put on the script's path for runctl.training."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return root if os.path.isfile(root) else None
 
 
 class Supervisor:
@@ -65,9 +51,8 @@ class Supervisor:
         self.run_id: str = spec["run_id"]
         self.project_dir: str = spec["project_dir"]
         self.ready_fd = ready_fd
-        self.state: Dict[str, Any] = read_json(self.path(layout.STATUS)) or {}
-        self.state.setdefault("seq", 0)
-        self.state.update(
+        state: Dict[str, Any] = read_json(os.path.join(self.run_dir, layout.STATUS)) or {}
+        state.update(
             {
                 "run_id": self.run_id,
                 "name": spec.get("name"),
@@ -75,91 +60,37 @@ class Supervisor:
                 "agent_start": procs.start_time(os.getpid()),
             }
         )
+        self.record = RunRecord(self.run_dir, self.project_dir, state)
+        self.state = self.record.state
         self.proc: Optional[subprocess.Popen] = None
         self.pgid = 0
         self.log_fd = -1
-        self.tail_fd = -1
         self.pty: Optional["PtyLog"] = None
-        self.metrics_offset = 0
-        self.helper_reports = False
-        self.log_records: List[Dict[str, Any]] = []
-        custom = spec.get("metrics_regex")
-        self.logtail = LogTail(re.compile(custom) if custom else None)
-        self.stop_reason: Optional[policies.Decision] = None
-        self.stop_seq: Optional[stopping.Sequence] = None
-        self.stop_request_seen: Any = None
-        self.tracker = descendants.Tracker(os.getpid(), self.run_id, on_new=self.record_descendant)
-        self.next_scan = 0.0
-        self.subreaper = False
-        self.status_stamp: Any = None
-        self.signal_stop = ""
-        self.signal_at: Optional[float] = None
-        self.exited_at: Optional[float] = None
-        self.last_status_write = 0.0
-        self.dirty = False
-        self.losses: List[float] = []
-        self.first_metric: Optional[Dict[str, Any]] = None
-        self.training_log_mtime: Optional[float] = None
         self.engine: Optional[policies.PolicyEngine] = None
         self.notifier = Notifier(spec.get("notify") or [], self._notify_failed)
+        self.stopper = Stopper(self.record, self.project_dir, self.notify)
+        self.intake = Intake(self.record, spec, self.apply)
+        self.tracker = descendants.Tracker(
+            os.getpid(), self.run_id, on_new=lambda found: self.record.record_descendant(found.pid, found.start)
+        )
+        self.next_scan = 0.0
+        self.subreaper = False
+        self.start_refused = False  # the command could not start: the controller that asked cleans up
         self.marker_path = os.path.join(self.project_dir, layout.MARKER)
-        self.stop_file = self.path(layout.STOP_FILE)
-        self.original_stop_file = os.path.join(self.project_dir, layout.ORIGINAL_STOP_FILE)
 
     # ---- small helpers -------------------------------------------------------------------
 
     def path(self, name: str) -> str:
-        return os.path.join(self.run_dir, name)
-
-    @property
-    def term_sent(self) -> bool:
-        return self.stop_seq is not None and self.stop_seq.term_sent_at is not None
+        return self.record.path(name)
 
     def event(self, name: str, **data: Any) -> None:
-        data.update({"t": time.time(), "event": name})
-        append_json(self.path(layout.EVENTS), data)
+        self.record.event(name, **data)
 
     def write_status(self, fsync: bool = False, **changes: Any) -> None:
-        new = changes.get("status")
-        if new is not None and new != self.state.get("status"):
-            if not st.can_advance(self.state.get("status", st.PENDING), new):
-                changes.pop("status")
-        self.state.update(changes)
-        self.state["seq"] = int(self.state.get("seq", 0)) + 1
-        self.state["updated_at"] = time.time()
-        atomic_write_json(self.path(layout.STATUS), self.state, fsync=fsync)
-        self.status_stamp = _stamp(self.path(layout.STATUS))
-        self.last_status_write = time.monotonic()
-        self.dirty = False
+        self.record.write_status(fsync=fsync, **changes)
 
-    def guard_status(self) -> None:
-        """Rewrite status.json if anything but this agent changed it (a corrupted or truncated file):
-        the run dir must keep telling the truth while the run lives."""
-        path = self.path(layout.STATUS)
-        if _stamp(path) == self.status_stamp:
-            return
-        current = read_json(path)
-        if current is not None and current.get("seq") == self.state.get("seq"):
-            self.status_stamp = _stamp(path)
-            return
-        self.event("status_repaired", reason="unreadable" if current is None else "changed by another writer")
-        self.write_status(fsync=True)
-
-    def record_descendant(self, found: descendants.Known) -> None:
-        """On disk too, so the run's processes can be stopped even after this agent died."""
-        try:
-            append_json(self.path(layout.DESCENDANTS), {"pid": found.pid, "start": found.start, "t": time.time()})
-        except OSError:
-            pass  # (a full disk) the agent still knows it: only a stop after the agent's death would miss it
-
-    def write_identity(self) -> None:
-        """Who supervises the run and which process is its script, in a file written once per change.
-
-        It lets a reader decide the run's liveness from the agent and the process even when
-        status.json cannot be read.
-        """
-        keys = ("run_id", "agent_pid", "agent_start", "pid", "pid_start", "started_at", "cgroup")
-        atomic_write_json(self.path(layout.IDENTITY), {k: self.state.get(k) for k in keys if k in self.state})
+    def checkpoint_dir(self) -> str:
+        return layout.checkpoint_dir(self.project_dir, self.spec.get("checkpoint_dir"))
 
     def _notify_failed(self, url: str, error: str) -> None:
         self.event("notify_failed", url=url, error=error)
@@ -183,6 +114,9 @@ class Supervisor:
             os.close(self.ready_fd)
             self.ready_fd = None
 
+    def apply(self, decision: Optional[policies.Decision]) -> None:
+        self.stopper.apply(decision, time.monotonic())
+
     # ---- start ---------------------------------------------------------------------------
 
     def prepare(self) -> None:
@@ -191,64 +125,16 @@ class Supervisor:
         if os.path.exists(self.marker_path):
             os.replace(self.marker_path, self.path(layout.STALE_MARKER))
             self.event("stale_marker_moved", to=layout.STALE_MARKER)
-        if os.path.exists(self.original_stop_file):
-            os.replace(self.original_stop_file, self.path("stale_STOP_TRAINING"))
+        if os.path.exists(self.stopper.original_stop_file):
+            os.replace(self.stopper.original_stop_file, self.path("stale_STOP_TRAINING"))
             self.event("stale_stop_file_moved")
         atomic_write(os.path.join(self.project_dir, layout.LATEST_RUN), (self.run_id + "\n").encode())
         self.state["cgroup"] = self.tracker.use_cgroup()
-        self.write_identity()
-        os.makedirs(self.spec_checkpoint_dir(), exist_ok=True)
+        self.record.write_identity()
+        os.makedirs(self.checkpoint_dir(), exist_ok=True)
         self.log_fd = os.open(self.path(layout.LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
-        self.tail_fd = os.open(self.path(layout.LOG), os.O_RDONLY)
-        self._mirror_log()
-
-    def spec_checkpoint_dir(self) -> str:
-        return layout.checkpoint_dir(self.project_dir, self.spec.get("checkpoint_dir"))
-
-    def _mirror_log(self) -> None:
-        """The project's training.log always shows the latest run: a symlink costs no extra I/O."""
-        link = os.path.join(self.project_dir, layout.LOG)
-        tmp = link + ".tmp-%d" % os.getpid()
-        try:
-            os.symlink(os.path.relpath(self.path(layout.LOG), self.project_dir), tmp)
-            os.replace(tmp, link)
-        except OSError as exc:
-            self.event("mirror_failed", file=layout.LOG, error=str(exc))
-
-    def _mirror(self, name: str, data: bytes) -> None:
-        atomic_write(self.path(name), data)
-        try:
-            atomic_write(os.path.join(self.project_dir, name), data)
-        except OSError as exc:
-            self.event("mirror_failed", file=name, error=str(exc))
-
-    def environment(self) -> Dict[str, str]:
-        env = dict(os.environ)
-        # Unbuffered output so the log is live; a user may opt out with --env PYTHONUNBUFFERED=
-        env["PYTHONUNBUFFERED"] = "1"
-        env.update({str(k): str(v) for k, v in (self.spec.get("env") or {}).items()})
-        if env.get("PYTHONUNBUFFERED") == "":
-            del env["PYTHONUNBUFFERED"]
-        env.update(
-            {
-                "RUNCTL_RUN_ID": self.run_id,
-                "RUNCTL_RUN_DIR": self.run_dir,
-                "RUNCTL_PROJECT_DIR": self.project_dir,
-                "RUNCTL_CHECKPOINT_DIR": self.spec_checkpoint_dir(),
-                "RUNCTL_STOP_FILE": self.stop_file,
-                "RUNCTL_METRICS_FILE": self.path(layout.METRICS),
-            }
-        )
-        if self.spec.get("resume_from"):
-            env["RUNCTL_RESUME_FROM"] = str(self.spec["resume_from"])
-        if self.spec.get("data_dir"):
-            env["RUNCTL_DATA_DIR"] = str(self.spec["data_dir"])
-        root = artifact_root()
-        if root:
-            # First on the path, so runctl.training always matches the agent supervising it.
-            current = env.get("PYTHONPATH")
-            env["PYTHONPATH"] = root + os.pathsep + current if current else root
-        return env
+        self.intake.tail_fd = os.open(self.path(layout.LOG), os.O_RDONLY)
+        self.record.mirror_log()
 
     def run_setup(self, env: Dict[str, str]) -> Optional[int]:
         """The project's setup command, its output streamed into the run log under `setting_up`."""
@@ -282,39 +168,19 @@ class Supervisor:
         return proc
 
     def run_setup_step(self, argv: List[str], env: Dict[str, str]) -> int:
-        return self.wait_setup(self.start_logged(argv, env))
-
-    def wait_setup(self, proc: "subprocess.Popen[bytes]") -> int:
         """Wait for a setup step, but honour a stop asked for meanwhile: the script then never starts."""
+        proc = self.start_logged(argv, env)
         while True:
             try:
                 return proc.wait(timeout=TICK_SECONDS)
             except subprocess.TimeoutExpired:
                 pass
             self.track(time.monotonic(), keep=(proc.pid,))
-            reason, _ = self.stop_asked()
+            reason, _ = self.stopper.asked()
             if reason:
                 self.kill_everything(5.0, proc.pid, keep=(proc.pid,))
                 proc.wait()
                 raise StoppedDuringSetup(reason)
-
-    def stop_asked(self) -> "tuple[str, Optional[float]]":
-        """Why the user asked for a stop (controller request, signal, a STOP_TRAINING file) and its grace.
-
-        Only meaningful before the agent stops the run itself: it writes STOP_TRAINING only then.
-        """
-        request = read_json(self.path(layout.STOP_REQUEST))
-        if request is not None:
-            self.stop_request_seen = request_key(request)
-            grace = policies.finite(request.get("grace"))
-            return str(request.get("message") or "stopped by the user"), grace
-        if self.signal_stop:
-            return "the agent received %s" % self.signal_stop, None
-        if os.path.exists(self.stop_file):
-            return "STOP_TRAINING file created", None
-        if os.path.exists(self.original_stop_file):
-            return "%s file created" % layout.ORIGINAL_STOP_FILE, None
-        return "", None
 
     def python_env(self, env: Dict[str, str]) -> None:
         """Build or reuse the project's venv; its python then runs the .py script."""
@@ -331,7 +197,7 @@ class Supervisor:
         env["PATH"] = os.path.dirname(python) + os.pathsep + env.get("PATH", "")
 
     def spawn(self) -> None:
-        env = self.environment()
+        env = starting.environment(self.spec, self.run_dir, self.checkpoint_dir())
         try:
             self.python_env(env)
         except pyenv.EnvSetupFailed as exc:
@@ -339,7 +205,7 @@ class Supervisor:
         setup_code = self.run_setup(env)
         if setup_code:
             raise SetupFailed(setup_code, "setup command exited with code %d" % setup_code)
-        os.lseek(self.tail_fd, 0, os.SEEK_END)  # setup output is not the script's: no metrics from it
+        os.lseek(self.intake.tail_fd, 0, os.SEEK_END)  # setup output is not the script's: no metrics from it
         started = time.time()
         if self.spec.get("tty"):
             from .ttylog import PtyLog  # only --tty runs need pty and termios
@@ -349,8 +215,10 @@ class Supervisor:
         else:
             self.proc = self.start_logged(self.spec["command"], env)
         self.pgid = self.proc.pid
-        self.engine = policies.PolicyEngine(self.spec.get("policies"), started)
-        self._mirror(layout.PID, ("%d\n" % self.proc.pid).encode())
+        self.engine = self.intake.engine = self.stopper.engine = policies.PolicyEngine(
+            self.spec.get("policies"), started
+        )
+        self.record.mirror(layout.PID, ("%d\n" % self.proc.pid).encode())
         self.write_status(
             fsync=True,
             status=st.RUNNING,
@@ -361,7 +229,7 @@ class Supervisor:
         )
         # How the run's processes are tracked: its cgroup (None: the process tree alone), the subreaper.
         self.state["cgroup"] = self.tracker.cgroup.path if self.tracker.cgroup else None
-        self.write_identity()
+        self.record.write_identity()
         tracking = {"cgroup": self.state["cgroup"], "subreaper": self.subreaper}
         self.event("started", pid=self.proc.pid, command=self.spec["command"], **tracking)
         self.notify("started")
@@ -370,9 +238,11 @@ class Supervisor:
 
     def run(self) -> int:
         try:
-            return self.supervise()
+            code = self.supervise()
         finally:
             self.tracker.close()  # the run's cgroup goes with it
+        self.end_step()
+        return code
 
     def supervise(self) -> int:
         # Orphaned descendants come to this agent, not init, so none escapes the run's tree.
@@ -391,13 +261,14 @@ class Supervisor:
             return self.fail_before_start(exc.message, started_setup=True)
         except StoppedDuringSetup as exc:
             self.event("stopped_during_setup", message=str(exc))
-            self.write_end(st.STOPPED, st.T_USER_STOP, "%s during setup; the script was not started" % exc)
+            self.record.write_end(st.STOPPED, st.T_USER_STOP, "%s during setup; the script was not started" % exc)
             self.ready({"ok": False, "error": str(exc), "setup_failed": True, "state": self.state})
             self.notify("ended")
             self.notifier.flush()
             return 0
         except Exception as exc:
-            return self.fail_before_start(self.describe_spawn_error(exc), **failure_fields(exc))
+            program = str((self.spec.get("command") or ["?"])[0])
+            return self.fail_before_start(starting.describe_spawn_error(exc, program), **failure_fields(exc))
         assert self.proc is not None
         self.ready(
             {"ok": True, "run_id": self.run_id, "pid": self.proc.pid, "agent_pid": os.getpid(), "state": self.state}
@@ -421,50 +292,23 @@ class Supervisor:
         failure = write_failed(exc)
         message = failure.message if failure else "the runctl agent failed: %s: %s" % (type(exc).__name__, exc)
         try:
-            self.write_end(st.FAILED, st.T_FAILED, message, **failure_fields(exc))
+            self.record.write_end(st.FAILED, st.T_FAILED, message, **failure_fields(exc))
         except OSError:
             pass
         return 1
 
-    def write_end(self, status: str, termination_status: str, message: str, **extra: Any) -> None:
-        """Record, durably, that the run ended now and why; on a full disk, with the space held for it."""
-        changes = dict(
-            status=status, termination_status=termination_status, termination_message=message, ended_at=time.time()
-        )
-        changes.update(extra)
-        try:
-            self.write_status(fsync=True, **changes)
-        except OSError as exc:
-            if not disk_full(exc) or not release_space(self.path(layout.SPACE_RESERVE)):
-                raise
-            self.write_status(fsync=True, **changes)
-        release_space(self.path(layout.SPACE_RESERVE))
-
-    def describe_spawn_error(self, exc: Exception) -> str:
-        failure = write_failed(exc)
-        if failure is not None and failure.kind in ("disk_full", "read_only"):
-            return failure.message
-        if isinstance(exc, FileNotFoundError):
-            return "cannot start %r: no such file or program" % self.spec["command"][0]
-        if isinstance(exc, PermissionError):
-            return "cannot start %r: permission denied (is it executable?)" % self.spec["command"][0]
-        return "cannot start the training command: %s" % exc
-
     def fail_before_start(self, message: str, started_setup: bool = False, **extra: Any) -> int:
         """The script never ran. A failed setup is a real (failed) run; a command that can't start is not."""
-        try:
-            self.event("start_failed", error=message)
-        except OSError:
-            pass  # a full disk: status.json below is what must be written
-        self.write_end(st.FAILED, st.T_FAILED, message, **extra)
+        self.record.try_event("start_failed", error=message)  # on a full disk, status.json below is what matters
+        self.start_refused = not started_setup
+        self.record.write_end(st.FAILED, st.T_FAILED, message, **extra)
         self.ready({"ok": False, "error": message, "setup_failed": started_setup, "state": self.state, **extra})
         self.notify("ended")
         self.notifier.flush()
         return 1
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self.signal_stop = signal.Signals(signum).name
-        self.signal_at = time.time()
+        self.stopper.on_signal(signal.Signals(signum).name, time.time())
 
     def loop(self) -> None:
         """Until the script exits: tail its log, check controls and policies every tick.
@@ -490,24 +334,24 @@ class Supervisor:
             now = time.time()
             if self.pty is not None:
                 self.pty.pump()
-            self.tail_log(now)
-            self.check_controls()
-            self.flush_log_metrics(now)
+            self.intake.tail_log(now)
+            self.stopper.check_controls(mono)
+            self.intake.flush_log_metrics(now)
             marker_ready = self.marker_ready(now)
-            if marker_ready and not st.is_terminal(self.state.get("status", "")) and self.stop_reason is None:
+            if marker_ready and not self.record.ended and self.stopper.reason is None:
                 self.complete_by_marker(now)
             self.apply(self.engine.on_tick(now, marker_ready))
             if mono >= next_poll:
                 next_poll = mono + float(self.engine.cfg["poll_interval"])
-                self.read_training_log(now)
-                self.scan_checkpoints()
+                self.intake.read_training_log(now)
+                self.intake.scan_checkpoints(self.checkpoint_dir())
                 self.apply(self.engine.on_poll())
-            self.advance_stop(mono)
+            self.stopper.advance(mono, self.send_signal, "process group %d" % self.pgid)
             self.track(mono, keep=(self.proc.pid,))
-            if self.dirty and mono - self.last_status_write >= STATUS_MIN_INTERVAL:
+            if self.record.dirty and mono - self.record.last_status_write >= STATUS_MIN_INTERVAL:
                 self.write_status()
             else:
-                self.guard_status()
+                self.record.guard_status()
         signal.set_wakeup_fd(-1)
         os.close(wake_r)
         os.close(wake_w)
@@ -533,139 +377,7 @@ class Supervisor:
                 self.pty.pump()
                 time.sleep(max(0.0, min(PTY_INTERVAL, deadline - time.monotonic())))
 
-    def tail_log(self, now: float) -> bool:
-        """Read what the script appended to its log since the last tick; False when nothing was new.
-
-        Only progress (a new line, a bar whose counter moved) counts against --hang-timeout.
-        """
-        got = False
-        while True:
-            data = os.read(self.tail_fd, READ_BYTES)
-            if not data:
-                return got
-            got = True
-            moved, found = self.logtail.feed(data, parse=not self.helper_reports)
-            if moved:
-                if self.engine is not None:
-                    self.engine.on_output(now)
-                self.state["last_output_at"] = now
-            self.queue_log_records(found, now)
-
-    def queue_log_records(self, found: List[Dict[str, Any]], now: float) -> None:
-        for record in found:
-            record.update({"t": now, "source": "log"})
-            self.log_records.append(record)
-
-    def flush_log_metrics(self, now: float, final: bool = False) -> None:
-        """Publish metrics parsed from the log, unless the script reports through runctl.training.
-
-        Parsed records wait LOG_METRIC_DELAY first: a script that both prints and reports its loss
-        must not have each value counted twice, and its first report may land just after the line.
-        """
-        self.read_metrics(now)
-        if self.helper_reports:
-            self.log_records = []
-            return
-        ready = [r for r in self.log_records if final or now - r["t"] >= LOG_METRIC_DELAY]
-        if not ready:
-            return
-        self.log_records = self.log_records[len(ready) :]
-        for record in ready:
-            append_json(self.path(layout.METRICS), record)
-        self.read_metrics(now)
-
-    # ---- observations --------------------------------------------------------------------
-
-    def read_metrics(self, now: float) -> None:
-        path = self.path(layout.METRICS)
-        try:
-            with open(path, "rb") as handle:
-                handle.seek(self.metrics_offset)
-                data = handle.read()
-        except OSError:
-            return
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            return
-        self.metrics_offset += cut + 1
-        for line in data[: cut + 1].splitlines():
-            try:
-                record = json.loads(line.decode("utf-8", "replace"))
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                self.on_metric(record, now)
-
-    def on_metric(self, record: Dict[str, Any], now: float) -> None:
-        assert self.engine is not None
-        if record.get("source") == "report":
-            self.helper_reports = True
-        t = float(record.get("t") or now)
-        update: Dict[str, Any] = {"last_metric_at": t}
-        for key in ("step", "epoch", "total_epochs", "loss", "total_steps", "val_loss", "eval_loss"):
-            if key in record and record[key] is not None:
-                update[key] = record[key]
-        if policies.is_finite(record.get("loss")):
-            self.losses.append(float(record["loss"]))
-            current = self.state.get("min_loss")
-            loss = float(record["loss"])
-            update["min_loss"] = loss if current is None else min(float(current), loss)
-        if record.get("checkpoint"):
-            update["last_checkpoint"] = record["checkpoint"]
-        self.state.update(update)
-        self.update_rates(record, t)
-        self.dirty = True
-        self.apply(self.engine.on_metric(record, now))
-
-    def update_rates(self, record: Dict[str, Any], t: float) -> None:
-        """Steps per second since the first report, and an ETA when the total is known."""
-        if not policies.is_finite(record.get("step")):
-            return
-        step = float(record["step"])
-        if self.first_metric is None:
-            self.first_metric = {"t": t, "step": step}
-            return
-        elapsed = t - self.first_metric["t"]
-        done = step - self.first_metric["step"]
-        if elapsed <= 0 or done <= 0:
-            return
-        rate = done / elapsed
-        self.state["steps_per_sec"] = round(rate, 4)
-        total = policies.finite(self.state.get("total_steps"))
-        epochs, epoch = policies.finite(self.state.get("total_epochs")), policies.finite(self.state.get("epoch"))
-        if total is None and epochs is not None and epoch is not None and epoch >= 1:
-            # Rough: assume the epoch in progress is half done.
-            total = step * epochs / max(epoch - 0.5, 0.5)
-        if total is not None:
-            self.state["eta_seconds"] = round(max(0.0, total - step) / rate, 1)
-
-    def read_training_log(self, now: float) -> None:
-        """Metrics from an openadapt-style training_output/training_log.json, when the script writes one."""
-        path = os.path.join(self.project_dir, layout.ORIGINAL_SUMMARY)
-        try:
-            mtime = os.stat(path).st_mtime
-        except OSError:
-            return
-        if mtime == self.training_log_mtime or mtime < float(self.state.get("started_at") or 0):
-            return
-        self.training_log_mtime = mtime
-        data = read_json(path)
-        record = metrics.from_training_log(data) if data else None
-        if record and not self.helper_reports:
-            record.update({"t": now, "source": "training_log"})
-            append_json(self.path(layout.METRICS), record)
-            self.read_metrics(now)
-
-    def scan_checkpoints(self) -> None:
-        """The newest finished checkpoint written during this run (see core.checkpoints)."""
-        directory = self.spec_checkpoint_dir()
-        started = float(self.state.get("started_at") or 0)
-        files = checkpoints.find(self.project_dir, directory, self.spec.get("checkpoint_globs") or None)
-        found = checkpoints.newest(files, started)
-        newest = checkpoints.absolute(found, self.project_dir, directory) if found else None
-        if newest and newest != self.state.get("last_checkpoint"):
-            self.state["last_checkpoint"] = newest
-            self.dirty = True
+    # ---- completion by marker --------------------------------------------------------------
 
     def marker_info(self) -> Dict[str, Any]:
         return ops.marker_info(self.run_dir, self.project_dir, self.run_id)
@@ -692,88 +404,11 @@ class Supervisor:
         )
         self.notify("ended")
 
-    def check_controls(self) -> None:
-        """Stop requests from the controller, the user's STOP_TRAINING files, and signals to the agent.
-
-        Once stopping, a newer request from the controller (`runctl runs stop --grace N` or `--now`)
-        can still hurry the sequence: the earliest deadline wins.
-        """
-        if self.stop_reason is not None:
-            self.check_hurry()
-            return
-        reason, grace = self.stop_asked()
-        if reason:
-            self.initiate(policies.Decision(st.T_USER_STOP, reason), grace=grace)
-
-    def check_hurry(self) -> None:
-        request = read_json(self.path(layout.STOP_REQUEST))
-        if request is None or self.stop_seq is None or request_key(request) == self.stop_request_seen:
-            return
-        self.stop_request_seen = request_key(request)
-        assert self.engine is not None
-        grace = stopping.clamp_grace(request.get("grace"), float(self.engine.cfg["stop_grace"]))
-        hurried = self.stop_seq.add(time.monotonic(), grace)
-        self.event("stop_requested_again", grace=grace, hurried=hurried, message=request.get("message"))
-
-    # ---- stopping ------------------------------------------------------------------------
-
-    def apply(self, decision: Optional[policies.Decision]) -> None:
-        if decision is None:
-            return
-        if decision.action == policies.NOTIFY:
-            self.event("policy_notice", termination_status=decision.termination_status, message=decision.message)
-            self.write_status(notice=decision.message)
-            self.notify("policy")
-            return
-        self.initiate(decision, grace=0.0 if decision.action == policies.STOP_NOW else None)
-
-    def initiate(self, decision: policies.Decision, grace: Optional[float] = None) -> None:
-        """Graceful first: STOP_TRAINING for the script, then SIGTERM to the group, then SIGKILL."""
-        if self.stop_reason is not None or self.engine is None:
-            return
-        if self.exited_at is not None:
-            self.event(
-                "policy_after_exit",
-                termination_status=decision.termination_status,
-                message=decision.message,
-                exited_at=self.exited_at,
-                note="fired on output read after the process had exited: not the end reason",
-            )
-            return
-        self.stop_reason = decision
-        grace = stopping.clamp_grace(grace, float(self.engine.cfg["stop_grace"]))
-        if not os.path.exists(self.stop_file):
-            atomic_write(self.stop_file, (decision.message + "\n").encode())
-        self.stop_seq = stopping.Sequence(float(self.engine.cfg["term_grace"]))
-        self.stop_seq.add(time.monotonic(), grace)
-        self.event(
-            "stop_initiated",
-            termination_status=decision.termination_status,
-            message=decision.message,
-            grace=grace,
-        )
-        if st.is_terminal(self.state.get("status", "")):
-            return
-        self.write_status(
-            fsync=True,
-            status=st.STOPPING,
-            termination_status=decision.termination_status,
-            termination_message=decision.message,
-        )
-        self.notify("policy")
-
-    def advance_stop(self, mono: float) -> None:
-        """Send the signal the stop sequence says is due: to the group and every other descendant."""
-        if self.stop_seq is None:
-            return
-        due = self.stop_seq.due(mono)
-        if due is None:
-            return
-        self.stop_seq.sent(due, mono)
-        others = self.tracker.signal_all(getattr(signal, due), self.pgid)
-        self.event("signal", signal=due, target="process group %d" % self.pgid, processes=others)
-
     # ---- the run's processes -------------------------------------------------------------
+
+    def send_signal(self, name: str) -> List[Dict[str, object]]:
+        """A signal of the stop sequence, to the group and every other descendant of the run."""
+        return self.tracker.signal_all(getattr(signal, name), self.pgid)
 
     def track(self, mono: float, keep: "tuple[int, ...]" = ()) -> None:
         """Record descendants as they appear and collect exited orphans (the agent is their reaper)."""
@@ -787,20 +422,15 @@ class Supervisor:
         """Stop every process of the run (group, descendants, RUNCTL_RUN_ID-tagged) and say which."""
         killed = self.tracker.kill_all(grace, group, keep)
         if killed:
-            try:
-                self.event("processes_killed", processes=killed)
-            except OSError:
-                pass  # (a full disk) they are stopped all the same
+            self.record.try_event("processes_killed", processes=killed)  # (a full disk) stopped all the same
         return killed
 
     # ---- the end -------------------------------------------------------------------------
 
     def finish(self) -> int:
         assert self.proc is not None
-        code = self.proc.returncode
-        exit_code = code if code >= 0 else 128 - code
-        exit_signal = signal.Signals(-code).name if code < 0 else None
-        self._mirror(layout.EXIT_CODE, ("%d\n" % exit_code).encode())
+        exit_code, exit_signal = ending.exit_fields(self.proc.returncode)
+        self.record.mirror(layout.EXIT_CODE, ("%d\n" % exit_code).encode())
         ended = time.time()
         self.event("exited", exit_code=exit_code, signal=exit_signal)
         self.tracker.scan()
@@ -809,21 +439,30 @@ class Supervisor:
             self.event("leftover_processes", action="SIGTERM then SIGKILL")
             self.kill_everything(LEFTOVER_GRACE, self.pgid)
         # From here on nothing can stop the process: a policy that fires on the last output is not why it ended.
-        self.exited_at = ended
-        self.drain()
-        self.read_metrics(ended)
-        self.flush_log_metrics(ended, final=True)
-        self.scan_checkpoints()
-        if self.stop_reason is None:
-            self.stop_at_exit(ended)
-        exit_info = {"exit_code": exit_code, "exit_signal": exit_signal, "exited_at": ended}
-        if st.is_terminal(self.state.get("status", "")):
+        self.stopper.exited_at = ended
+        if self.pty is not None:
+            self.pty.drain()
+        self.intake.finish_log(time.time())
+        self.intake.read_metrics(ended)
+        self.intake.flush_log_metrics(ended, final=True)
+        self.intake.scan_checkpoints(self.checkpoint_dir())
+        self.stopper.at_exit(ended)
+        exit_info: Dict[str, Any] = {"exit_code": exit_code, "exit_signal": exit_signal, "exited_at": ended}
+        if self.record.ended:
             # Completed by its marker earlier; a terminal status never changes, the exit is still recorded.
-            if exit_code != 0 and not self.term_sent:
+            if exit_code != 0 and not self.stopper.term_sent:
                 exit_info["warning"] = "%s after writing its completion marker" % (completion.describe_exit(exit_code))
             self.write_status(fsync=True, **exit_info)
         else:
-            status, termination, message = self.verdict(exit_code, ended)
+            status, termination, message = ending.verdict(
+                self.stopper.reason,
+                exit_code,
+                self.stopper.term_sent,
+                self.marker_info(),
+                self.state.get("started_at"),
+                ended,
+                ending.log_tail(self.path(layout.LOG)),
+            )
             self.write_status(
                 fsync=True,
                 status=status,
@@ -834,163 +473,29 @@ class Supervisor:
                 **exit_info,
             )
             self.notify("ended")
-        self.write_summary()
+        summary = ending.summary(self.run_id, self.state, self.intake.loss_history())
+        atomic_write_json(self.path(layout.SUMMARY), summary)
         self.event("ended", status=self.state["status"], termination_status=self.state.get("termination_status"))
         self.notifier.flush()
-        for fd in (self.log_fd, self.tail_fd):
+        for fd in (self.log_fd, self.intake.tail_fd):
             os.close(fd)
         release_space(self.path(layout.SPACE_RESERVE))
         return 0
 
-    def stop_at_exit(self, exited_at: float) -> None:
-        """A stop asked for around the moment the process exited on its own: record what it was.
-
-        A STOP_TRAINING file the user created while the process lived may have been honoured by the
-        script: that run was stopped by the user. A stop request the agent had not yet passed on (no
-        STOP_TRAINING written), or one that came after the exit, stopped nothing: the run ended
-        naturally. Both times go to events.jsonl either way.
-        """
-        reason, _ = self.stop_asked()
-        if not reason:
+    def end_step(self) -> None:
+        """The host's end-of-run step (spec `on_end`), once the run has ended; never raises."""
+        if not self.record.ended or self.start_refused:
             return
-        requested_at = self.stop_requested_at()
-        by_file = any(
-            os.path.exists(path) and os.path.getmtime(path) <= exited_at
-            for path in (self.stop_file, self.original_stop_file)
-        )
-        self.event(
-            "stop_at_exit",
-            message=reason,
-            requested_at=requested_at,
-            exited_at=exited_at,
-            counted=by_file,
-            note=(
-                "the script could see the stop file before it exited"
-                if by_file
-                else "the process exited before runctl asked it to stop"
-            ),
-        )
-        if by_file:
-            self.stop_reason = policies.Decision(st.T_USER_STOP, reason)
-
-    def stop_requested_at(self) -> Optional[float]:
-        """When the stop was asked for: the request's own time, else the stop file's."""
-        request = read_json(self.path(layout.STOP_REQUEST))
-        if request is not None and policies.is_finite(request.get("t")):
-            return float(request["t"])
-        for path in (self.stop_file, self.original_stop_file):
-            try:
-                return os.path.getmtime(path)
-            except OSError:
-                continue
-        return self.signal_at
-
-    def drain(self) -> None:
-        """The last of the log: everything the script (and its now-stopped children) wrote."""
-        if self.pty is not None:
-            self.pty.drain()
-        self.tail_log(time.time())
-        self.queue_log_records(self.logtail.finish(parse=not self.helper_reports), time.time())
-
-    def verdict(self, exit_code: int, now: float) -> "tuple[str, str, str]":
-        reason = self.stop_reason
-        if reason is not None:
-            status = policies.final_status(reason, exit_code, self.term_sent)
-            if status == st.FAILED and reason.termination_status != st.T_DIVERGED:
-                return (
-                    status,
-                    st.T_FAILED,
-                    "%s while stopping (%s: %s)"
-                    % (completion.describe_exit(exit_code), reason.termination_status, reason.message),
-                )
-            return status, reason.termination_status, reason.message
-        info = self.marker_info()
-        found = completion.classify(
-            completion.Evidence(
-                now=now + completion.MARKER_STABLE_SECONDS,  # the process is gone: the marker can't change
-                started_at=self.state.get("started_at"),
-                exit_code=exit_code,
-                marker_size=info.get("size"),
-                marker_mtime=info.get("mtime"),
-            )
-        )
-        message = found.message
-        if found.status == st.FAILED:
-            cause = self.failure_summary()
-            if cause:
-                message += ": " + cause
-        return found.status, found.termination_status, message
-
-    def failure_summary(self) -> str:
-        """The exception the log ends with (see core.failure), else its last line."""
         try:
-            with open(self.path(layout.LOG), "rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                size = handle.tell()
-                handle.seek(max(0, size - TAIL_BYTES))
-                tail = handle.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-        return failure.summary(tail)
+            EndStep(self.run_dir, self.project_dir, self.checkpoint_dir(), self.spec, self.event).perform(self.state)
+        except Exception as exc:
+            import traceback
 
-    def write_summary(self) -> None:
-        """A training_log.json-compatible summary (the original dashboards' keys)."""
-        s = self.state
-        summary = {
-            "job_id": self.run_id,
-            "run_id": self.run_id,
-            "name": s.get("name"),
-            "status": s.get("status"),
-            "epoch": s.get("epoch"),
-            "total_epochs": s.get("total_epochs"),
-            "step": s.get("step"),
-            "loss": s.get("loss"),
-            "min_loss": s.get("min_loss"),
-            "losses": self.loss_history(),
-            "elapsed_time": s.get("duration"),
-            "start_time": s.get("started_at"),
-            "termination_status": s.get("termination_status") or "",
-            "termination_message": s.get("termination_message") or "",
-            "exit_code": s.get("exit_code"),
-        }
-        atomic_write_json(self.path(layout.SUMMARY), summary)
-
-    def loss_history(self) -> List[Dict[str, Any]]:
-        history = []
-        text = read_text(self.path(layout.METRICS)) or ""
-        for line in text.splitlines():
             try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and "loss" in record:
-                history.append({k: record.get(k) for k in ("epoch", "step", "loss", "t")})
-        return history[-10000:]
-
-
-def failure_fields(exc: BaseException) -> Dict[str, Any]:
-    """What status.json records about a failed write, so controllers can say "disk full at PATH" (exit 4)."""
-    failure = write_failed(exc)
-    if failure is None or failure.kind not in ("disk_full", "read_only"):
-        return {}
-    fields: Dict[str, Any] = {"write_error": failure.to_dict()}
-    if failure.kind == "disk_full":
-        fields["disk_full"] = failure.path
-    return fields
-
-
-def request_key(request: Dict[str, Any]) -> Any:
-    """What tells one stop request from the next (its id; its time for requests without one)."""
-    return request.get("id") or (request.get("t"), request.get("grace"))
-
-
-def _stamp(path: str) -> Any:
-    """A cheap identity of a file's current content: changes whenever anyone rewrites it."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return (info.st_ino, info.st_size, info.st_mtime_ns)
+                traceback.print_exc()
+            except OSError:
+                pass
+            self.record.try_event("on_end_failed", error="%s: %s" % (type(exc).__name__, exc))
 
 
 class StoppedDuringSetup(Exception):

@@ -7,16 +7,17 @@ import sys
 import time
 from typing import Any
 
+from ..core import status as st
 from ..core.durations import format_duration
 
 STYLE = {
-    "completed": "green",
-    "failed": "red",
-    "lost": "red",
-    "stopped": "yellow",
-    "interrupted": "yellow",
-    "running": "cyan",
-    "stopping": "yellow",
+    st.COMPLETED: "green",
+    st.FAILED: "red",
+    st.LOST: "red",
+    st.STOPPED: "yellow",
+    st.INTERRUPTED: "yellow",
+    st.RUNNING: "cyan",
+    st.STOPPING: "yellow",
 }
 
 
@@ -49,7 +50,7 @@ def progress(run: dict[str, Any]) -> str:
             parts.append("%s %s" % (key.replace("_", " "), _num(run[key])))
     if run.get("steps_per_sec"):
         parts.append("%s steps/s" % _num(run["steps_per_sec"], "%.3g"))
-    if run.get("eta_seconds") is not None and run.get("status") == "running":
+    if run.get("eta_seconds") is not None and run.get("status") == st.RUNNING:
         parts.append("ETA %s" % format_duration(float(run["eta_seconds"])))
     return " · ".join(parts) or "-"
 
@@ -63,10 +64,7 @@ def elapsed(run: dict[str, Any]) -> str:
 
 
 def status_label(run: dict[str, Any]) -> str:
-    label = run["status"]
-    if run.get("termination_status") and run["termination_status"] not in ("failed", "lost"):
-        label += " (%s)" % run["termination_status"]
-    return label
+    return st.label(run["status"], run.get("termination_status"))
 
 
 def _console():  # type: ignore[no-untyped-def]

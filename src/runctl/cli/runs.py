@@ -200,22 +200,15 @@ def metrics(
 ) -> None:
     """The run's metric series (metrics.jsonl), one record per report."""
     import csv
-    import json
 
     from .. import controller
+    from ..core.fsutil import parse_jsonl
     from .common import _jsonable
 
     db = store()
     row = db.resolve(run_id)
     data = controller.transport_for(row).read_file(controller.metrics_path(row)) or b""
-    records = []
-    for line in data.decode("utf-8", "replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
+    records = parse_jsonl(data)
     if output == SeriesFormat.json:
         emit_json(records)
         return

@@ -66,6 +66,5 @@ def report_end(run: dict[str, Any], output: Output) -> None:
     took = ""
     if run.get("started_at") and run.get("ended_at"):
         took = " after %s" % format_duration(float(run["ended_at"]) - float(run["started_at"]))
-    reason = run.get("termination_status") or ""
-    label = run["status"] + (" (%s)" % reason if reason and reason not in ("failed", "lost") else "")
+    label = st.label(run["status"], run.get("termination_status"))
     say("run %s %s%s: %s" % (run["run_id"], label, took, run.get("termination_message") or ""))

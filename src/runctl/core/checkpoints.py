@@ -5,7 +5,7 @@ everything in it. Beside it, glob patterns relative to the project find what scr
 save elsewhere: Lightning's `lightning_logs/version_N/checkpoints/`, a script's `out/ckpt.pt`.
 `--checkpoint-glob` (repeatable) replaces these defaults. The newest file with a checkpoint suffix
 (the original system's `.pt .ckpt .pth .pkl .json .safetensors`, and `.bin`) is the run's
-`last_checkpoint`. Hidden and temporary (`.tmp`) files never count: they may be half written.
+`last_checkpoint`. Hidden and temporary files (fsutil.is_partial) never count: they may be half written.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import glob
 import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from .fsutil import is_partial
 
 SUFFIXES = (".pt", ".ckpt", ".pth", ".pkl", ".json", ".safetensors", ".bin")
 _WEIGHTS = "{" + ",".join(s for s in SUFFIXES if s != ".json") + "}"
@@ -49,7 +51,7 @@ def _expand_braces(pattern: str) -> List[str]:
 
 
 def _skipped(path: str) -> bool:
-    return any(part.startswith(".") or ".tmp" in part for part in path.replace("\\", "/").split("/") if part)
+    return any(is_partial(part) for part in path.replace("\\", "/").split("/") if part)
 
 
 def _entry(path: str, rel: str, base: str) -> Optional[Dict[str, Any]]:
@@ -65,7 +67,7 @@ def find(project_dir: str, checkpoint_dir: str, globs: Optional[Sequence[str]] =
     or, for files found by a glob outside it, relative to the project dir (base `project`)."""
     found: Dict[str, Dict[str, Any]] = {}
     for base, dirs, names in os.walk(checkpoint_dir):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        dirs[:] = [d for d in dirs if not is_partial(d)]
         for name in names:
             path = os.path.join(base, name)
             rel = os.path.relpath(path, checkpoint_dir)

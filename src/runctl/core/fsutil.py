@@ -10,7 +10,8 @@ from __future__ import annotations
 import errno
 import json
 import os
-from typing import Any, Dict, Optional
+import threading
+from typing import Any, Dict, List, Optional, Tuple
 
 from .errors import WriteFailed
 
@@ -30,12 +31,35 @@ def _named(exc: OSError, path: str) -> OSError:
     return named
 
 
+# The temp-file rule, in one place for every writer and reader (the agent, the controller and
+# runctl.training): a file being written is hidden and carries TEMP_MARK, and no reader ever takes a
+# hidden or TEMP_MARK file for a finished one (it also covers the usual `ckpt.pt.tmp`).
+TEMP_MARK = ".tmp"
+
+
+def temp_path(path: str) -> str:
+    """The name an atomic writer uses beside `path` until it renames it onto `path`.
+
+    Hidden, unique per process and thread, and the suffix kept last: some writers (numpy.save, ...)
+    choose the format from it or append one.
+    """
+    directory, name = os.path.split(path)
+    stem, suffix = os.path.splitext(name)
+    token = "%d-%d" % (os.getpid(), threading.get_ident() % 100000)
+    return os.path.join(directory, ".%s%s-%s%s" % (stem, TEMP_MARK, token, suffix))
+
+
+def is_partial(name: str) -> bool:
+    """Whether a file (or directory) name may be half written: hidden, or a temp name (see TEMP_MARK)."""
+    return name.startswith(".") or TEMP_MARK in name
+
+
 def atomic_write(path: str, data: bytes, fsync: bool = True, mode: int = PRIVATE_FILE) -> None:
     """Replace `path` so readers see the old or the new content, never a partial one.
 
     On any failure (a full disk above all) the temp file is removed: nothing is left behind.
     """
-    tmp = "%s.tmp-%d" % (path, os.getpid())
+    tmp = temp_path(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     except OSError as exc:
@@ -152,6 +176,36 @@ def read_json(path: str) -> Optional[Dict[str, Any]]:
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def parse_jsonl(data: bytes) -> List[Dict[str, Any]]:
+    """The JSON objects in `data`, one per line; a line that is not (yet) a valid object is skipped."""
+    records = []
+    for line in data.splitlines():
+        try:
+            record = json.loads(line.decode("utf-8", "replace"))
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def read_jsonl(path: str, offset: int = 0) -> Tuple[List[Dict[str, Any]], int]:
+    """The objects on the complete lines of a JSONL file from byte `offset`, and the offset after them.
+
+    A last line without its newline is still being written: it is left for the next read.
+    """
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+    except OSError:
+        return [], offset
+    cut = data.rfind(b"\n")
+    if cut < 0:
+        return [], offset
+    return parse_jsonl(data[: cut + 1]), offset + cut + 1
 
 
 def read_text(path: str) -> Optional[str]:

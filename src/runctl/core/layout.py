@@ -27,6 +27,8 @@ AGENT_LOG = "agent.log"
 SUMMARY = "training_log.json"
 STALE_MARKER = "stale_training_complete.txt"
 SPACE_RESERVE = ".space_reserve"  # freed on a full disk so the run's end can still be recorded
+ON_END_CLAIM = "on_end.claim"  # who performs the end-of-run step (agent or controller), created O_EXCL
+ON_END_RESULT = "on_end.json"  # what that step did, written by whoever claimed it
 
 # In the project dir (the original system's names).
 MARKER = "training_complete.txt"

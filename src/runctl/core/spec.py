@@ -37,6 +37,8 @@ class RunSpec:
     data_dir: Optional[str] = None
     tty: bool = False
     checkpoint_globs: List[str] = field(default_factory=list)
+    # What the agent does on the host once the run has ended (agent/onend.py); None: nothing.
+    on_end: Optional[Dict[str, Any]] = None
     created_at: float = field(default_factory=time.time)
 
     @property

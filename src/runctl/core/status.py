@@ -66,6 +66,14 @@ def can_advance(current: str, new: str) -> bool:
         return False
 
 
+def label(status: str, termination_status: Optional[str]) -> str:
+    """How a status reads to a user: `stopped (stall)`; the reason is left out where it only repeats
+    the status (`failed`, `lost`)."""
+    if termination_status and termination_status not in (T_FAILED, T_LOST):
+        return "%s (%s)" % (status, termination_status)
+    return status
+
+
 def exit_code_for(status: Optional[str]) -> int:
     """CLI exit code for a finished run: 0 only for a run that provably completed."""
     return 0 if status == COMPLETED else 1

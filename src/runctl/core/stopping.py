@@ -12,7 +12,7 @@ Nothing here touches processes or clocks; the agent passes its monotonic time in
 from __future__ import annotations
 
 import math
-from typing import Any, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
 MAX_GRACE = 3600.0  # one hour: the longest any stop may wait, documented in the README
 SIGTERM = "SIGTERM"
@@ -28,6 +28,11 @@ def clamp_grace(value: Any, default: float) -> float:
     if math.isnan(number):
         number = float(default)
     return min(max(number, 0.0), MAX_GRACE)
+
+
+def request_key(request: Dict[str, Any]) -> Any:
+    """What tells one stop request (stop_request.json) from the next: its id, else its time and grace."""
+    return request.get("id") or (request.get("t"), request.get("grace"))
 
 
 class Request(NamedTuple):

@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
+from ..core.fsutil import is_partial, temp_path
+
 __all__ = [
     "COMPLETION_MARKER",
     "LEGACY_STOP_FILE",
@@ -75,7 +77,6 @@ _ENV_STOP_FILE = "RUNCTL_STOP_FILE"
 _ENV_METRICS_FILE = "RUNCTL_METRICS_FILE"
 _ENV_RESUME_FROM = "RUNCTL_RESUME_FROM"
 
-_TEMP_MARK = ".tmp-"
 _warned = False
 _warn_lock = threading.Lock()
 
@@ -253,9 +254,8 @@ def mark_complete(message: str = "", checkpoint: Optional[PathLike] = None) -> P
 
 
 def _temp_path(path: Path) -> Path:
-    # Keep the suffix last: some writers (numpy.save, ...) choose the format from it or append one.
-    token = "{}-{}".format(os.getpid(), threading.get_ident() % 100000)
-    return path.with_name(".{}{}{}{}".format(path.stem, _TEMP_MARK, token, path.suffix))
+    # The agent's own rule (core.fsutil): hidden, a temp mark, the suffix kept last.
+    return Path(temp_path(str(path)))
 
 
 @contextlib.contextmanager
@@ -307,7 +307,7 @@ def _commit_directory(tmp: Path, final: Path) -> None:
         _fsync_dir(Path(root))
     if final.is_dir() and not final.is_symlink():
         # A non-empty directory cannot be replaced in one step: move the old one aside first.
-        old = final.with_name(".{}{}old-{}".format(final.name, _TEMP_MARK, os.getpid()))
+        old = Path(temp_path(str(final) + ".old"))
         _remove(old)
         os.replace(final, old)
         os.replace(tmp, final)
@@ -371,7 +371,7 @@ def latest_checkpoint(directory: Optional[PathLike] = None, pattern: str = "chec
     best_path: Optional[Path] = None
     for candidate in base.glob(pattern):
         name = candidate.name
-        if name.startswith(".") or _TEMP_MARK in name:
+        if is_partial(name):
             continue
         numbers = [int(n) for n in _NUMBER.findall(name[len(prefix) :] if name.startswith(prefix) else name)]
         if not numbers:
