@@ -6,11 +6,21 @@ parameters followed by one Typer option per `runctl.params.TrainOptions` field (
 parse type from the field's `Flag`). When the command runs, the shared values are validated into one
 `TrainOptions` and handed to the body as its first argument; the body never sees them one by one.
 
-A new provider's train command is:
+A new provider's train command (say `runctl ec2 train`, in cli/ec2.py, listed in cli/main.GROUPS)
+declares the options object first, then only its own arguments and flags, Typer-style:
+
+    app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 
     @train_command(app)
-    def train(opts: TrainOptions, dest: DestArg, script: ScriptArg, *, zone: ZoneOpt = None) -> None:
-        ...
+    def train(
+        opts: TrainOptions,
+        script: Annotated[str, typer.Argument(help="Training script inside the project")],
+        script_args: o.ScriptArgs = None,
+        instance_type: Annotated[str, typer.Option("--instance-type", help="...")] = "g5.xlarge",
+    ) -> None:
+        ...  # opts.name, opts.env, opts.wait, opts.timeout, opts.output, opts.policies(), ...
+
+A new shared option or policy is a field of the model; no train command changes.
 
 Importing this module imports pydantic (through the model): `cli/main.py` imports command groups
 only when the command line reaches them.
