@@ -63,9 +63,13 @@ class Flag:
         return self.decls[0]
 
 
-def Policy(*decls: str, help: str, example: tuple[str, str], parse: Any = None) -> Flag:
-    """A stop policy: a flag in the policies' help panel and a `[policies]` key, with an example for hints."""
-    return Flag(*decls, help=help, panel=POLICY_PANEL, parse=parse, example=example, config=True)
+def Policy(name: str, help: str, example: str, text: bool = False) -> Flag:
+    """A stop policy: a flag in the policies' help panel and a `[policies]` key, with an example for hints.
+
+    `text`: the flag's value is read as text (a duration or a choice), so the TOML example is quoted.
+    """
+    toml = '"%s"' % example if text else example
+    return Flag(name, help=help, panel=POLICY_PANEL, parse=str if text else None, example=(example, toml), config=True)
 
 
 def flag_of(field: FieldInfo) -> Flag:
@@ -177,16 +181,12 @@ class PolicyParams(BaseModel):
         BeforeValidator(_hooks),
     ] = Field(default_factory=list)
     auto_stop_loss: Annotated[
-        Optional[float],
-        Policy("--auto-stop-loss", help="Stop when loss < X (0 or negative: off)", example=("0.05", "0.05")),
-        Number,
+        Optional[float], Policy("--auto-stop-loss", "Stop when loss < X (0 or negative: off)", "0.05"), Number
     ] = DEFAULTS["auto_stop_loss"]
     auto_stop_patience: Annotated[
         int,
         Policy(
-            "--auto-stop-patience",
-            help="...for N consecutive reports (default %d)" % DEFAULTS["auto_stop_patience"],
-            example=("3", "3"),
+            "--auto-stop-patience", "...for N consecutive reports (default %d)" % DEFAULTS["auto_stop_patience"], "3"
         ),
         Count,
     ] = DEFAULTS["auto_stop_patience"]
@@ -194,60 +194,49 @@ class PolicyParams(BaseModel):
         float,
         Policy(
             "--exit-grace",
-            help="Stop a process still alive this long after its marker (%gs)" % DEFAULTS["exit_grace"],
-            parse=str,
-            example=("60s", '"60s"'),
+            "Stop a process still alive this long after its marker (%gs)" % DEFAULTS["exit_grace"],
+            "60s",
+            text=True,
         ),
         Grace,
     ] = DEFAULTS["exit_grace"]
     stall_polls: Annotated[
         int,
         Policy(
-            "--stall-polls",
-            help="Final epoch, step unchanged for N polls: complete (%d)" % DEFAULTS["stall_polls"],
-            example=("3", "3"),
+            "--stall-polls", "Final epoch, step unchanged for N polls: complete (%d)" % DEFAULTS["stall_polls"], "3"
         ),
         Count,
     ] = DEFAULTS["stall_polls"]
     poll_interval: Annotated[
         float,
-        Policy(
-            "--poll-interval",
-            help="Seconds between stall polls (%gs)" % DEFAULTS["poll_interval"],
-            parse=str,
-            example=("5s", '"5s"'),
-        ),
+        Policy("--poll-interval", "Seconds between stall polls (%gs)" % DEFAULTS["poll_interval"], "5s", text=True),
         Period,
     ] = DEFAULTS["poll_interval"]
     hang_timeout: Annotated[
         Optional[float],
-        Policy(
-            "--hang-timeout", help="No log output and no metric for DURATION: hang", parse=str, example=("20m", '"20m"')
-        ),
+        Policy("--hang-timeout", "No log output and no metric for DURATION: hang", "20m", text=True),
         Period,
     ] = DEFAULTS["hang_timeout"]
     on_hang: Annotated[
         Literal["stop", "notify"],
-        Policy("--on-hang", help="stop (default) or notify", parse=str, example=("notify", '"notify"')),
+        Policy("--on-hang", "stop (default) or notify", "notify", text=True),
         _choice(STOP, NOTIFY),
     ] = DEFAULTS["on_hang"]
     max_duration: Annotated[
-        Optional[float],
-        Policy("--max-duration", help="Stop after DURATION", parse=str, example=("6h", '"6h"')),
-        Period,
+        Optional[float], Policy("--max-duration", "Stop after DURATION", "6h", text=True), Period
     ] = DEFAULTS["max_duration"]
     on_nan: Annotated[
         Literal["stop", "ignore"],
-        Policy("--on-nan", help="NaN/inf loss: stop (default) or ignore", parse=str, example=("ignore", '"ignore"')),
+        Policy("--on-nan", "NaN/inf loss: stop (default) or ignore", "ignore", text=True),
         _choice(STOP, IGNORE),
     ] = DEFAULTS["on_nan"]
     stop_grace: Annotated[
         float,
         Policy(
             "--stop-grace",
-            help="After STOP_TRAINING, wait this long before SIGTERM (%gs)" % DEFAULTS["stop_grace"],
-            parse=str,
-            example=("30s", '"30s"'),
+            "After STOP_TRAINING, wait this long before SIGTERM (%gs)" % DEFAULTS["stop_grace"],
+            "30s",
+            text=True,
         ),
         BeforeValidator(_stop_grace),
     ] = DEFAULTS["stop_grace"]

@@ -66,9 +66,7 @@ def test_the_shared_flags_keep_their_names_and_aliases() -> None:
 class WithMaxCost(TrainOptions):
     """A new policy is this one declaration (in PolicyParams itself, with its number in DEFAULTS)."""
 
-    max_cost: Annotated[
-        Optional[float], Policy("--max-cost", help="Stop when the run has cost USD", example=("5", "5")), Number
-    ] = None
+    max_cost: Annotated[Optional[float], Policy("--max-cost", "Stop when the run has cost USD", "5"), Number] = None
 
 
 def test_a_new_policy_is_one_field(tmp_path: Path) -> None:
