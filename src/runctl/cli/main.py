@@ -1,4 +1,4 @@
-"""The `runctl` entry point: sub-apps, and one place that turns errors into exit codes."""
+"""The `runctl` entry point: sub-apps loaded on demand, and one place that turns errors into exit codes."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typer.core import TyperGroup
 from .. import __version__
 from ..core.errors import HostError, RunctlError
 
-# Command groups by module, imported only when the command line reaches them: `runctl --help` needs
-# just these lines, and `runctl runs list` never builds the train commands (whose options come from
-# a pydantic model).
+# Command groups by module, each imported and built only when the command line reaches it: `runctl
+# --help` needs just these lines (and so never imports pydantic, of which the train options are a
+# model), and a command builds its own group only. A new provider's group is one line here.
 GROUPS = {
     "local": ("runctl.cli.local", "Run training on this machine."),
     "runs": ("runctl.cli.runs", "Inspect, follow, wait for and stop runs."),
