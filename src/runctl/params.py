@@ -326,7 +326,7 @@ def _checked(model: type[Model], values: dict[str, Any]) -> Model:
     try:
         return model(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
-        first = exc.errors()[0]
+        first = exc.errors()[0]  # a check across fields raises its own UsageError (see _timeout_needs_wait)
         flag = flag_of(model.model_fields[str(first["loc"][0])])
         hint = "for example: %s %s" % (flag.name, flag.example[0]) if flag.example else None
         raise UsageError("%s %s" % (flag.name, first["msg"]), hint) from None
