@@ -9,16 +9,11 @@ parse type from the field's `Flag`). When the command runs, the shared values ar
 A new provider's train command (say `runctl ec2 train`, in cli/ec2.py, listed in cli/main.GROUPS)
 declares the options object first, then only its own arguments and flags, Typer-style:
 
-    app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
-
     @train_command(app)
-    def train(
-        opts: TrainOptions,
-        script: Annotated[str, typer.Argument(help="Training script inside the project")],
-        script_args: o.ScriptArgs = None,
-        instance_type: Annotated[str, typer.Option("--instance-type", help="...")] = "g5.xlarge",
-    ) -> None:
+    def train(opts: TrainOptions, script: ScriptArg, instance_type: InstanceTypeOpt = "g5.xlarge") -> None:
         ...  # opts.name, opts.env, opts.wait, opts.timeout, opts.output, opts.policies(), ...
+
+(`ScriptArg`, `InstanceTypeOpt`: `Annotated[..., typer.Argument/Option(...)]` as in any Typer command.)
 
 A new shared option or policy is a field of the model; no train command changes.
 
