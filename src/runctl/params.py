@@ -27,6 +27,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from .cli.common import Output
+from .cli.options import OUTPUT, OUTPUT_HELP
 from .core.durations import MAX_SECONDS, MAX_TEXT, duration_seconds, parse_duration, shown
 from .core.errors import UsageError
 from .core.policies import DEFAULTS, NOTIFY, STOP
@@ -266,7 +267,7 @@ class TrainOptions(PolicyParams):
         Flag("--timeout", help="With --wait: stop waiting after DURATION (exit 3; the run goes on)", parse=str),
         BeforeValidator(lambda value: parse_duration(value, "--timeout")),
     ] = None
-    output: Annotated[Output, Flag("--output", "-o", help="text or json")] = Output.text
+    output: Annotated[Output, Flag(*OUTPUT, help=OUTPUT_HELP)] = Output.text
     checkpoint_dir: Annotated[
         Optional[str], Flag("--checkpoint-dir", help="Checkpoint dir (default: checkpoints/ in the project)")
     ] = None

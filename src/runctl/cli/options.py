@@ -15,7 +15,9 @@ if TYPE_CHECKING:
     from ..core.spec import RunSpec
     from ..params import TrainOptions
 
-OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="text or json")]
+OUTPUT = ("--output", "-o")  # every command's, the train commands' too (TrainOptions.output)
+OUTPUT_HELP = "text or json"
+OutputOpt = Annotated[Output, typer.Option(*OUTPUT, help=OUTPUT_HELP)]
 ScriptArgs = Annotated[list[str] | None, typer.Argument(help="Arguments for the script, after --")]
 
 
