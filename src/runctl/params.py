@@ -1,43 +1,80 @@
-"""The one model of a run's stop policies: CLI flags and `[policies]` in config files both pass through it.
+"""The one model of the options every `train` command shares, stop policies included.
 
-So a value is refused the same way, with the same words, wherever it was written; only the place
-named in the message differs (`--hang-timeout` or `[policies] hang_timeout in FILE`). The defaults
-are the agent's own (`core.policies.DEFAULTS`, stdlib, shipped to hosts), so each number lives in
-one place. This module imports pydantic: commands import it in their body, never at startup.
+Each field carries, in its `Annotated` metadata, how it is written on the command line and in config
+files (a `Flag`: its names, help, help panel, an example value, whether it is a `[policies]` key) and
+how its value is checked (a validator). So an option or a policy is declared once, here:
+`cli/trainopts.train_command` generates the Typer options of every `<provider> train` from
+`TrainOptions`; `[policies]` in config files accepts the fields whose flag is a config key (a `Policy`,
+and `notify`), under the field's name; and the defaults are the agent's own (`core.policies.DEFAULTS`,
+stdlib, shipped to hosts), so each number lives in one place. A new policy is one field of
+`PolicyParams` (plus its number in DEFAULTS and its rule in the agent).
+
+A value is refused the same way, with the same words, wherever it was written; only the place named
+in the message differs (`--hang-timeout` or `[policies] hang_timeout in FILE`). This module imports
+pydantic: only commands that need it import it (`cli/main.py` loads command groups on demand), so
+`runctl --help` never does.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
-from .core.durations import MAX_SECONDS, MAX_TEXT, duration_seconds, shown
+from .cli.common import Output
+from .cli.options import OUTPUT, OUTPUT_HELP
+from .core.durations import MAX_SECONDS, MAX_TEXT, duration_seconds, parse_duration, shown
 from .core.errors import UsageError
 from .core.policies import DEFAULTS, NOTIFY, STOP
 from .core.stopping import MAX_GRACE
 
 MAX_COUNT = 1_000_000
 IGNORE = "ignore"
-CHOICES = {"on_hang": (STOP, NOTIFY), "on_nan": (STOP, IGNORE)}
-# A valid value of each key, as a flag value and as TOML, for the hint under an error.
-EXAMPLES = {
-    "auto_stop_loss": ("0.05", "0.05"),
-    "auto_stop_patience": ("3", "3"),
-    "exit_grace": ("60s", '"60s"'),
-    "stall_polls": ("3", "3"),
-    "poll_interval": ("5s", '"5s"'),
-    "hang_timeout": ("20m", '"20m"'),
-    "on_hang": ("notify", '"notify"'),
-    "max_duration": ("6h", '"6h"'),
-    "on_nan": ("ignore", '"ignore"'),
-    "stop_grace": ("30s", '"30s"'),
-    "notify": ("https://hooks.slack.com/services/...", '["https://hooks.slack.com/services/..."]'),
-}
+POLICY_PANEL = "Stop policies"
+
+
+class Flag:
+    """How a field is written on the command line; `example` is a good value as a flag and as TOML."""
+
+    def __init__(
+        self,
+        *decls: str,
+        help: str,
+        panel: Optional[str] = None,
+        parse: Any = None,
+        metavar: Optional[str] = None,
+        example: Optional[tuple[str, str]] = None,
+        config: bool = False,
+    ) -> None:
+        self.decls = decls  # the long name first, then any short alias
+        self.help = help
+        self.panel = panel  # the help panel (rich_help_panel); None: the common "Options"
+        self.parse = parse  # the type Click parses the value as, when not the field's own (text for a duration)
+        self.metavar = metavar
+        self.example = example
+        self.config = config  # also a `[policies]` key of config files, under the field's name
+
+    @property
+    def name(self) -> str:
+        return self.decls[0]
+
+
+def Policy(name: str, help: str, example: str, text: bool = False) -> Flag:
+    """A stop policy: a flag in the policies' help panel and a `[policies]` key, with an example for hints.
+
+    `text`: the flag's value is read as text (a duration or a choice), so the TOML example is quoted.
+    """
+    toml = '"%s"' % example if text else example
+    return Flag(name, help=help, panel=POLICY_PANEL, parse=str if text else None, example=(example, toml), config=True)
+
+
+def flag_of(field: FieldInfo) -> Flag:
+    return next(item for item in field.metadata if isinstance(item, Flag))
 
 
 def _refuse(problem: str) -> PydanticCustomError:
@@ -88,99 +125,237 @@ def _url(value: Any) -> str:
     return str(value)
 
 
-class PolicyParams(BaseModel):
-    """Stop policies and notification hooks of a run, as the agent applies them."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    auto_stop_loss: Optional[float] = DEFAULTS["auto_stop_loss"]
-    auto_stop_patience: int = DEFAULTS["auto_stop_patience"]
-    exit_grace: float = DEFAULTS["exit_grace"]
-    stall_polls: int = DEFAULTS["stall_polls"]
-    poll_interval: float = DEFAULTS["poll_interval"]
-    hang_timeout: Optional[float] = DEFAULTS["hang_timeout"]
-    on_hang: Literal["stop", "notify"] = DEFAULTS["on_hang"]
-    max_duration: Optional[float] = DEFAULTS["max_duration"]
-    on_nan: Literal["stop", "ignore"] = DEFAULTS["on_nan"]
-    stop_grace: float = DEFAULTS["stop_grace"]
-    notify: list[str] = Field(default_factory=list)
-
-    @field_validator("auto_stop_loss", mode="before")
-    @classmethod
-    def _loss(cls, value: Any) -> float:
-        return _number(value)  # 0 or negative is valid: it turns the threshold off
-
-    @field_validator("auto_stop_patience", "stall_polls", mode="before")
-    @classmethod
-    def _counts(cls, value: Any) -> int:
-        return _count(value)
-
-    @field_validator("exit_grace", "stop_grace", mode="before")
-    @classmethod
-    def _graces(cls, value: Any, info: ValidationInfo) -> float:
-        seconds = _seconds(value, allow_zero=True)
-        if info.field_name == "stop_grace" and seconds > MAX_GRACE:
-            raise _refuse("must be at most 1h (the agent's cap on any grace), got %s" % shown(value))
-        return seconds
-
-    @field_validator("poll_interval", "hang_timeout", "max_duration", mode="before")
-    @classmethod
-    def _periods(cls, value: Any) -> float:
-        return _seconds(value, allow_zero=False)
-
-    @field_validator("on_hang", "on_nan", mode="before")
-    @classmethod
-    def _choices(cls, value: Any, info: ValidationInfo) -> str:
-        allowed = CHOICES[str(info.field_name)]
+def _choice(*allowed: str) -> BeforeValidator:
+    def check(value: Any) -> str:
         if value not in allowed:
             raise _refuse("must be %s, got %s" % (" or ".join(allowed), shown(value)))
         return str(value)
 
-    @field_validator("notify", mode="before")
+    return BeforeValidator(check)
+
+
+def _stop_grace(value: Any) -> float:
+    seconds = _seconds(value, allow_zero=True)
+    if seconds > MAX_GRACE:
+        raise _refuse("must be at most 1h (the agent's cap on any grace), got %s" % shown(value))
+    return seconds
+
+
+def _hooks(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise _refuse("must be a list of URLs, got %s" % shown(value))
+    return [_url(item) for item in value]
+
+
+def _globs(value: Any) -> list[str]:
+    """Checkpoint globs, checked before anything starts (a bad glob starts nothing)."""
+    from .core.checkpoints import check_glob
+
+    for pattern in value:
+        problem = check_glob(pattern)
+        if problem:
+            raise UsageError(
+                "--checkpoint-glob %r %s" % (pattern, problem), "for example: --checkpoint-glob 'out/*.pt'"
+            )
+    return list(value)
+
+
+Number = BeforeValidator(_number)  # 0 or negative is a valid loss threshold: it turns the threshold off
+Count = BeforeValidator(_count)
+Grace = BeforeValidator(lambda value: _seconds(value, allow_zero=True))
+Period = BeforeValidator(lambda value: _seconds(value, allow_zero=False))
+
+
+class PolicyParams(BaseModel):
+    """Stop policies and notification hooks of a run, as the agent applies them: the `[policies]` keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    notify: Annotated[
+        list[str],
+        Flag(
+            "--notify",
+            help="POST run events as JSON to URL (repeatable; Slack-compatible)",
+            example=("https://hooks.slack.com/services/...", '["https://hooks.slack.com/services/..."]'),
+            config=True,
+        ),
+        BeforeValidator(_hooks),
+    ] = Field(default_factory=list)
+    auto_stop_loss: Annotated[
+        Optional[float], Policy("--auto-stop-loss", "Stop when loss < X (0 or negative: off)", "0.05"), Number
+    ] = DEFAULTS["auto_stop_loss"]
+    auto_stop_patience: Annotated[
+        int,
+        Policy(
+            "--auto-stop-patience", "...for N consecutive reports (default %d)" % DEFAULTS["auto_stop_patience"], "3"
+        ),
+        Count,
+    ] = DEFAULTS["auto_stop_patience"]
+    exit_grace: Annotated[
+        float,
+        Policy(
+            "--exit-grace",
+            "Stop a process still alive this long after its marker (%gs)" % DEFAULTS["exit_grace"],
+            "60s",
+            text=True,
+        ),
+        Grace,
+    ] = DEFAULTS["exit_grace"]
+    stall_polls: Annotated[
+        int,
+        Policy(
+            "--stall-polls", "Final epoch, step unchanged for N polls: complete (%d)" % DEFAULTS["stall_polls"], "3"
+        ),
+        Count,
+    ] = DEFAULTS["stall_polls"]
+    poll_interval: Annotated[
+        float,
+        Policy("--poll-interval", "Seconds between stall polls (%gs)" % DEFAULTS["poll_interval"], "5s", text=True),
+        Period,
+    ] = DEFAULTS["poll_interval"]
+    hang_timeout: Annotated[
+        Optional[float],
+        Policy("--hang-timeout", "No log output and no metric for DURATION: hang", "20m", text=True),
+        Period,
+    ] = DEFAULTS["hang_timeout"]
+    on_hang: Annotated[
+        Literal["stop", "notify"],
+        Policy("--on-hang", "stop (default) or notify", "notify", text=True),
+        _choice(STOP, NOTIFY),
+    ] = DEFAULTS["on_hang"]
+    max_duration: Annotated[
+        Optional[float], Policy("--max-duration", "Stop after DURATION", "6h", text=True), Period
+    ] = DEFAULTS["max_duration"]
+    on_nan: Annotated[
+        Literal["stop", "ignore"],
+        Policy("--on-nan", "NaN/inf loss: stop (default) or ignore", "ignore", text=True),
+        _choice(STOP, IGNORE),
+    ] = DEFAULTS["on_nan"]
+    stop_grace: Annotated[
+        float,
+        Policy(
+            "--stop-grace",
+            "After STOP_TRAINING, wait this long before SIGTERM (%gs)" % DEFAULTS["stop_grace"],
+            "30s",
+            text=True,
+        ),
+        BeforeValidator(_stop_grace),
+    ] = DEFAULTS["stop_grace"]
+
     @classmethod
-    def _hooks(cls, value: Any) -> list[str]:
-        if not isinstance(value, list):
-            raise _refuse("must be a list of URLs, got %s" % shown(value))
-        return [_url(item) for item in value]
+    def config_keys(cls) -> tuple[str, ...]:
+        """The fields a config file's `[policies]` may set (their flags are marked `config`)."""
+        return tuple(name for name, field in cls.model_fields.items() if flag_of(field).config)
 
 
-POLICY_KEYS = tuple(PolicyParams.model_fields)
+POLICY_KEYS = PolicyParams.config_keys()
 
 
-def _validated(values: dict[str, Any]) -> tuple[dict[str, Any], Optional[tuple[str, str]]]:
-    """(the given values, validated) or ({}, (key, problem)) for the first bad one."""
+class TrainOptions(PolicyParams):
+    """Everything a `<provider> train` command takes besides its own flags, validated once.
+
+    A flag not given is not set (`model_fields_set`), so a config file may still fill that policy.
+    """
+
+    name: Annotated[Optional[str], Flag("--name", help="Run name (default: the script's name)")] = None
+    env: Annotated[list[str], Flag("--env", "-e", help="KEY=VALUE for the script (repeatable)")] = Field(
+        default_factory=list
+    )
+    wait: Annotated[bool, Flag("--wait", help="Stream the log and return when the run ends")] = False
+    timeout: Annotated[
+        Optional[float],
+        Flag("--timeout", help="With --wait: stop waiting after DURATION (exit 3; the run goes on)", parse=str),
+        BeforeValidator(lambda value: parse_duration(value, "--timeout")),
+    ] = None
+    output: Annotated[Output, Flag(*OUTPUT, help=OUTPUT_HELP)] = Output.text
+    checkpoint_dir: Annotated[
+        Optional[str], Flag("--checkpoint-dir", help="Checkpoint dir (default: checkpoints/ in the project)")
+    ] = None
+    resume_from: Annotated[
+        Optional[str], Flag("--resume-from", help="Checkpoint to resume from (RUNCTL_RESUME_FROM for the script)")
+    ] = None
+    metrics_regex: Annotated[
+        Optional[str],
+        Flag("--metrics-regex", help=r"Regex with named groups for metrics in log lines, e.g. 'acc=(?P<acc>[\d.]+)'"),
+    ] = None
+    tty: Annotated[
+        bool,
+        Flag(
+            "--tty",
+            help="Run the script under a pseudo-terminal, for libraries that print progress only to a terminal",
+        ),
+    ] = False
+    checkpoint_glob: Annotated[
+        list[str],
+        Flag(
+            "--checkpoint-glob",
+            metavar="PATTERN",
+            help="Checkpoints outside the checkpoint dir, relative to the project (repeatable; "
+            "default: lightning_logs/*/checkpoints/* and *.pt|*.ckpt|... directly under out*/)",
+        ),
+        BeforeValidator(_globs),
+    ] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _timeout_needs_wait(self) -> TrainOptions:
+        if self.timeout is not None and not self.wait:
+            raise UsageError("--timeout only applies with --wait", "to limit the run itself use --max-duration")
+        return self
+
+    @classmethod
+    def flags(cls) -> list[tuple[str, FieldInfo, Flag]]:
+        """Every field with its flag, in the order `--help` lists them: the run's options, then the policies."""
+        fields, keys = cls.model_fields, cls.config_keys()
+        order = [name for name in fields if name not in keys] + list(keys)
+        return [(name, fields[name], flag_of(fields[name])) for name in order]
+
+    @classmethod
+    def from_flags(cls, values: dict[str, Any]) -> TrainOptions:
+        """The options from the flags' values (None = not given), validated; an error names the flag."""
+        return _checked(cls, values)
+
+    def policies(self) -> dict[str, Any]:
+        """The policies given as flags (they win over config files); `notify` travels in the spec instead."""
+        return self.model_dump(include=(set(self.config_keys()) & self.model_fields_set) - {"notify"})
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def _checked(model: type[Model], values: dict[str, Any]) -> Model:
+    """`model` of the flags given (None = not given), or the first bad one as a usage error naming its flag."""
     try:
-        return PolicyParams(**values).model_dump(exclude_unset=True), None
+        return model(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = str(first["loc"][0]) if first["loc"] else ""
-        problem = "is not a known policy" if first["type"] == "extra_forbidden" else first["msg"]
-        return {}, (key, problem)
+        first = exc.errors()[0]  # a check across fields raises its own UsageError (see _timeout_needs_wait)
+        flag = flag_of(model.model_fields[str(first["loc"][0])])
+        hint = "for example: %s %s" % (flag.name, flag.example[0]) if flag.example else None
+        raise UsageError("%s %s" % (flag.name, first["msg"]), hint) from None
 
 
 def from_flags(values: dict[str, Any]) -> dict[str, Any]:
     """The policy flags that were given (None = not given, so a config file may fill it), validated."""
-    checked, error = _validated({k: v for k, v in values.items() if v is not None})
-    if error:
-        key, problem = error
-        flag = "--" + key.replace("_", "-")
-        raise UsageError("%s %s" % (flag, problem), "for example: %s %s" % (flag, EXAMPLES[key][0]))
-    return checked
+    return _checked(PolicyParams, values).model_dump(exclude_unset=True)
 
 
-def from_config(section: Any, path: Path) -> dict[str, Any]:
-    """`[policies]` of one config file, validated; errors name the file and the key."""
+def from_config(section: Any, path: Path, model: type[PolicyParams] = PolicyParams) -> dict[str, Any]:
+    """`[policies]` of one config file, validated by `model`; errors name the file and the key."""
     if not isinstance(section, dict):
         raise UsageError(
             "[policies] in %s must be a table, got %s" % (path, shown(section)),
             "write it as a [policies] section of key = value lines",
         )
-    checked, error = _validated(section)
-    if error:
-        key, problem = error
-        if key in EXAMPLES:
-            hint = "for example: %s = %s, or remove the line" % (key, EXAMPLES[key][1])
-        else:
-            hint = "known policies: %s" % ", ".join(POLICY_KEYS)
-        raise UsageError("[policies] %s in %s %s" % (key, path, problem), hint)
-    return checked
+    keys = model.config_keys()
+    unknown = [key for key in section if key not in keys]
+    if unknown:
+        raise UsageError(
+            "[policies] %s in %s is not a known policy" % (unknown[0], path), "known policies: %s" % ", ".join(keys)
+        )
+    try:
+        return model(**section).model_dump(include=set(section))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = str(first["loc"][0])
+        example = flag_of(model.model_fields[key]).example
+        hint = "for example: %s = %s, or remove the line" % (key, example[1]) if example else "remove the line"
+        raise UsageError("[policies] %s in %s %s" % (key, path, first["msg"]), hint) from None

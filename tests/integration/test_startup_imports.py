@@ -18,12 +18,13 @@ try:
     app(prog_name="runctl")
 except SystemExit:
     pass
-print(",".join(m for m in %r if m in sys.modules), file=sys.stderr)
-""" % (HEAVY,)
+print(",".join(m for m in WATCHED if m in sys.modules), file=sys.stderr)
+"""
 
 
-def loaded_modules(*args: str) -> set[str]:
-    proc = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=60)
+def loaded_modules(*args: str, watched: tuple[str, ...] = HEAVY) -> set[str]:
+    probe = "WATCHED = %r\n%s" % (watched, PROBE)
+    proc = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.strip().splitlines()
     return set(filter(None, lines[-1].split(","))) if lines else set()
@@ -40,3 +41,9 @@ def test_group_help_imports_no_cloud_sdk_or_rendering(group: str, runctl_home: o
 
 def test_runs_list_json_never_imports_cloud_or_rich(runctl_home: object) -> None:
     assert not loaded_modules("runs", "list", "--output", "json") & CLOUD_AND_RENDERING
+
+
+def test_a_command_builds_only_its_own_group(runctl_home: object) -> None:
+    train_commands = ("runctl.cli.local", "runctl.cli.ssh", "runctl.cli.trainopts", "runctl.params")
+    assert loaded_modules("runs", "list", "-o", "json", watched=train_commands) == set()
+    assert loaded_modules("local", "--help", watched=train_commands) == {"runctl.cli.local", *train_commands[2:]}

@@ -10,7 +10,7 @@ import typer
 from . import options as o
 from .common import Output, emit_json, say, store
 
-app = typer.Typer(help="List and download run checkpoints.", no_args_is_help=True, rich_markup_mode=None)
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 RunId = Annotated[str, typer.Argument(help="Run id or a unique prefix of it")]
 
 

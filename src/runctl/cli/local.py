@@ -7,61 +7,38 @@ from typing import Annotated
 
 import typer
 
+from ..params import TrainOptions
 from . import options as o
 from .common import Output, emit_json, exit_with, say, store
+from .trainopts import train_command
 
-app = typer.Typer(help="Run training on this machine.", no_args_is_help=True, rich_markup_mode=None)
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 
 
-@app.command()
+@train_command(app)
 def train(
+    opts: TrainOptions,
     script: Annotated[str, typer.Argument(help="Training script (.py runs with --python; else an executable)")],
     script_args: o.ScriptArgs = None,
     project_dir: Annotated[
         str | None, typer.Option("--project-dir", help="Project root (default: nearest .git/pyproject.toml)")
     ] = None,
-    name: o.NameOpt = None,
-    env: o.EnvOpt = None,
     python: Annotated[str | None, typer.Option("--python", help="Python for .py scripts")] = None,
-    wait: o.WaitOpt = False,
-    timeout: o.TimeoutOpt = None,
-    output: o.OutputOpt = Output.text,
-    checkpoint_dir: o.CheckpointDirOpt = None,
-    resume_from: o.ResumeOpt = None,
-    metrics_regex: o.MetricsRegexOpt = None,
-    tty: o.TtyOpt = False,
-    checkpoint_glob: o.CheckpointGlobOpt = None,
-    notify: o.NotifyOpt = None,
-    auto_stop_loss: o.AutoStopLoss = None,
-    auto_stop_patience: o.AutoStopPatience = None,
-    exit_grace: o.ExitGrace = None,
-    stall_polls: o.StallPolls = None,
-    poll_interval: o.PollInterval = None,
-    hang_timeout: o.HangTimeout = None,
-    on_hang: o.OnHang = None,
-    max_duration: o.MaxDuration = None,
-    on_nan: o.OnNan = None,
-    stop_grace: o.StopGrace = None,
 ) -> None:
     """Start SCRIPT detached on this machine; print its run id (or follow it with --wait)."""
     from .. import controller
     from ..transport.local import LocalTransport
-    from .starting import announce_and_follow, apply_config, wait_timeout
+    from .starting import announce_and_follow, apply_config
 
-    seconds = wait_timeout(wait, timeout)
-    flags = o.policy_flags(
-        auto_stop_loss, auto_stop_patience, exit_grace, stall_polls, poll_interval,
-        hang_timeout, on_hang, max_duration, on_nan, stop_grace, notify,
-    )  # fmt: skip
     spec = controller.local_spec(
-        script, project_dir, name, env or [], python, script_args or [], {}, notify or [],
-        metrics_regex, checkpoint_dir, resume_from,
+        script, project_dir, opts.name, opts.env, python, script_args or [], {}, opts.notify,
+        opts.metrics_regex, opts.checkpoint_dir, opts.resume_from,
     )  # fmt: skip
-    o.output_flags(spec, tty, checkpoint_glob)
-    apply_config(spec, Path(spec.project_dir), flags)
+    o.output_flags(spec, opts)
+    apply_config(spec, Path(spec.project_dir), opts.policies())
     db = store()
     state = controller.start(db, spec, LocalTransport())
-    announce_and_follow(db, spec, state, output, wait, seconds, "here")
+    announce_and_follow(db, spec, state, opts.output, opts.wait, opts.timeout, "here")
 
 
 @app.command()

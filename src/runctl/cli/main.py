@@ -1,19 +1,72 @@
-"""The `runctl` entry point: sub-apps, and one place that turns errors into exit codes."""
+"""The `runctl` entry point: sub-apps loaded on demand, and one place that turns errors into exit codes."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-from typing import Annotated
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from .. import __version__
 from ..core.errors import HostError, RunctlError
-from . import checkpoint, local, runs, ssh
+
+# Command groups by module, each imported and built only when the command line reaches it: `runctl
+# --help` needs just these lines (and so never imports pydantic, of which the train options are a
+# model), and a command builds its own group only. A new provider's group is one line here.
+GROUPS = {
+    "local": ("runctl.cli.local", "Run training on this machine."),
+    "runs": ("runctl.cli.runs", "Inspect, follow, wait for and stop runs."),
+    "ssh": ("runctl.cli.ssh", "Run training on any SSH host (OpenSSH + rsync)."),
+    "checkpoint": ("runctl.cli.checkpoint", "List and download run checkpoints."),
+}
+
+
+class _Commands(MutableMapping[str, Any]):
+    """The top-level group's commands: a group in GROUPS is built the first time it is looked up."""
+
+    def __init__(self, built: Mapping[str, Any]) -> None:
+        self.built = dict(built)
+
+    def __getitem__(self, name: str) -> Any:
+        if name in GROUPS and name not in self.built:
+            module, help_text = GROUPS[name]
+            group = typer.main.get_group(importlib.import_module(module).app)
+            group.name, group.help = name, help_text
+            self.built[name] = group
+        return self.built[name]
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        self.built[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self.built[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*GROUPS, *(name for name in self.built if name not in GROUPS)])
+
+    def __len__(self) -> int:
+        return len(set(GROUPS) | set(self.built))
+
+
+class Groups(TyperGroup):
+    """The top-level group: its help lists GROUPS from their help lines; a group is built when invoked."""
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.commands = _Commands(self.commands)
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help_text) for name, (_, help_text) in GROUPS.items()])
+
 
 app = typer.Typer(
     name="runctl",
+    cls=Groups,
     help="Run ML training on rented machines; know exactly when and how it ended.",
     no_args_is_help=True,
     add_completion=False,
@@ -21,10 +74,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.add_typer(local.app, name="local")
-app.add_typer(runs.app, name="runs")
-app.add_typer(ssh.app, name="ssh")
-app.add_typer(checkpoint.app, name="checkpoint")
 
 
 def _version(value: bool) -> None:

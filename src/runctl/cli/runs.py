@@ -13,7 +13,7 @@ from ..core.errors import RunctlError, RunGone, UsageError
 from . import options as o
 from .common import Detached, Output, duration_option, emit_json, exit_with, say, store
 
-app = typer.Typer(help="Inspect, follow, wait for and stop runs.", no_args_is_help=True, rich_markup_mode=None)
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 
 if TYPE_CHECKING:
     from ..store import Store

@@ -8,10 +8,12 @@ from typing import Annotated
 import typer
 
 from ..core.errors import Detached, UsageError
+from ..params import TrainOptions
 from . import options as o
 from .common import Output, emit_json, exit_with, say, store
+from .trainopts import train_command
 
-app = typer.Typer(help="Run training on any SSH host (OpenSSH + rsync).", no_args_is_help=True, rich_markup_mode=None)
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 
 DestArg = Annotated[str, typer.Argument(help="[user@]host[:port] or a Host alias from ~/.ssh/config")]
 IdentityOpt = Annotated[str | None, typer.Option("--identity", "-i", help="Private key file")]
@@ -29,8 +31,9 @@ def make_transport(dest: str, identity: str | None, insecure: bool):  # type: ig
     return SshTransport(Dest.parse(dest), identity=key, insecure_host_key=insecure)
 
 
-@app.command()
+@train_command(app)
 def train(
+    opts: TrainOptions,
     dest: DestArg,
     script: Annotated[str, typer.Argument(help="Training script inside the project")],
     script_args: o.ScriptArgs = None,
@@ -64,57 +67,31 @@ def train(
         bool,
         typer.Option("--download-checkpoints/--no-download-checkpoints", help="Pull checkpoints when the run ends"),
     ] = True,
-    name: o.NameOpt = None,
-    env: o.EnvOpt = None,
-    wait: o.WaitOpt = False,
-    timeout: o.TimeoutOpt = None,
-    output: o.OutputOpt = Output.text,
-    checkpoint_dir: o.CheckpointDirOpt = None,
-    resume_from: o.ResumeOpt = None,
-    metrics_regex: o.MetricsRegexOpt = None,
-    tty: o.TtyOpt = False,
-    checkpoint_glob: o.CheckpointGlobOpt = None,
-    notify: o.NotifyOpt = None,
-    auto_stop_loss: o.AutoStopLoss = None,
-    auto_stop_patience: o.AutoStopPatience = None,
-    exit_grace: o.ExitGrace = None,
-    stall_polls: o.StallPolls = None,
-    poll_interval: o.PollInterval = None,
-    hang_timeout: o.HangTimeout = None,
-    on_hang: o.OnHang = None,
-    max_duration: o.MaxDuration = None,
-    on_nan: o.OnNan = None,
-    stop_grace: o.StopGrace = None,
 ) -> None:
     """Sync the project to DEST and start SCRIPT there detached (follow it with --wait)."""
     from .. import remote
-    from .starting import announce_and_follow, apply_config, wait_timeout
+    from .starting import announce_and_follow, apply_config
 
-    seconds = wait_timeout(wait, timeout)
-    flags = o.policy_flags(
-        auto_stop_loss, auto_stop_patience, exit_grace, stall_polls, poll_interval,
-        hang_timeout, on_hang, max_duration, on_nan, stop_grace, notify,
-    )  # fmt: skip
     data_paths = [Path(p).expanduser().resolve() for p in data or []]
     for path in data_paths:
         if not path.exists():
             raise UsageError("--data %s does not exist" % path, "pass an existing local file or directory")
     transport = make_transport(dest, identity, insecure_host_key)
     spec, root = remote.remote_spec(
-        script, project_dir, project_name, name, env or [], script_args or [], {}, notify or [],
-        metrics_regex, checkpoint_dir, resume_from, setup,
+        script, project_dir, project_name, opts.name, opts.env, script_args or [], {}, opts.notify,
+        opts.metrics_regex, opts.checkpoint_dir, opts.resume_from, setup,
     )  # fmt: skip
-    o.output_flags(spec, tty, checkpoint_glob)
-    apply_config(spec, root, flags)
+    o.output_flags(spec, opts)
+    apply_config(spec, root, opts.policies())
     db = store()
     try:
         state = remote.start_remote(
             db, transport, spec, root, remote_dir, sync_code, include or [], data_paths, download_checkpoints,
-            say=None if output == Output.json else say, adopt=adopt_remote_dir,
+            say=None if opts.output == Output.json else say, adopt=adopt_remote_dir,
         )  # fmt: skip
     except KeyboardInterrupt:
         raise Detached("interrupted before run %s started on %s" % (spec.run_id, transport.dest)) from None
-    announce_and_follow(db, spec, state, output, wait, seconds, "on %s" % transport.dest)
+    announce_and_follow(db, spec, state, opts.output, opts.wait, opts.timeout, "on %s" % transport.dest)
 
 
 @app.command("exec", context_settings={"allow_interspersed_args": False})

@@ -5,17 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import Detached, UsageError
+from ..core.errors import Detached
 from ..core.spec import RunSpec
 from ..store import Store
-from .common import Output, duration_option, emit_json, exit_with, say
-
-
-def wait_timeout(wait: bool, timeout: str | None) -> float | None:
-    seconds = duration_option(timeout, "--timeout")
-    if seconds is not None and not wait:
-        raise UsageError("--timeout only applies with --wait", "to limit the run itself use --max-duration")
-    return seconds
+from .common import Output, emit_json, exit_with, say
 
 
 def apply_config(spec: RunSpec, root: Path, flags: dict[str, Any]) -> None:
