@@ -20,10 +20,11 @@ from typing import Any
 from . import paths
 from .core import status as st
 from .core.cost import DEFAULT_BILLING_STATES, Cost, cost
-from .core.errors import CorruptStore, RunctlError, UsageError, WriteFailed
+from .core.errors import CorruptStore, HostError, RunctlError, UsageError, WriteFailed
 from .core.fsutil import PRIVATE_FILE, mount_point, tighten, write_failed
 
 SCHEMA_VERSION = 2
+BUSY_SECONDS = 30  # how long a process waits for another holding the store
 
 _MIGRATIONS = {
     1: """
@@ -139,6 +140,11 @@ def store_error(exc: sqlite3.Error | OSError, path: Path) -> RunctlError:
         return write_failed(exc) or WriteFailed("permission", str(path))
     name = getattr(exc, "sqlite_errorname", "") or ""
     text = str(exc)
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in text:
+        return HostError(
+            "the runctl store %s stayed locked for %ds" % (path, BUSY_SECONDS),
+            "another runctl process holds it; try again, or find it with: fuser %s" % path,
+        )
     if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")) or "not a database" in text or "malformed" in text:
         return CorruptStore(str(path), text)
     if name.startswith("SQLITE_FULL") or "disk is full" in text:
@@ -161,15 +167,32 @@ class Store:
     def _open(self) -> None:
         # Created 0600 before SQLite opens it; SQLite gives its -wal and -shm files the same mode.
         os.close(os.open(str(self.path), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, PRIVATE_FILE))
-        self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+        self.db = sqlite3.connect(str(self.path), timeout=BUSY_SECONDS, isolation_level=None)
         self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA busy_timeout = 30000")
-        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA busy_timeout = %d" % (BUSY_SECONDS * 1000))
+        self._enable_wal()
         self.db.execute("PRAGMA synchronous = NORMAL")
         self.db.execute("PRAGMA foreign_keys = ON")
         for suffix in ("", "-wal", "-shm"):
             tighten(str(self.path) + suffix, PRIVATE_FILE)  # stores written by older runctl were 0644
         self._migrate()
+
+    def _enable_wal(self) -> None:
+        """Switch to WAL, waiting out other processes doing the same.
+
+        The switch from a rollback journal takes an exclusive lock and SQLite does not run the busy
+        handler for it, so two runctl processes opening a new or old store at once would otherwise
+        see "database is locked".
+        """
+        deadline = time.monotonic() + BUSY_SECONDS
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def _migrate(self) -> None:
         version = self._version()

@@ -383,3 +383,13 @@ def test_parallel_processes_do_not_hit_database_is_locked(db_path: Path) -> None
         assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         store.close()
+
+
+def test_a_locked_store_is_busy_not_corrupt(tmp_path: Path) -> None:
+    """A store another process holds past the wait is a host error that says so, never "corrupt"."""
+    from runctl.core.errors import CorruptStore, HostError
+    from runctl.store import store_error
+
+    error = store_error(sqlite3.OperationalError("database is locked"), tmp_path / "runctl.db")
+    assert isinstance(error, HostError) and not isinstance(error, CorruptStore)
+    assert error.exit_code == 4 and "locked" in error.message and "try again" in (error.hint or "")
