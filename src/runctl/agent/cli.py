@@ -55,6 +55,11 @@ def dispatch(argv: Optional[List[str]] = None) -> int:
     p.add_argument("run_dir")
     p = sub.add_parser("plain")
     p.add_argument("project_dir")
+    p = sub.add_parser("on-end-claim", help="claim the end-of-run step (O_EXCL); prints the claim and result")
+    p.add_argument("run_dir")
+    p.add_argument("--by", choices=("agent", "controller"), default="controller")
+    p = sub.add_parser("on-end-result", help="record the end-of-run step's result; JSON on stdin")
+    p.add_argument("run_dir")
     sub.add_parser("version")
     watchdog.add_parser(sub)
     args = parser.parse_args(argv)
@@ -82,6 +87,10 @@ def dispatch(argv: Optional[List[str]] = None) -> int:
         result, code = ops.list_checkpoints(args.run_dir), 0
     elif args.command == "plain":
         result, code = ops.plain_status(args.project_dir), 0
+    elif args.command == "on-end-claim":
+        result, code = ops.on_end_claim(args.run_dir, args.by), 0
+    elif args.command == "on-end-result":
+        result, code = ops.on_end_result(args.run_dir, json.loads(sys.stdin.read() or "{}")), 0
     elif args.command == "watchdog":
         result, code = watchdog.run_command(args)
     else:

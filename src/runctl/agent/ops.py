@@ -497,3 +497,38 @@ def follow(
             next_beat = now + heartbeat
             yield "heartbeat", None
         time.sleep(poll)
+
+
+# ---- the end-of-run step (spec `on_end`): claimed once, by the agent or a controller --------------
+
+
+def on_end_claim(run_dir: str, by: str) -> Dict[str, Any]:
+    """Claim the end-of-run step with O_CREAT|O_EXCL, so agent and controller never both perform it.
+
+    Returns {"claimed": bool, "claim": {...}, "result": {...} | None}; when another party holds the
+    claim, its claim and (once written) its result come back instead.
+    """
+    path = os.path.join(run_dir, layout.ON_END_CLAIM)
+    claim = {"by": by, "t": time.time()}
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return {
+            "claimed": False,
+            "claim": read_json(path) or {},
+            "result": read_json(os.path.join(run_dir, layout.ON_END_RESULT)),
+        }
+    except OSError as exc:
+        return {"claimed": False, "claim": None, "result": None, "error": str(exc)}
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps(claim, sort_keys=True))
+    return {"claimed": True, "claim": claim, "result": None}
+
+
+def on_end_result(run_dir: str, result: Dict[str, Any]) -> Dict[str, Any]:
+    """Record what the claimant of the end-of-run step did (on_end.json)."""
+    try:
+        atomic_write_json(os.path.join(run_dir, layout.ON_END_RESULT), result)
+    except OSError as exc:
+        return {"ok": False, "error": str(exc)}
+    return {"ok": True}

@@ -44,23 +44,20 @@ def train(
     stop_grace: o.StopGrace = None,
 ) -> None:
     """Start SCRIPT detached on this machine; print its run id (or follow it with --wait)."""
-    from .. import controller
-    from ..transport.local import LocalTransport
-    from .starting import announce_and_follow, apply_config, wait_timeout
+    from ..pipeline import StartRequest, start
+    from .starting import announce_and_follow, wait_timeout
 
     seconds = wait_timeout(wait, timeout)
     flags = o.policy_flags(
         auto_stop_loss, auto_stop_patience, exit_grace, stall_polls, poll_interval,
         hang_timeout, on_hang, max_duration, on_nan, stop_grace, notify,
     )  # fmt: skip
-    spec = controller.local_spec(
-        script, project_dir, name, env or [], python, script_args or [], {}, notify or [],
-        metrics_regex, checkpoint_dir, resume_from,
+    request = StartRequest(
+        "local", script, project_dir, name, env or [], python, script_args or [], notify or [], metrics_regex,
+        checkpoint_dir, resume_from, None, tty, checkpoint_glob or [], flags,
     )  # fmt: skip
-    o.output_flags(spec, tty, checkpoint_glob)
-    apply_config(spec, Path(spec.project_dir), flags)
     db = store()
-    state = controller.start(db, spec, LocalTransport())
+    spec, state = start(db, request)
     announce_and_follow(db, spec, state, output, wait, seconds, "here")
 
 

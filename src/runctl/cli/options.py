@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 import typer
 
-from ..core.errors import UsageError
 from ..core.policies import DEFAULTS
 from .common import Output
 
@@ -144,18 +143,3 @@ def policy_flags(
     )
     checked.pop("notify", None)
     return checked
-
-
-def output_flags(spec: Any, tty: bool, checkpoint_globs: list[str] | None) -> None:
-    """--tty and --checkpoint-glob onto a spec, checked first (a bad glob starts nothing)."""
-    from ..core.checkpoints import check_glob
-
-    for pattern in checkpoint_globs or []:
-        problem = check_glob(pattern)
-        if problem:
-            raise UsageError(
-                "--checkpoint-glob %r %s" % (pattern, problem),
-                "for example: --checkpoint-glob 'out/*.pt'",
-            )
-    spec.tty = bool(tty)
-    spec.checkpoint_globs = list(checkpoint_globs or [])

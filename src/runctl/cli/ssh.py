@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..core.errors import Detached, UsageError
+from ..core.errors import UsageError
 from . import options as o
 from .common import Output, emit_json, exit_with, say, store
 
@@ -21,12 +21,9 @@ InsecureOpt = Annotated[
 
 
 def make_transport(dest: str, identity: str | None, insecure: bool):  # type: ignore[no-untyped-def]
-    from ..transport.ssh import Dest, SshTransport
+    from ..providers.ssh import SshProvider
 
-    if identity is not None and not Path(identity).expanduser().is_file():
-        raise UsageError("identity file %s does not exist" % identity, "pass the path of a private key with -i")
-    key = str(Path(identity).expanduser()) if identity else None
-    return SshTransport(Dest.parse(dest), identity=key, insecure_host_key=insecure)
+    return SshProvider.make_transport({"dest": dest, "identity": identity, "insecure_host_key": insecure})
 
 
 @app.command()
@@ -87,34 +84,27 @@ def train(
     stop_grace: o.StopGrace = None,
 ) -> None:
     """Sync the project to DEST and start SCRIPT there detached (follow it with --wait)."""
-    from .. import remote
-    from .starting import announce_and_follow, apply_config, wait_timeout
+    from ..pipeline import StartRequest, start
+    from .starting import announce_and_follow, wait_timeout
 
     seconds = wait_timeout(wait, timeout)
     flags = o.policy_flags(
         auto_stop_loss, auto_stop_patience, exit_grace, stall_polls, poll_interval,
         hang_timeout, on_hang, max_duration, on_nan, stop_grace, notify,
     )  # fmt: skip
-    data_paths = [Path(p).expanduser().resolve() for p in data or []]
-    for path in data_paths:
-        if not path.exists():
-            raise UsageError("--data %s does not exist" % path, "pass an existing local file or directory")
-    transport = make_transport(dest, identity, insecure_host_key)
-    spec, root = remote.remote_spec(
-        script, project_dir, project_name, name, env or [], script_args or [], {}, notify or [],
-        metrics_regex, checkpoint_dir, resume_from, setup,
+    own = {
+        "dest": dest, "identity": identity, "insecure_host_key": insecure_host_key, "project_name": project_name,
+        "remote_dir": remote_dir, "adopt": adopt_remote_dir, "sync": sync_code, "includes": include or [],
+        "data": [Path(p).expanduser().resolve() for p in data or []], "download_checkpoints": download_checkpoints,
+    }  # fmt: skip
+    request = StartRequest(
+        "ssh", script, project_dir, name, env or [], None, script_args or [], notify or [], metrics_regex,
+        checkpoint_dir, resume_from, setup, tty, checkpoint_glob or [], flags, own,
+        say=None if output == Output.json else say,
     )  # fmt: skip
-    o.output_flags(spec, tty, checkpoint_glob)
-    apply_config(spec, root, flags)
     db = store()
-    try:
-        state = remote.start_remote(
-            db, transport, spec, root, remote_dir, sync_code, include or [], data_paths, download_checkpoints,
-            say=None if output == Output.json else say, adopt=adopt_remote_dir,
-        )  # fmt: skip
-    except KeyboardInterrupt:
-        raise Detached("interrupted before run %s started on %s" % (spec.run_id, transport.dest)) from None
-    announce_and_follow(db, spec, state, output, wait, seconds, "on %s" % transport.dest)
+    spec, state = start(db, request)
+    announce_and_follow(db, spec, state, output, wait, seconds, "on %s" % spec.host)
 
 
 @app.command("exec", context_settings={"allow_interspersed_args": False})
@@ -147,11 +137,11 @@ def status(
     output: o.OutputOpt = Output.text,
 ) -> None:
     """CPU, memory, disk, GPUs (nvidia-smi) of DEST, and the runctl runs on it."""
-    from .. import controller, remote
+    from .. import controller, providers
     from ..core import status as st
 
     transport = make_transport(dest, identity, insecure_host_key)
-    facts = remote.host_status(transport)
+    facts = providers.get("ssh").describe(transport)
     db = store()
     runs = [
         controller.refresh(db, row)

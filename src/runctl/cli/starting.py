@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ..core.errors import Detached, UsageError
@@ -16,15 +15,6 @@ def wait_timeout(wait: bool, timeout: str | None) -> float | None:
     if seconds is not None and not wait:
         raise UsageError("--timeout only applies with --wait", "to limit the run itself use --max-duration")
     return seconds
-
-
-def apply_config(spec: RunSpec, root: Path, flags: dict[str, Any]) -> None:
-    """[policies] from the config files under the flags given on the command line."""
-    from ..config import load_policies, merge_policies
-
-    config = load_policies(root)
-    spec.notify = list(config.pop("notify", [])) + spec.notify
-    spec.policies = merge_policies(config, flags)
 
 
 def announce_and_follow(

@@ -26,6 +26,8 @@ DESCENDANTS = "descendants.jsonl"  # every process of the run, recorded (pid, st
 AGENT_LOG = "agent.log"
 SUMMARY = "training_log.json"
 STALE_MARKER = "stale_training_complete.txt"
+ON_END_CLAIM = "on_end.claim"  # created O_EXCL by whoever performs the end-of-run step (agent or controller)
+ON_END_RESULT = "on_end.json"  # what that step did
 SPACE_RESERVE = ".space_reserve"  # freed on a full disk so the run's end can still be recorded
 
 # In the project dir (the original system's names).
