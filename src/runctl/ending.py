@@ -38,8 +38,11 @@ def end_of_run(store: Store, row: dict[str, Any], say: Callable[[str], None] | N
     transport = controller.transport_for(row)
     try:
         claim = transport.on_end_claim(row["run_dir"])
-    except RunctlError as exc:
-        store.add_event(row["run_id"], RESULT, {"error": exc.message})
+    except (RunctlError, OSError) as exc:
+        store.add_event(row["run_id"], RESULT, {"error": exc.message if isinstance(exc, RunctlError) else str(exc)})
+        return
+    if claim.get("error"):
+        store.add_event(row["run_id"], RESULT, {"error": claim["error"]})
         return
     if not claim.get("claimed"):
         # The agent (or another controller) has it: its result, when written, is on the host.
@@ -49,7 +52,7 @@ def end_of_run(store: Store, row: dict[str, Any], say: Callable[[str], None] | N
     result.update(by="controller", started_at=started, ended_at=time.time(), proof=proof)
     try:
         transport.on_end_result(row["run_dir"], result)
-    except RunctlError:
+    except (RunctlError, OSError):
         pass  # the store keeps the result either way
     store.add_event(row["run_id"], RESULT, result)
 

@@ -30,7 +30,7 @@ from .core.errors import Detached, HostError, RunctlError, UsageError, WriteFail
 from .core.spec import RunSpec, new_run_id
 from .providers.base import Host, Provider, StartRequest
 from .store import Store
-from .transport.base import Transport
+from .transport.base import CodeSync, Transport
 
 
 def start(store: Store, request: StartRequest) -> tuple[RunSpec, dict[str, Any]]:
@@ -168,14 +168,15 @@ class Start:
         spec, options = self.spec, self.request.options
         if self.provider.syncs_code and options.get("sync", True):
             self.store.update_state(spec.run_id, {"status": st.SYNCING, "seq": 0})
-            result = transport.sync_code(
+            job = CodeSync(
                 self.root,
                 spec.project_dir,
+                self.project_name,
                 list(options.get("includes") or []),
                 host_owned_paths(spec),
-                self.project_name,
                 bool(options.get("adopt")),
             )
+            result = transport.sync_code(job)
             self.say(
                 "synced %s -> %s:%s (%d files sent, %.1fs)"
                 % (self.root, transport.host, spec.project_dir, result.files_sent, result.seconds)

@@ -17,7 +17,6 @@ from runctl.core.errors import HostError
 from runctl.pipeline import StartRequest, start
 from runctl.store import Store, host_key
 from tests.support.counted_provider import CountedProvider
-from tests.support.runs import poll
 
 QUICK = "import time\nprint('hello', flush=True)\ntime.sleep(0.3)\nprint('bye')\n"
 
@@ -72,7 +71,7 @@ def test_a_launch_that_fails_after_the_agent_started_keeps_the_run_and_its_host(
 
 def test_a_run_ends_with_one_release_confirmed_and_recorded(counted: CountedProvider, project: Path) -> None:
     store = Store()
-    spec, state = start(store, request_for(project))
+    spec, _ = start(store, request_for(project))
     row = store.get(spec.run_id)
     assert row is not None
     kinds = [e["kind"] for e in store.events(spec.run_id)]

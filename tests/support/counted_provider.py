@@ -13,7 +13,7 @@ from typing import Any
 from runctl.core.errors import HostError
 from runctl.core.spec import RunSpec
 from runctl.providers.base import Host, Missing, Placement, StartRequest, default_on_end
-from runctl.transport.base import Transport
+from runctl.transport.base import CodeSync, Transport
 from runctl.transport.local import LocalTransport
 from runctl.transport.sync import SyncResult
 
@@ -37,9 +37,7 @@ class FaultyTransport(LocalTransport):
     def bootstrap(self, spec: dict[str, Any]) -> None:
         self._maybe_fail("bootstrap")
 
-    def sync_code(
-        self, local_root: Path, remote_dir: str, includes: list[str], protect: tuple[str, ...], project: str, adopt: bool
-    ) -> SyncResult:
+    def sync_code(self, job: CodeSync) -> SyncResult:
         self._maybe_fail("sync")
         return SyncResult(files_sent=0, bytes_total=0, seconds=0.0)
 

@@ -520,8 +520,15 @@ def on_end_claim(run_dir: str, by: str) -> Dict[str, Any]:
         }
     except OSError as exc:
         return {"claimed": False, "claim": None, "result": None, "error": str(exc)}
-    with os.fdopen(fd, "w") as handle:
-        handle.write(json.dumps(claim, sort_keys=True))
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(claim, sort_keys=True))
+    except OSError as exc:  # a full disk: no half-written claim stays behind to block the step
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return {"claimed": False, "claim": None, "result": None, "error": str(exc)}
     return {"claimed": True, "claim": claim, "result": None}
 
 

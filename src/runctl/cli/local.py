@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from . import options as o
-from .common import Output, emit_json, exit_with, say, store
+from .common import Output, emit_json, exit_with, say
 
 app = typer.Typer(help="Run training on this machine.", no_args_is_help=True, rich_markup_mode=None)
 
@@ -44,8 +44,8 @@ def train(
     stop_grace: o.StopGrace = None,
 ) -> None:
     """Start SCRIPT detached on this machine; print its run id (or follow it with --wait)."""
-    from ..pipeline import StartRequest, start
-    from .starting import announce_and_follow, wait_timeout
+    from ..pipeline import StartRequest
+    from .starting import run_train, wait_timeout
 
     seconds = wait_timeout(wait, timeout)
     flags = o.policy_flags(
@@ -56,9 +56,7 @@ def train(
         "local", script, project_dir, name, env or [], python, script_args or [], notify or [], metrics_regex,
         checkpoint_dir, resume_from, None, tty, checkpoint_glob or [], flags,
     )  # fmt: skip
-    db = store()
-    spec, state = start(db, request)
-    announce_and_follow(db, spec, state, output, wait, seconds, "here")
+    run_train(request, output, wait, seconds, "here")
 
 
 @app.command()

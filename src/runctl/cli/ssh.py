@@ -84,8 +84,8 @@ def train(
     stop_grace: o.StopGrace = None,
 ) -> None:
     """Sync the project to DEST and start SCRIPT there detached (follow it with --wait)."""
-    from ..pipeline import StartRequest, start
-    from .starting import announce_and_follow, wait_timeout
+    from ..pipeline import StartRequest
+    from .starting import run_train, wait_timeout
 
     seconds = wait_timeout(wait, timeout)
     flags = o.policy_flags(
@@ -102,9 +102,7 @@ def train(
         checkpoint_dir, resume_from, setup, tty, checkpoint_glob or [], flags, own,
         say=None if output == Output.json else say,
     )  # fmt: skip
-    db = store()
-    spec, state = start(db, request)
-    announce_and_follow(db, spec, state, output, wait, seconds, "on %s" % spec.host)
+    run_train(request, output, wait, seconds)
 
 
 @app.command("exec", context_settings={"allow_interspersed_args": False})

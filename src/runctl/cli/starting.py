@@ -45,3 +45,13 @@ def announce_and_follow(
             "detached from run %s; it keeps going" % spec.run_id, "reattach: runctl runs wait %s" % spec.run_id
         ) from None
     exit_with(code)
+
+
+def run_train(request: Any, output: Output, wait: bool, timeout: float | None, where: str | None = None) -> None:
+    """The end of every `<provider> train`: start the request through the pipeline, then announce or follow."""
+    from ..pipeline import start
+    from .common import store
+
+    db = store()
+    spec, state = start(db, request)
+    announce_and_follow(db, spec, state, output, wait, timeout, where or "on %s" % spec.host)

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from .manifest import Plan
     from .sync import SyncResult
+
+
+@dataclass(frozen=True)
+class CodeSync:
+    """One code sync: the local project into `remote_dir`, which must be runctl's own for `project`."""
+
+    local_root: Path
+    remote_dir: str
+    project: str
+    includes: list[str] = field(default_factory=list)  # patterns synced even if ignored
+    protect: tuple[str, ...] = ()  # project paths the host writes: never deleted by the sync
+    adopt: bool = False  # mark an existing non-empty dir as runctl's, keeping what is there
 
 
 class Transport(Protocol):
@@ -27,15 +40,7 @@ class Transport(Protocol):
         """Prepare the host for this run before launch (nothing on hosts whose agent builds all)."""
         ...
 
-    def sync_code(
-        self,
-        local_root: Path,
-        remote_dir: str,
-        includes: list[str],
-        protect: tuple[str, ...],
-        project: str,
-        adopt: bool,
-    ) -> SyncResult:
+    def sync_code(self, job: CodeSync) -> SyncResult:
         """Ship the project (providers whose `syncs_code` is false never call it)."""
         ...
 

@@ -14,6 +14,7 @@ from ..bundle import agent_artifact
 from ..core.errors import HostError, UsageError
 
 if TYPE_CHECKING:
+    from .base import CodeSync
     from .manifest import Plan
     from .sync import SyncResult
 
@@ -28,15 +29,7 @@ class LocalTransport:
     def bootstrap(self, spec: dict[str, Any]) -> None:
         """Nothing to prepare: the run uses this machine as it is."""
 
-    def sync_code(
-        self,
-        local_root: Path,
-        remote_dir: str,
-        includes: list[str],
-        protect: tuple[str, ...],
-        project: str,
-        adopt: bool,
-    ) -> SyncResult:
+    def sync_code(self, job: CodeSync) -> SyncResult:
         raise UsageError("local runs use the project dir in place; there is nothing to sync")
 
     def stage_data(self, local_paths: list[Path], remote_data_dir: str) -> None:

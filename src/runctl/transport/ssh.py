@@ -26,6 +26,7 @@ from ..bundle import agent_artifact
 from ..core.errors import HostError, UsageError, WriteFailed
 
 if TYPE_CHECKING:
+    from .base import CodeSync
     from .manifest import Plan
     from .sync import SyncResult
 
@@ -449,18 +450,10 @@ class SshTransport:
     def bootstrap(self, spec: dict[str, Any]) -> None:
         """Nothing beyond connect's agent install: the agent builds the project's env at launch."""
 
-    def sync_code(
-        self,
-        local_root: Path,
-        remote_dir: str,
-        includes: list[str],
-        protect: tuple[str, ...],
-        project: str,
-        adopt: bool,
-    ) -> SyncResult:
+    def sync_code(self, job: CodeSync) -> SyncResult:
         from .sync import sync_code
 
-        return sync_code(self, local_root, remote_dir, includes, protect, project, adopt)
+        return sync_code(self, job.local_root, job.remote_dir, job.includes, job.protect, job.project, job.adopt)
 
     def stage_data(self, local_paths: list[Path], remote_data_dir: str) -> None:
         from .sync import stage_data
