@@ -248,7 +248,9 @@ def await_launch(store: Store, row: dict[str, Any], deadline: float | None) -> d
     return row
 
 
-def record_gone(store: Store, row: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+def record_gone(
+    store: Store, row: dict[str, Any], state: dict[str, Any], say: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """The run dir is gone: nothing can say how the run ended, so it is lost (never success)."""
     message = "the run directory %s on %s is gone" % (row["run_dir"], row["host"])
     if row["status"] in PRE_LAUNCH:
@@ -264,6 +266,9 @@ def record_gone(store: Store, row: dict[str, Any], state: dict[str, Any]) -> dic
         },
     )
     store.add_event(row["run_id"], "run_dir_gone", {"error": state.get("error")})
+    from .ending import end_of_run
+
+    end_of_run(store, store.get(row["run_id"]) or row, say)
     return view(store.get(row["run_id"]) or row)
 
 
@@ -325,7 +330,7 @@ def follow(
         elif kind == "reconnecting" and on_notice is not None:
             on_notice("connection to %s lost; reconnecting..." % row["host"])
         elif kind == "gone":
-            return record_gone(store, store.get(row["run_id"]) or row, payload)
+            return record_gone(store, store.get(row["run_id"]) or row, payload, on_end_notice)
         elif kind in ("status", "end"):
             record_state(store, store.get(row["run_id"]) or row, payload, on_end_notice)
             if kind == "end":

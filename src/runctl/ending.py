@@ -17,7 +17,7 @@ from typing import Any
 from . import controller, providers
 from .core import status as st
 from .core.errors import HostError, RunctlError, UsageError
-from .providers.base import DOWNLOAD_CHECKPOINTS, Host, supports
+from .providers.base import DOWNLOAD_CHECKPOINTS, Host, Provider, supports
 from .store import Store
 
 GUARD = "on_end"
@@ -27,34 +27,45 @@ RESULT = "on_end_result"
 def end_of_run(store: Store, row: dict[str, Any], say: Callable[[str], None] | None = None) -> None:
     """Perform the controller's part of a terminal run's end, once; never raises for a host problem."""
     notice = say or (lambda message: None)
-    if not st.is_terminal(row["status"]) or any(e["kind"] == GUARD for e in store.events(row["run_id"])):
+    kinds = {e["kind"] for e in store.events(row["run_id"])}
+    if not st.is_terminal(row["status"]) or GUARD in kinds:
         return
     store.add_event(row["run_id"], GUARD, {"by": "controller"})
     provider = providers.get(row["provider"])
     started = time.time()
     proof: dict[str, Any] = {}
-    if supports(provider, DOWNLOAD_CHECKPOINTS) and controller.owner_of(row).get("download_checkpoints", True):
+    launched = "launched" in kinds  # a run lost before its launch has no run dir and no checkpoints
+    if (
+        launched
+        and supports(provider, DOWNLOAD_CHECKPOINTS)
+        and controller.owner_of(row).get("download_checkpoints", True)
+    ):
         proof["checkpoints_downloaded"] = pull_checkpoints(store, row, notice)
-    transport = controller.transport_for(row)
-    try:
-        claim = transport.on_end_claim(row["run_dir"])
-    except (RunctlError, OSError) as exc:
-        store.add_event(row["run_id"], RESULT, {"error": exc.message if isinstance(exc, RunctlError) else str(exc)})
-        return
-    if claim.get("error"):
-        store.add_event(row["run_id"], RESULT, {"error": claim["error"]})
-        return
-    if not claim.get("claimed"):
+    claim: dict[str, Any] = claim_step(row) if launched else {"claimed": False, "error": "never launched"}
+    if not claim.get("claimed") and not claim.get("error"):
         # The agent (or another controller) has it: its result, when written, is on the host.
         store.add_event(row["run_id"], RESULT, {"claimed_by": (claim.get("claim") or {}).get("by"), **claim})
         return
+    # Claimed here, or no one can claim (run dir gone, host unreachable): the provider's release
+    # through its API is the controller's to do either way.
     result = release(store, provider, row, notice)
     result.update(by="controller", started_at=started, ended_at=time.time(), proof=proof)
-    try:
-        transport.on_end_result(row["run_dir"], result)
-    except (RunctlError, OSError):
-        pass  # the store keeps the result either way
+    if claim.get("error"):
+        result["claim_error"] = claim["error"]
+    else:
+        try:
+            controller.transport_for(row).on_end_result(row["run_dir"], result)
+        except (RunctlError, OSError):
+            pass  # the store keeps the result either way
     store.add_event(row["run_id"], RESULT, result)
+
+
+def claim_step(row: dict[str, Any]) -> dict[str, Any]:
+    """The host's answer to the controller's claim; {"error": ...} when it cannot be asked or written."""
+    try:
+        return controller.transport_for(row).on_end_claim(row["run_dir"])
+    except (RunctlError, OSError) as exc:
+        return {"claimed": False, "error": exc.message if isinstance(exc, RunctlError) else str(exc)}
 
 
 def pull_checkpoints(store: Store, row: dict[str, Any], say: Callable[[str], None]) -> int:
@@ -78,7 +89,7 @@ def pull_checkpoints(store: Store, row: dict[str, Any], say: Callable[[str], Non
     return len(done.allowed)
 
 
-def release(store: Store, provider: Any, row: dict[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
+def release(store: Store, provider: Provider, row: dict[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
     """The provider's end action on the run's host; the state it reports back is recorded."""
     action = provider.end_action(row)
     outcome: dict[str, Any] = {"command": None, "exit_code": None, "output_tail": "", "error": None}

@@ -29,7 +29,7 @@ from .core import status as st
 from .core.errors import Detached, HostError, RunctlError, UsageError, WriteFailed
 from .core.spec import RunSpec, new_run_id
 from .providers.base import Host, Provider, StartRequest
-from .store import Store
+from .store import Store, host_key
 from .transport.base import CodeSync, Transport
 
 
@@ -247,6 +247,7 @@ class Start:
             self.abandon()
             return False
         self.store.update_state(self.spec.run_id, state)
+        self.store.add_event(self.spec.run_id, "launched", {"salvaged": True, "host": self.spec.host})
         return True
 
     def abandon(self) -> None:
@@ -256,13 +257,12 @@ class Start:
             shutil.rmtree(self.spec.run_dir, ignore_errors=True)
         if self.host is not None and self.acquired:
             host, self.acquired = self.host, False
-            released = self.provider.release(host, "terminate")
             try:
-                from .store import host_key
-
-                self.store.record_host_state(host_key(host.provider, host.id), released.state)
-            except ValueError:
-                pass
+                released = self.provider.release(host, "terminate")
+            except RunctlError as exc:  # the start's own error is what the user must see first
+                self.say("warning: could not release host %s: %s" % (host.id, exc.message))
+                return
+            self.store.record_host_state(host_key(host.provider, host.id), released.state)
 
     def refused_write(self, result: dict[str, Any]) -> None:
         """The host refused to write the run dir: a full disk is a failed run (recorded), read-only leaves none."""

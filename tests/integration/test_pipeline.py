@@ -101,3 +101,32 @@ def test_a_command_that_cannot_start_leaves_nothing(counted: CountedProvider, pr
         start(Store(), request)
     assert Store().list(include_all=True) == []
     assert counted.released == [(counted.acquired[0], "terminate")]
+
+
+def test_a_start_whose_controller_died_after_acquiring_is_lost_and_its_host_released(
+    counted: CountedProvider, project: Path
+) -> None:
+    """The controller was killed between acquire and launch: the next look marks the run lost and
+    releases the host it had acquired (no cloud host outlives a dead start)."""
+    import subprocess
+
+    from runctl import providers as registry
+    from runctl.core import status as st
+    from runctl.pipeline import Start, build_spec
+
+    store = Store()
+    request = request_for(project)
+    spec, root = build_spec(registry.get("counted"), request)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    starting = Start(store, counted, request, spec, root)
+    starting.owner.update(pid=dead.pid, start=0)
+    store.add_run(starting.record(), {"kind": "counted"}, {"status": st.PROVISIONING, "seq": 0})
+    starting.acquire()  # ... and the controller dies here
+
+    run = controller.refresh(store, store.get(spec.run_id) or {})
+    assert run["status"] == "lost"
+    assert "before the run was launched" in run["termination_message"]
+    assert counted.released == [(counted.acquired[0], "terminate")]
+    host = store.host(host_key("counted", counted.acquired[0]))
+    assert host is not None and host["state"] == "terminated"
