@@ -15,11 +15,9 @@ from typing import Any
 
 from .core import layout
 from .core import status as st
-from .core.errors import Detached, HostError, RunctlError, UsageError, WaitTimeout, WriteFailed
-from .core.spec import RunSpec, new_run_id
+from .core.errors import HostError, RunctlError, UsageError, WaitTimeout
 from .store import Store
 from .transport.base import Transport
-from .transport.local import LocalTransport
 
 PROJECT_MARKERS = (".git", "pyproject.toml")
 PRE_LAUNCH = (st.PENDING, st.PROVISIONING, st.SYNCING)
@@ -133,49 +131,18 @@ def locate(script: str, project_dir: str | None) -> tuple[Path, Path, str]:
     return root, script_path, relative
 
 
-def build_command(script_path: Path, relative: str, python: str | None, args: list[str]) -> list[str]:
-    """A .py script runs with the chosen Python; anything else must be an executable itself."""
-    if script_path.suffix == ".py":
-        return [resolve_python(python), relative, *args]
-    if not os.access(script_path, os.X_OK):
+def build_command(script_path: Path, relative: str, python: str, args: list[str]) -> list[str]:
+    """A .py script runs with `python` (the provider's: resolved here for local runs); anything else
+    must be an executable itself. "./" keeps a name like "-x.py" from being read as an option, and
+    finds a bare executable in the project dir."""
+    is_py = script_path.suffix == ".py"
+    if not is_py and not os.access(script_path, os.X_OK):
         raise UsageError(
             "script %s is not executable" % script_path,
             "run: chmod +x %s   (or use a .py script, which runs with --python)" % script_path,
         )
-    return ["./" + relative if "/" not in relative else relative, *args]
-
-
-def local_spec(
-    script: str,
-    project_dir: str | None,
-    name: str | None,
-    env: Iterable[str],
-    python: str | None,
-    script_args: list[str],
-    policies: dict[str, Any],
-    notify: list[str],
-    metrics_regex: str | None,
-    checkpoint_dir: str | None,
-    resume_from: str | None,
-) -> RunSpec:
-    """A validated RunSpec for a local run; raises UsageError before anything is created."""
-    root, script_path, relative = locate(script, project_dir)
-    command = build_command(script_path, relative, python, list(script_args))
-    check_regex(metrics_regex)
-    return RunSpec(
-        run_id=new_run_id(),
-        name=name or script_path.stem,
-        project_dir=str(root),
-        command=command,
-        script=relative,
-        script_args=list(script_args),
-        env=parse_env(env),
-        checkpoint_dir=checkpoint_dir or "",
-        resume_from=resume_from,
-        policies=policies,
-        notify=list(notify),
-        metrics_regex=metrics_regex,
-    )
+    runnable = "./" + relative if relative.startswith("-") or (not is_py and "/" not in relative) else relative
+    return [python, runnable, *args] if is_py else [runnable, *args]
 
 
 def check_regex(pattern: str | None) -> None:
@@ -195,92 +162,25 @@ def check_regex(pattern: str | None) -> None:
 
 
 def transport_for(row: dict[str, Any]) -> Transport:
-    kind = row.get("transport", {}).get("kind", "local")
-    if kind == "local":
-        return LocalTransport()
-    if kind == "ssh":
-        from .transport.ssh import SshTransport
+    """How to reach a recorded run's host again: its provider, from the transport record kept."""
+    from . import providers
 
-        return SshTransport.from_dict(row["transport"])
-    raise RunctlError("run %s uses an unknown transport %r" % (row["run_id"], kind))
+    if row.get("provider") not in providers.REGISTRY:
+        raise RunctlError("run %s uses an unknown provider %r" % (row["run_id"], row.get("provider")))
+    return providers.get(row["provider"]).reconnect(row.get("transport") or {})
 
 
-def start(store: Store, spec: RunSpec, transport: Transport) -> dict[str, Any]:
-    """Record the run, start its agent, and return its first status. Nothing is left if it can't start."""
-    data = spec.to_dict()
-    store.add_run(data, {**transport.to_dict(), "controller": controller_identity()}, {"status": st.PENDING, "seq": 0})
-    try:
-        result = transport.launch(spec.run_dir, data)
-    except KeyboardInterrupt:
-        interrupted_start(store, spec, transport)
-        raise
-    except BaseException:
-        store.delete_run(spec.run_id)
-        raise
-    if result.get("write_error"):
-        refused_write(store, spec, transport, result)
-    state = result.get("state") or transport.probe(spec.run_dir)
-    if not result.get("ok") and not result.get("setup_failed"):
-        if state.get("status") == st.FAILED and not state.get("started_at"):
-            store.delete_run(spec.run_id)
-            remove_run_dir(spec)
-            raise UsageError(str(result.get("error")), "fix the command and start the run again")
-    store.update_state(spec.run_id, state)
-    store.add_event(spec.run_id, "launched", {"pid": result.get("pid"), "agent_pid": result.get("agent_pid")})
-    return state
-
-
-def refused_write(store: Store, spec: RunSpec, transport: Transport, result: dict[str, Any]) -> None:
-    """The host refused to write the run dir: a full disk is a failed run (recorded), read-only leaves none."""
-    info = result["write_error"]
-    error = WriteFailed(info.get("kind", ""), info.get("path", ""), "" if transport.name == "local" else transport.host)
-    if error.kind != "disk_full":
-        store.delete_run(spec.run_id)
-        remove_run_dir(spec)
-        raise error
-    state = result.get("state") or {}
-    store.update_state(
-        spec.run_id,
-        {
-            **state,
-            "status": st.FAILED,
-            "termination_status": st.T_FAILED,
-            "termination_message": str(result.get("error") or error.message),
-            "disk_full": error.path,
-            "ended_at": state.get("ended_at") or time.time(),
-            "seq": max(int(state.get("seq") or 0), 1),
-        },
+def owner_of(row: dict[str, Any]) -> dict[str, Any]:
+    """What the starting controller recorded for itself (identity, local project root, end options)."""
+    spec = row.get("spec") or {}
+    if spec.get("controller"):
+        return dict(spec["controller"])
+    transport = row.get("transport") or {}  # records from before the pipeline kept it there
+    legacy = dict(transport.get("controller") or {})
+    legacy.update(
+        local_root=transport.get("local_root"), download_checkpoints=transport.get("download_checkpoints", True)
     )
-    store.add_event(spec.run_id, "disk_full", {"path": error.path})
-    raise error
-
-
-def salvage_start(store: Store, spec: RunSpec, transport: Transport) -> bool:
-    """After a start went wrong: keep the record if the agent did start (the run may be alive), else drop it."""
-    try:
-        state = transport.probe(spec.run_dir)
-    except Exception:
-        state = {}
-    if state.get("seq") is None:
-        store.delete_run(spec.run_id)
-        return False
-    store.update_state(spec.run_id, state)
-    return True
-
-
-def interrupted_start(store: Store, spec: RunSpec, transport: Transport) -> None:
-    """Ctrl-C while the agent was starting: keep the record if the run may be alive, and say how to find it."""
-    if not salvage_start(store, spec, transport):
-        raise Detached("interrupted before run %s started" % spec.run_id, "nothing is running; start it again")
-    raise Detached(
-        "interrupted while starting run %s; it keeps going" % spec.run_id,
-        "reattach with: runctl runs wait %s   (or stop it: runctl runs stop %s)" % (spec.run_id, spec.run_id),
-    )
-
-
-def remove_run_dir(spec: RunSpec) -> None:
-    if spec.provider == "local":
-        shutil.rmtree(spec.run_dir, ignore_errors=True)
+    return legacy
 
 
 def refresh(store: Store, row: dict[str, Any]) -> dict[str, Any]:
@@ -310,12 +210,19 @@ def refresh(store: Store, row: dict[str, Any]) -> dict[str, Any]:
     return view(store.get(row["run_id"]) or row)
 
 
-def record_state(store: Store, row: dict[str, Any], state: dict[str, Any]) -> None:
+def record_state(
+    store: Store, row: dict[str, Any], state: dict[str, Any], say: Callable[[str], None] | None = None
+) -> None:
     """Record a status from the run dir. One rebuilt from evidence (its status.json was unreadable)
-    keeps what the store last knew of the run (metrics, times) under the new verdict."""
+    keeps what the store last knew of the run (metrics, times) under the new verdict. A run seen
+    terminal here gets the controller's end-of-run step (once; see ending.py)."""
     if state.get("rebuilt"):
         state = {**row["state"], **{k: v for k, v in state.items() if v is not None}}
     store.update_state(row["run_id"], state)
+    if st.is_terminal(str(state.get("status"))):
+        from .ending import end_of_run
+
+        end_of_run(store, store.get(row["run_id"]) or row, say)
 
 
 def being_launched(row: dict[str, Any]) -> bool:
@@ -324,7 +231,7 @@ def being_launched(row: dict[str, Any]) -> bool:
         return False
     from .agent.procs import is_alive
 
-    owner = row["transport"].get("controller") or {}
+    owner = owner_of(row)
     return is_alive(owner.get("pid"), owner.get("start"))
 
 
@@ -341,7 +248,9 @@ def await_launch(store: Store, row: dict[str, Any], deadline: float | None) -> d
     return row
 
 
-def record_gone(store: Store, row: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+def record_gone(
+    store: Store, row: dict[str, Any], state: dict[str, Any], say: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """The run dir is gone: nothing can say how the run ended, so it is lost (never success)."""
     message = "the run directory %s on %s is gone" % (row["run_dir"], row["host"])
     if row["status"] in PRE_LAUNCH:
@@ -357,6 +266,9 @@ def record_gone(store: Store, row: dict[str, Any], state: dict[str, Any]) -> dic
         },
     )
     store.add_event(row["run_id"], "run_dir_gone", {"error": state.get("error")})
+    from .ending import end_of_run
+
+    end_of_run(store, store.get(row["run_id"]) or row, say)
     return view(store.get(row["run_id"]) or row)
 
 
@@ -403,8 +315,11 @@ def follow(
     timeout: float | None,
     from_start: bool = True,
     on_notice: Callable[[str], None] | None = None,
+    on_end_notice: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Stream the log (when `on_log`) and status changes until the run ends; WaitTimeout after `timeout`."""
+    """Stream the log (when `on_log`) and status changes until the run ends; WaitTimeout after `timeout`.
+
+    `on_end_notice` hears what the end-of-run step did (checkpoints downloaded)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     row = await_launch(store, row, deadline)
     transport = transport_for(row)
@@ -415,9 +330,9 @@ def follow(
         elif kind == "reconnecting" and on_notice is not None:
             on_notice("connection to %s lost; reconnecting..." % row["host"])
         elif kind == "gone":
-            return record_gone(store, store.get(row["run_id"]) or row, payload)
+            return record_gone(store, store.get(row["run_id"]) or row, payload, on_end_notice)
         elif kind in ("status", "end"):
-            record_state(store, store.get(row["run_id"]) or row, payload)
+            record_state(store, store.get(row["run_id"]) or row, payload, on_end_notice)
             if kind == "end":
                 return view(store.get(row["run_id"]) or row)
         if deadline is not None and time.monotonic() >= deadline:

@@ -248,6 +248,23 @@ class Store:
             ),
         )
 
+    def place_run(self, run_id: str, spec: dict[str, Any], transport: dict[str, Any]) -> None:
+        """Where a recorded run lives, once its host is reached: host, project and run dir, the
+        transport record to reach it again. Recorded before the host is known, a run is placed once."""
+        self.db.execute(
+            "UPDATE runs SET host = ?, project_dir = ?, run_dir = ?, spec = ?, transport = ?, updated_at = ?"
+            " WHERE run_id = ?",
+            (
+                spec["host"],
+                spec["project_dir"],
+                spec["run_dir"],
+                json.dumps(spec),
+                json.dumps(transport),
+                time.time(),
+                run_id,
+            ),
+        )
+
     def delete_run(self, run_id: str) -> None:
         self.db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
 

@@ -47,3 +47,35 @@ def test_a_command_builds_only_its_own_group(runctl_home: object) -> None:
     train_commands = ("runctl.cli.local", "runctl.cli.ssh", "runctl.cli.trainopts", "runctl.params")
     assert loaded_modules("runs", "list", "-o", "json", watched=train_commands) == set()
     assert loaded_modules("local", "--help", watched=train_commands) == {"runctl.cli.local", *train_commands[2:]}
+
+
+LAZY_PROBE = """
+import sys
+sys.argv = ["runctl", *sys.argv[1:]]
+from runctl import providers
+providers.register("counted", "tests.support.counted_provider:CountedProvider")
+from runctl.cli.main import app
+try:
+    app(prog_name="runctl")
+except SystemExit:
+    pass
+watched = ("tests.support.counted_provider", "runctl.providers.ssh")
+print(",".join(m for m in watched if m in sys.modules), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["ssh", "--help"], ["runs", "list", "--output", "json"]])
+def test_a_provider_registered_by_import_string_is_not_imported_until_used(
+    runctl_home: object, args: list[str]
+) -> None:
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.run(
+        [sys.executable, "-c", LAZY_PROBE, *args], capture_output=True, text=True, timeout=60, cwd=repo
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    loaded = set(filter(None, lines[-1].split(","))) if lines else set()
+    assert "tests.support.counted_provider" not in loaded
+    assert args[0] == "ssh" or "runctl.providers.ssh" not in loaded

@@ -19,11 +19,11 @@ def list_(run_id: RunId, output: o.OutputOpt = Output.text) -> None:
     """Checkpoint files in the run's checkpoint dir, newest first (* = written by this run)."""
     import time
 
-    from .. import remote
+    from ..checkpointing import checkpoints
 
     db = store()
     row = db.resolve(run_id)
-    listing = remote.checkpoints(db, row)
+    listing = checkpoints(row)
     if output == Output.json:
         emit_json(listing)
         return
@@ -47,11 +47,14 @@ def download(
     """Pull the run's checkpoints with rsync (resumable, with progress)."""
     import sys
 
-    from .. import remote
+    from .. import providers
+    from ..checkpointing import download_checkpoints, skipped_warning
+    from ..providers.base import DOWNLOAD_CHECKPOINTS, require
 
     db = store()
     row = db.resolve(run_id)
-    target, done = remote.download_checkpoints(
+    require(providers.get(row["provider"]), DOWNLOAD_CHECKPOINTS, run_id=row["run_id"])
+    target, done = download_checkpoints(
         db, row, Path(dest).expanduser().absolute() if dest else None, all_files, progress=sys.stderr.isatty()
     )
     print(target)
@@ -60,4 +63,4 @@ def download(
     elif not done.skipped:
         say("no checkpoints to download for run %s" % row["run_id"])
     if done.skipped:
-        say(remote.skipped_warning(target, done.skipped))
+        say(skipped_warning(target, done.skipped))

@@ -9,7 +9,7 @@ import typer
 
 from ..params import TrainOptions
 from . import options as o
-from .common import Output, emit_json, exit_with, say, store
+from .common import Output, emit_json, exit_with, say
 from .trainopts import train_command
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
@@ -26,19 +26,14 @@ def train(
     python: Annotated[str | None, typer.Option("--python", help="Python for .py scripts")] = None,
 ) -> None:
     """Start SCRIPT detached on this machine; print its run id (or follow it with --wait)."""
-    from .. import controller
-    from ..transport.local import LocalTransport
-    from .starting import announce_and_follow, apply_config
+    from ..pipeline import StartRequest
+    from .starting import run_train
 
-    spec = controller.local_spec(
-        script, project_dir, opts.name, opts.env, python, script_args or [], {}, opts.notify,
-        opts.metrics_regex, opts.checkpoint_dir, opts.resume_from,
+    request = StartRequest(
+        "local", script, project_dir, opts.name, opts.env, python, script_args or [], opts.notify, opts.metrics_regex,
+        opts.checkpoint_dir, opts.resume_from, None, opts.tty, list(opts.checkpoint_glob), opts.policies(),
     )  # fmt: skip
-    o.output_flags(spec, opts)
-    apply_config(spec, Path(spec.project_dir), opts.policies())
-    db = store()
-    state = controller.start(db, spec, LocalTransport())
-    announce_and_follow(db, spec, state, opts.output, opts.wait, opts.timeout, "here")
+    run_train(request, opts.output, opts.wait, opts.timeout, "here")
 
 
 @app.command()

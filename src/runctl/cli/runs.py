@@ -153,7 +153,7 @@ def stop(
     """Stop a run gracefully: STOP_TRAINING, then SIGTERM, then SIGKILL to its process group."""
     from .. import controller
     from ..core.stopping import MAX_GRACE
-    from .waiting import report_end, run_ended
+    from .waiting import report_end
 
     if now and grace is not None:
         raise UsageError("--now and --grace both given", "--now is --grace 0: pass one of them")
@@ -176,13 +176,12 @@ def stop(
     if output == Output.text:
         say("stopping run %s (graceful: STOP_TRAINING, then SIGTERM, then SIGKILL)..." % row["run_id"])
     try:
-        run = controller.follow(db, row, None, None)
+        run = controller.follow(db, row, None, None, on_end_notice=say)
     except KeyboardInterrupt:
         raise Detached(
             "stop requested; run %s is still stopping" % row["run_id"],
             "check it with: runctl runs status %s" % row["run_id"],
         ) from None
-    run_ended(db, row)
     report_end(run, output)
     exit_with(0 if st.is_terminal(run["status"]) else 1)
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..core.errors import Detached, UsageError
+from ..core.errors import UsageError
 from ..params import TrainOptions
 from . import options as o
 from .common import Output, emit_json, exit_with, say, store
@@ -23,12 +23,9 @@ InsecureOpt = Annotated[
 
 
 def make_transport(dest: str, identity: str | None, insecure: bool):  # type: ignore[no-untyped-def]
-    from ..transport.ssh import Dest, SshTransport
+    from ..providers.ssh import SshProvider
 
-    if identity is not None and not Path(identity).expanduser().is_file():
-        raise UsageError("identity file %s does not exist" % identity, "pass the path of a private key with -i")
-    key = str(Path(identity).expanduser()) if identity else None
-    return SshTransport(Dest.parse(dest), identity=key, insecure_host_key=insecure)
+    return SshProvider.make_transport({"dest": dest, "identity": identity, "insecure_host_key": insecure})
 
 
 @train_command(app)
@@ -69,29 +66,20 @@ def train(
     ] = True,
 ) -> None:
     """Sync the project to DEST and start SCRIPT there detached (follow it with --wait)."""
-    from .. import remote
-    from .starting import announce_and_follow, apply_config
+    from ..pipeline import StartRequest
+    from .starting import run_train
 
-    data_paths = [Path(p).expanduser().resolve() for p in data or []]
-    for path in data_paths:
-        if not path.exists():
-            raise UsageError("--data %s does not exist" % path, "pass an existing local file or directory")
-    transport = make_transport(dest, identity, insecure_host_key)
-    spec, root = remote.remote_spec(
-        script, project_dir, project_name, opts.name, opts.env, script_args or [], {}, opts.notify,
-        opts.metrics_regex, opts.checkpoint_dir, opts.resume_from, setup,
+    own = {
+        "dest": dest, "identity": identity, "insecure_host_key": insecure_host_key, "project_name": project_name,
+        "remote_dir": remote_dir, "adopt": adopt_remote_dir, "sync": sync_code, "includes": include or [],
+        "data": [Path(p).expanduser().resolve() for p in data or []], "download_checkpoints": download_checkpoints,
+    }  # fmt: skip
+    request = StartRequest(
+        "ssh", script, project_dir, opts.name, opts.env, None, script_args or [], opts.notify, opts.metrics_regex,
+        opts.checkpoint_dir, opts.resume_from, setup, opts.tty, list(opts.checkpoint_glob), opts.policies(), own,
+        say=None if opts.output == Output.json else say,
     )  # fmt: skip
-    o.output_flags(spec, opts)
-    apply_config(spec, root, opts.policies())
-    db = store()
-    try:
-        state = remote.start_remote(
-            db, transport, spec, root, remote_dir, sync_code, include or [], data_paths, download_checkpoints,
-            say=None if opts.output == Output.json else say, adopt=adopt_remote_dir,
-        )  # fmt: skip
-    except KeyboardInterrupt:
-        raise Detached("interrupted before run %s started on %s" % (spec.run_id, transport.dest)) from None
-    announce_and_follow(db, spec, state, opts.output, opts.wait, opts.timeout, "on %s" % transport.dest)
+    run_train(request, opts.output, opts.wait, opts.timeout)
 
 
 @app.command("exec", context_settings={"allow_interspersed_args": False})
@@ -124,11 +112,11 @@ def status(
     output: o.OutputOpt = Output.text,
 ) -> None:
     """CPU, memory, disk, GPUs (nvidia-smi) of DEST, and the runctl runs on it."""
-    from .. import controller, remote
+    from .. import controller, providers
     from ..core import status as st
 
     transport = make_transport(dest, identity, insecure_host_key)
-    facts = remote.host_status(transport)
+    facts = providers.get("ssh").describe(transport)
     db = store()
     runs = [
         controller.refresh(db, row)

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ..core.errors import Detached
 from ..core.spec import RunSpec
 from ..store import Store
 from .common import Output, emit_json, exit_with, say
-
-
-def apply_config(spec: RunSpec, root: Path, flags: dict[str, Any]) -> None:
-    """[policies] from the config files under the flags given on the command line."""
-    from ..config import load_policies, merge_policies
-
-    config = load_policies(root)
-    spec.notify = list(config.pop("notify", [])) + spec.notify
-    spec.policies = merge_policies(config, flags)
 
 
 def announce_and_follow(
@@ -48,3 +38,13 @@ def announce_and_follow(
             "detached from run %s; it keeps going" % spec.run_id, "reattach: runctl runs wait %s" % spec.run_id
         ) from None
     exit_with(code)
+
+
+def run_train(request: Any, output: Output, wait: bool, timeout: float | None, where: str | None = None) -> None:
+    """The end of every `<provider> train`: start the request through the pipeline, then announce or follow."""
+    from ..pipeline import start
+    from .common import store
+
+    db = store()
+    spec, state = start(db, request)
+    announce_and_follow(db, spec, state, output, wait, timeout, where or "on %s" % spec.host)

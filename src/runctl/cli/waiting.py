@@ -27,13 +27,14 @@ def wait_for(
     """Follow until the run ends; returns the documented exit code for its outcome."""
     on_log = _write_log if (stream_log and output == Output.text) else None
     try:
-        run = controller.follow(store, row, on_log, timeout, on_notice=say if output == Output.text else None)
+        run = controller.follow(
+            store, row, on_log, timeout, on_notice=say if output == Output.text else None, on_end_notice=say
+        )
     except KeyboardInterrupt:
         raise Detached(
             "detached from run %s; it keeps going" % row["run_id"],
             "reattach with: runctl runs wait %s   (or: runctl runs logs %s --follow)" % (row["run_id"], row["run_id"]),
         ) from None
-    run_ended(store, row)
     if run.get("disk_full"):
         disk_full(run, output)
     report_end(run, output)
@@ -49,14 +50,6 @@ def disk_full(run: dict[str, Any], output: Output) -> None:
     error = WriteFailed("disk_full", str(run["disk_full"]), "" if run["provider"] == "local" else run["host"])
     error.message = "run %s failed: %s" % (run["run_id"], error.message)
     raise error
-
-
-def run_ended(store: Store, row: dict[str, Any]) -> None:
-    """The controller's end-of-run actions (checkpoints pulled from remote hosts), whoever saw the end."""
-    if row.get("transport", {}).get("kind") == "ssh":
-        from ..remote import after_end
-
-        after_end(store, store.get(row["run_id"]) or row, say)
 
 
 def report_end(run: dict[str, Any], output: Output) -> None:

@@ -37,7 +37,8 @@ class RunSpec:
     data_dir: Optional[str] = None
     tty: bool = False
     checkpoint_globs: List[str] = field(default_factory=list)
-    # What the agent does on the host once the run has ended (agent/onend.py); None: nothing.
+    # What the agent does on the host once the run has ended, and after which proofs (see
+    # agent/ops.on_end_claim): {"command": None | [argv], "after": [...], "controller_grace": s}.
     on_end: Optional[Dict[str, Any]] = None
     created_at: float = field(default_factory=time.time)
 

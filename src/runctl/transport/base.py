@@ -3,7 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .manifest import Plan
+    from .sync import SyncResult
+
+
+@dataclass(frozen=True)
+class CodeSync:
+    """One code sync: the local project into `remote_dir`, which must be runctl's own for `project`."""
+
+    local_root: Path
+    remote_dir: str
+    project: str
+    includes: list[str] = field(default_factory=list)  # patterns synced even if ignored
+    protect: tuple[str, ...] = ()  # project paths the host writes: never deleted by the sync
+    adopt: bool = False  # mark an existing non-empty dir as runctl's, keeping what is there
 
 
 class Transport(Protocol):
@@ -13,6 +31,32 @@ class Transport(Protocol):
 
     @property
     def host(self) -> str: ...
+
+    def connect(self) -> Any:
+        """Reach the host and make sure this version of the agent is there (once per version)."""
+        ...
+
+    def bootstrap(self, spec: dict[str, Any]) -> None:
+        """Prepare the host for this run before launch (nothing on hosts whose agent builds all)."""
+        ...
+
+    def sync_code(self, job: CodeSync) -> SyncResult:
+        """Ship the project (providers whose `syncs_code` is false never call it)."""
+        ...
+
+    def stage_data(self, local_paths: list[Path], remote_data_dir: str) -> None: ...
+
+    def list_checkpoints(self, run_dir: str) -> dict[str, Any]: ...
+
+    def download(self, remote_dir: str, paths: list[str], target: Path, progress: bool) -> Plan:
+        """Pull these files (relative to remote_dir) into target; files runctl did not write are kept."""
+        ...
+
+    def on_end_claim(self, run_dir: str) -> dict[str, Any]:
+        """Claim the run's end-of-run step for this controller (see agent `on-end-claim`)."""
+        ...
+
+    def on_end_result(self, run_dir: str, result: dict[str, Any]) -> dict[str, Any]: ...
 
     def launch(self, run_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
         """Write the spec, start the agent detached, return once the script runs (or failed to)."""

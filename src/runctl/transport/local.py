@@ -6,16 +6,46 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..agent import ops
 from ..bundle import agent_artifact
-from ..core.errors import HostError
+from ..core.errors import HostError, UsageError
+
+if TYPE_CHECKING:
+    from .base import CodeSync
+    from .manifest import Plan
+    from .sync import SyncResult
 
 
 class LocalTransport:
     name = "local"
     host = "localhost"
+
+    def connect(self) -> None:
+        """Nothing to reach: the agent runs from this installation's artifact."""
+
+    def bootstrap(self, spec: dict[str, Any]) -> None:
+        """Nothing to prepare: the run uses this machine as it is."""
+
+    def sync_code(self, job: CodeSync) -> SyncResult:
+        raise UsageError("local runs use the project dir in place; there is nothing to sync")
+
+    def stage_data(self, local_paths: list[Path], remote_data_dir: str) -> None:
+        raise UsageError("local runs read their data in place; there is nothing to stage")
+
+    def list_checkpoints(self, run_dir: str) -> dict[str, Any]:
+        return ops.list_checkpoints(run_dir)
+
+    def download(self, remote_dir: str, paths: list[str], target: Path, progress: bool) -> Plan:
+        raise UsageError("local checkpoints are already on this machine", "see them with: runctl checkpoint list")
+
+    def on_end_claim(self, run_dir: str) -> dict[str, Any]:
+        return ops.on_end_claim(run_dir, "controller")
+
+    def on_end_result(self, run_dir: str, result: dict[str, Any]) -> dict[str, Any]:
+        return ops.on_end_result(run_dir, result)
 
     def launch(self, run_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
         # A fresh interpreter from the artifact: the supervisor carries none of the controller's

@@ -19,11 +19,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import paths
 from ..bundle import agent_artifact
 from ..core.errors import HostError, UsageError, WriteFailed
+
+if TYPE_CHECKING:
+    from .base import CodeSync
+    from .manifest import Plan
+    from .sync import SyncResult
 
 CONNECT_TIMEOUT = 10
 FIRST_ROUND_TRIP = 4.0
@@ -441,6 +446,33 @@ class SshTransport:
         return path
 
     # ---- Transport interface -------------------------------------------------------------
+
+    def bootstrap(self, spec: dict[str, Any]) -> None:
+        """Nothing beyond connect's agent install: the agent builds the project's env at launch."""
+
+    def sync_code(self, job: CodeSync) -> SyncResult:
+        from .sync import sync_code
+
+        return sync_code(self, job.local_root, job.remote_dir, job.includes, job.protect, job.project, job.adopt)
+
+    def stage_data(self, local_paths: list[Path], remote_data_dir: str) -> None:
+        from .sync import stage_data
+
+        stage_data(self, local_paths, remote_data_dir)
+
+    def list_checkpoints(self, run_dir: str) -> dict[str, Any]:
+        return self.agent_json("checkpoints", run_dir)
+
+    def download(self, remote_dir: str, paths: list[str], target: Path, progress: bool) -> Plan:
+        from .sync import download
+
+        return download(self, remote_dir, paths, target, progress)
+
+    def on_end_claim(self, run_dir: str) -> dict[str, Any]:
+        return self.agent_json("on-end-claim", run_dir, "--by", "controller")
+
+    def on_end_result(self, run_dir: str, result: dict[str, Any]) -> dict[str, Any]:
+        return self.agent_json("on-end-result", run_dir, "--json", json.dumps(result, sort_keys=True))
 
     def launch(self, run_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
         return self.agent_json("launch", run_dir, "--spec-stdin", input=json.dumps(spec).encode(), timeout=3600)
