@@ -41,6 +41,10 @@ def end_of_run(store: Store, row: dict[str, Any], say: Callable[[str], None] | N
         and controller.owner_of(row).get("download_checkpoints", True)
     ):
         proof["checkpoints_downloaded"] = pull_checkpoints(store, row, notice)
+    if not host_step(provider, row):
+        # Nothing for anyone to do on the host or through an API: the run dir stays as the agent left it.
+        store.add_event(row["run_id"], RESULT, {"by": "controller", "proof": proof, "release": {"action": "none"}})
+        return
     claim: dict[str, Any] = claim_step(row) if launched else {"claimed": False, "error": "never launched"}
     if not claim.get("claimed") and not claim.get("error"):
         # The agent (or another controller) has it: its result, when written, is on the host.
@@ -58,6 +62,12 @@ def end_of_run(store: Store, row: dict[str, Any], say: Callable[[str], None] | N
         except (RunctlError, OSError):
             pass  # the store keeps the result either way
     store.add_event(row["run_id"], RESULT, result)
+
+
+def host_step(provider: Provider, row: dict[str, Any]) -> bool:
+    """Whether the run's end has a host command (the agent's) or a release (the provider's) to coordinate."""
+    on_end = (row.get("spec") or {}).get("on_end") or {}
+    return bool(on_end.get("command")) or provider.end_action(row) != "none"
 
 
 def claim_step(row: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The host's end-of-run step (spec `on_end`) as real processes: an agent, a controller that dies.
 
 The command is always a harmless one (it appends the time to a file); never a power-off. Runs are
-started the way `runctl local train` starts them (controller.start: a store record, the agent zip),
+started the way `runctl local train` starts them (the start pipeline: a store record, the agent zip),
 with an `on_end` block in the spec, and followed by a real `runctl runs wait` process.
 """
 
@@ -26,14 +26,16 @@ from tests.support.runs import events, kill_leftover_runs, poll, run_dir, status
 START = textwrap.dedent(
     """
     import json, sys
-    from runctl import controller
+    from runctl import providers
+    from runctl.pipeline import Start, build_spec
+    from runctl.providers.base import StartRequest
     from runctl.store import Store
-    from runctl.transport.local import LocalTransport
 
     script, on_end = sys.argv[1], json.loads(sys.argv[2])
-    spec = controller.local_spec(script, None, None, [], None, [], {}, [], None, None, None)
+    provider, request = providers.get("local"), StartRequest("local", script)
+    spec, root = build_spec(provider, request)
     spec.on_end = on_end
-    controller.start(Store(), spec, LocalTransport())
+    Start(Store(), provider, request, spec, root).run()
     print(spec.run_id)
     """
 )
