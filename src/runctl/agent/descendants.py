@@ -175,14 +175,8 @@ def release_cgroup(path: Optional[str], run_id: str) -> bool:
 
 
 def read_stat(pid: int) -> Optional[ProcInfo]:
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as handle:
-            data = handle.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    # The command name may contain spaces and parentheses: split after the last ')'.
-    fields = data[data.rfind(")") + 2 :].split()
-    if len(fields) < 20:
+    fields = procs.stat_fields(pid)
+    if fields is None or len(fields) < 20:
         return None
     try:
         return ProcInfo(int(fields[1]), int(fields[2]), fields[0], fields[19])

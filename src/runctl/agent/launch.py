@@ -6,16 +6,14 @@ supervisor keeps no descriptor of it, so closing the terminal or the connection 
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
 from typing import Any, Dict, Optional
 
 from ..core import layout
 from ..core import status as st
 from ..core.fsutil import PRIVATE_FILE, atomic_write_json, private_dir, read_json, release_space, reserve_space
-from . import watchdog
+from . import detach, watchdog
 from .supervisor import main_supervise
 
 
@@ -51,46 +49,8 @@ def launch(run_dir: str, spec: Optional[Dict[str, Any]] = None) -> Dict[str, Any
     # Only a spec that asks for it starts (or updates) the host watchdog; see agent/watchdog.py.
     settings = (spec if spec is not None else read_json(os.path.join(run_dir, layout.SPEC)) or {}).get("watchdog")
     watched = None if settings is None else watchdog.before_launch(settings)
-    read_fd, write_fd = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the forked children
-        try:
-            os.close(read_fd)
-            os.setsid()
-            if os.fork() > 0:
-                os._exit(0)
-            devnull = os.open(os.devnull, os.O_RDONLY)
-            log = os.open(os.path.join(run_dir, layout.AGENT_LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
-            os.dup2(devnull, 0)
-            os.dup2(log, 1)
-            os.dup2(log, 2)
-            for fd in (devnull, log):
-                os.close(fd)
-            sys.stdout = os.fdopen(1, "w", buffering=1)
-            sys.stderr = os.fdopen(2, "w", buffering=1)
-            os.closerange(3, write_fd)
-            os.closerange(write_fd + 1, 4096)
-            os._exit(main_supervise(run_dir, write_fd))
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()  # into agent.log: an agent that dies must say why
-            sys.stderr.flush()
-            os._exit(1)
-    os.close(write_fd)
-    os.waitpid(child, 0)
-    chunks = []
-    while True:
-        data = os.read(read_fd, 65536)
-        if not data:
-            break
-        chunks.append(data)
-    os.close(read_fd)
-    try:
-        message = json.loads(b"".join(chunks).decode() or "null")
-    except ValueError:
-        message = None
-    if not isinstance(message, dict):
+    message = detach.spawn(os.path.join(run_dir, layout.AGENT_LOG), lambda ready: main_supervise(run_dir, ready))
+    if message is None:
         message = {
             "ok": False,
             "error": "the agent exited before starting the script (see %s)" % layout.AGENT_LOG,

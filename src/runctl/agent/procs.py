@@ -14,16 +14,21 @@ from typing import List, Optional
 from ..core.fsutil import MAX_PID
 
 
-def start_time(pid: int) -> Optional[str]:
-    """The kernel's start time of `pid` (clock ticks since boot), or None where unknown."""
+def stat_fields(pid: int) -> Optional[List[str]]:
+    """/proc/PID/stat from the state field on (index 0 = state, 1 = ppid, 19 = start time), or None."""
     try:
         with open("/proc/%d/stat" % pid, "rb") as handle:
             data = handle.read().decode("ascii", "replace")
     except OSError:
         return None
     # The command name may contain spaces and parentheses: split after the last ')'.
-    fields = data[data.rfind(")") + 2 :].split()
-    return fields[19] if len(fields) > 19 else None
+    return data[data.rfind(")") + 2 :].split()
+
+
+def start_time(pid: int) -> Optional[str]:
+    """The kernel's start time of `pid` (clock ticks since boot), or None where unknown."""
+    fields = stat_fields(pid)
+    return fields[19] if fields is not None and len(fields) > 19 else None
 
 
 def is_alive(pid: Optional[int], started: Optional[str] = None) -> bool:

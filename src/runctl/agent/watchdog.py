@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..core.durations import duration_seconds, within_bounds
 from ..core.fsutil import atomic_write_json, read_json
+from . import detach
 
 DEFAULT_DIR = "~/.runctl/watchdog"
 DEFAULT_POLL = 5.0
@@ -537,48 +538,8 @@ def _serve_locked(directory: str, ready_fd: Optional[int]) -> int:
 
 def _spawn(directory: str) -> Dict[str, Any]:
     """Start the watchdog detached (double fork + setsid, as the agent's launch does)."""
-    read_fd, write_fd = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the forked children
-        code = 1
-        try:
-            os.close(read_fd)
-            os.setsid()
-            if os.fork() > 0:
-                os._exit(0)
-            os.chdir("/")
-            devnull = os.open(os.devnull, os.O_RDONLY)
-            log = os.open(os.path.join(directory, LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-            os.dup2(devnull, 0)
-            os.dup2(log, 1)
-            os.dup2(log, 2)
-            for fd in (devnull, log):
-                os.close(fd)
-            sys.stdout = os.fdopen(1, "w", buffering=1)
-            sys.stderr = os.fdopen(2, "w", buffering=1)
-            os.closerange(3, write_fd)
-            os.closerange(write_fd + 1, 4096)
-            code = _serve_locked(directory, write_fd)
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()  # into watchdog.log
-            sys.stderr.flush()
-        os._exit(code)
-    os.close(write_fd)
-    os.waitpid(child, 0)
-    chunks = []
-    while True:
-        data = os.read(read_fd, 65536)
-        if not data:
-            break
-        chunks.append(data)
-    os.close(read_fd)
-    try:
-        message = json.loads(b"".join(chunks).decode() or "null")
-    except ValueError:
-        message = None
-    if not isinstance(message, dict):
+    message = detach.spawn(os.path.join(directory, LOG), lambda ready: _serve_locked(directory, ready), chdir="/")
+    if message is None:
         message = {"ok": False, "error": "the watchdog exited before starting (see %s)" % os.path.join(directory, LOG)}
     return message
 
