@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from runctl.bundle import agent_artifact
-
-OLD_PYTHONS = ["/root/.pyenv/versions/3.8.18/bin/python", "python3.8"]
-
-
-def _python38() -> str | None:
-    for candidate in OLD_PYTHONS:
-        found = shutil.which(candidate) or (candidate if Path(candidate).exists() else None)
-        if found:
-            return found
-    return None
+from tests.support.pythons import python38
 
 
-@pytest.mark.skipif(_python38() is None, reason="no Python 3.8 on this machine")
+@pytest.mark.skipif(python38() is None, reason="no Python 3.8 on this machine")
 def test_agent_zip_supervises_a_run_on_python38(tmp_path: Path, runctl_home: Path) -> None:
-    py38 = _python38()
+    py38 = python38()
     assert py38 is not None
     project = tmp_path / "p"
     project.mkdir()
@@ -62,11 +52,11 @@ def test_agent_zip_supervises_a_run_on_python38(tmp_path: Path, runctl_home: Pat
     assert "py38 ok" in (run_dir / "training.log").read_text()
 
 
-@pytest.mark.skipif(_python38() is None, reason="no Python 3.8 on this machine")
+@pytest.mark.skipif(python38() is None, reason="no Python 3.8 on this machine")
 def test_agent_zip_performs_on_end_on_python38(tmp_path: Path, runctl_home: Path) -> None:
     import time
 
-    py38 = _python38()
+    py38 = python38()
     assert py38 is not None
     project = tmp_path / "p"
     (project / "checkpoints").mkdir(parents=True)

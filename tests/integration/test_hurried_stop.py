@@ -6,8 +6,6 @@ stop sequence can end them; the tests time how long that takes.
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +17,11 @@ from tests.integration.test_ssh import (
     remote_project,
     sshenv,  # noqa: F401  (the SSH tests' user setup, reused)
 )
+from tests.support.pythons import FAST_PY
 from tests.support.runs import events, kill_leftover_runs, log_text, poll, status_file
 
 pytestmark = pytest.mark.timeout(60)
 
-SYSTEM_PY = "/usr/bin/python3"
-FAST_PY = SYSTEM_PY if os.access(SYSTEM_PY, os.X_OK) else sys.executable
 
 STUBBORN = """\
 import signal, sys, time

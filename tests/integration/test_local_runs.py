@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.pythons import FAST_PY, SYSTEM_PY
 from tests.support.runs import (
     RUN_ID,
     TERMINAL,
@@ -37,8 +38,6 @@ pytestmark = pytest.mark.timeout(60)
 
 RUNCTL = [sys.executable, "-m", "runctl"]
 # A plain system Python starts in ~20 ms (a pyenv shim takes ~10x that) and has no runctl installed.
-SYSTEM_PY = "/usr/bin/python3"
-FAST_PY = SYSTEM_PY if os.access(SYSTEM_PY, os.X_OK) else sys.executable
 ORDER = ["pending", "provisioning", "syncing", "setting_up", "running", "stopping"]
 DOCUMENTED_KEYS = {
     "run_id",

@@ -24,12 +24,11 @@ from tests.integration.test_ssh import (
     remote_project,
     sshenv,  # noqa: F401  (the SSH tests' user setup, reused)
 )
+from tests.support.pythons import FAST_PY
 from tests.support.runs import kill_leftover_runs, log_text, poll, run_dir, status_file
 
 pytestmark = pytest.mark.timeout(60)
 
-SYSTEM_PY = "/usr/bin/python3"
-FAST_PY = SYSTEM_PY if os.access(SYSTEM_PY, os.X_OK) else sys.executable
 
 # Works until the test creates GO, then writes the completion marker and exits 0.
 GATED = """\

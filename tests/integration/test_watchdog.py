@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from runctl.agent import watchdog
+from tests.support.pythons import python38
 from tests.support.watchdog import (
     agent,
     ensure,
@@ -29,8 +29,6 @@ from tests.support.watchdog import (
     status,
     wait_until,
 )
-
-OLD_PYTHONS = ["/root/.pyenv/versions/3.8.18/bin/python", "python3.8"]
 
 
 @pytest.fixture
@@ -281,17 +279,9 @@ def test_default_power_off_command() -> None:
     assert (cmd[:2] == ["sudo", "-n"]) == (os.geteuid() != 0)
 
 
-def _python38() -> str | None:
-    for candidate in OLD_PYTHONS:
-        found = shutil.which(candidate) or (candidate if Path(candidate).exists() else None)
-        if found:
-            return found
-    return None
-
-
-@pytest.mark.skipif(_python38() is None, reason="no Python 3.8 on this machine")
+@pytest.mark.skipif(python38() is None, reason="no Python 3.8 on this machine")
 def test_the_watchdog_runs_on_python38(wd: Path, record: Path, sleeper: subprocess.Popen[bytes]) -> None:
-    py38 = _python38()
+    py38 = python38()
     assert py38 is not None
     code, _ = agent("watchdog", "register", str(wd / "r"), "--pid", str(sleeper.pid), "--dir", str(wd), python=py38)
     assert code == 0
