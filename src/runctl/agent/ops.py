@@ -187,7 +187,7 @@ def probe_without_status(run_dir: str) -> Dict[str, Any]:
     join = lambda name: os.path.join(run_dir, name)  # noqa: E731
     ident = read_json(join(layout.IDENTITY)) or {}
     spec = read_json(join(layout.SPEC)) or {}
-    pid = ident.get("pid") or parse_exit_code(read_text(join(layout.PID)))
+    pid = ident.get("pid") or parse_pid(read_text(join(layout.PID)))
     agent_pid = ident.get("agent_pid")
     agent_alive = procs.is_alive(agent_pid, ident.get("agent_start")) if agent_pid else None
     pid_alive = procs.is_alive(pid, ident.get("pid_start")) if pid else None
