@@ -16,9 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_ssh import SshEnv, make_project
+from tests.integration.test_ssh import (
+    SshEnv,
+    make_project,
+)
 from tests.support.runs import kill_leftover_runs, poll, status_file, write_script
-from tests.support.sshhosts import SshHosts, SshTestHost, start_hosts
+from tests.support.sshhosts import SshTestHost, start_hosts
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -167,15 +170,6 @@ def test_agent_uses_its_reserve_to_record_the_end(cli, full_project: Path, disk:
 
 
 # ---- over SSH -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def sshenv(ssh_hosts: SshHosts, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshEnv]:
-    env = SshEnv.create(
-        list(ssh_hosts), tmp_path_factory.mktemp("fullenv"), [ssh_hosts.client_key], ssh_hosts.known_hosts.read_text()
-    )
-    yield env
-    env.cleanup()
 
 
 def host_prefix(host: SshTestHost) -> list[str]:

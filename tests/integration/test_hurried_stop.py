@@ -15,7 +15,6 @@ import pytest
 from tests.integration.test_ssh import (
     make_project,
     remote_project,
-    sshenv,  # noqa: F401  (the SSH tests' user setup, reused)
 )
 from tests.support.pythons import FAST_PY
 from tests.support.runs import events, kill_leftover_runs, log_text, poll, status_file
@@ -124,7 +123,7 @@ def test_stop_grace_above_the_maximum_is_refused_before_anything_starts(cli, pro
 # ---- over SSH: the request travels through the agent's command line -------------------------------
 
 
-def test_ssh_stop_now_hurries_a_stop_with_a_long_grace(sshenv, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_ssh_stop_now_hurries_a_stop_with_a_long_grace(sshenv, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     host = sshenv.hosts[1]
     project = make_project(tmp_path, "s-hurry", {"stubborn.py": STUBBORN})
     started = sshenv.cli("ssh", "train", sshenv.dest(host), "stubborn.py", "--stop-grace", "1h", cwd=project)

@@ -14,13 +14,14 @@ import shutil
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_ssh import SshEnv, make_project
-from tests.support.sshhosts import SshHosts
+from tests.integration.test_ssh import (
+    SshEnv,
+    make_project,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -102,15 +103,6 @@ def test_shared_directory_as_runctl_home_is_refused(cli, tmp_path: Path) -> None
 
 
 # ---- the /tmp control-socket fallback, squatted by another user -----------------------------------
-
-
-@pytest.fixture(scope="module")
-def sshenv(ssh_hosts: SshHosts, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshEnv]:
-    env = SshEnv.create(
-        list(ssh_hosts), tmp_path_factory.mktemp("privenv"), [ssh_hosts.client_key], ssh_hosts.known_hosts.read_text()
-    )
-    yield env
-    env.cleanup()
 
 
 def _kill_masters(control_dir: Path) -> None:

@@ -7,15 +7,14 @@ from __future__ import annotations
 import re
 import sqlite3
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from runctl.store import Store, host_key
-from tests.integration.test_ssh import SshEnv, make_project
+from tests.integration.test_ssh import (
+    SshEnv,
+    make_project,
+)
 from tests.support.runs import write_script
-from tests.support.sshhosts import SshHosts
 from tests.unit.test_store_hosts import V1_DDL
 
 QUICK = "print('hello')\n"
@@ -55,14 +54,6 @@ def test_a_local_run_on_a_v1_store_saves_its_host(cli, project: Path, runctl_hom
     kinds = [e["kind"] for e in store.events(row["run_id"])]
     assert kinds[:2] == ["provisioning", "host"], kinds
     assert kinds.count("on_end") == 1
-
-
-@pytest.fixture(scope="module")
-def sshenv(ssh_hosts: SshHosts, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshEnv]:
-    base = tmp_path_factory.mktemp("providers")
-    env = SshEnv.create(list(ssh_hosts), base, [ssh_hosts.client_key], ssh_hosts.known_hosts.read_text())
-    yield env
-    env.cleanup()
 
 
 def test_an_ssh_run_on_a_v1_store_saves_its_host(sshenv: SshEnv, tmp_path: Path) -> None:

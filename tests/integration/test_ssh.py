@@ -274,14 +274,6 @@ for i in range(1, n + 1):
 # ---- fixtures -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def sshenv(ssh_hosts: SshHosts, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshEnv]:
-    base = tmp_path_factory.mktemp("sshenv")
-    env = SshEnv.create(list(ssh_hosts), base, [ssh_hosts.client_key], ssh_hosts.known_hosts.read_text())
-    yield env
-    env.cleanup()
-
-
 @pytest.fixture
 def fresh_env(ssh_hosts: SshHosts, tmp_path: Path) -> Iterator[Callable[..., SshEnv]]:
     """Factory for another user setup: new RUNCTL_HOME (no ssh master yet), own config."""

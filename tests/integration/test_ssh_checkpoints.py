@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.integration.test_ssh import SshEnv, make_project, sshenv  # noqa: F401  (the fixture)
+from tests.integration.test_ssh import SshEnv, make_project
 
 SAVES_EVERYWHERE = {
     "save.py": """
@@ -20,7 +20,7 @@ SAVES_EVERYWHERE = {
 }
 
 
-def test_checkpoints_outside_the_checkpoint_dir_are_downloaded(sshenv: SshEnv, tmp_path: Path) -> None:  # noqa: F811
+def test_checkpoints_outside_the_checkpoint_dir_are_downloaded(sshenv: SshEnv, tmp_path: Path) -> None:
     host = sshenv.hosts[0]
     project = make_project(tmp_path, "s-globs", SAVES_EVERYWHERE)
     result = sshenv.cli("ssh", "train", sshenv.dest(host), "save.py", "--wait", "-o", "json", cwd=project)

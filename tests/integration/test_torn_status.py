@@ -22,7 +22,6 @@ import pytest
 from tests.integration.test_ssh import (
     make_project,
     remote_project,
-    sshenv,  # noqa: F401  (the SSH tests' user setup, reused)
 )
 from tests.support.pythons import FAST_PY
 from tests.support.runs import kill_leftover_runs, log_text, poll, run_dir, status_file
@@ -183,7 +182,7 @@ def test_lost_needs_evidence_agent_and_process_gone_no_exit(cli, project: Path) 
 # ---- over SSH: the same probe runs on the host through the agent's command line ----------------
 
 
-def test_ssh_run_with_a_corrupted_status_is_not_lost_and_completes(sshenv, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_ssh_run_with_a_corrupted_status_is_not_lost_and_completes(sshenv, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     host = sshenv.hosts[0]
     project = make_project(tmp_path, "s-torn", {"gated.py": GATED})
     run_id = sshenv.start(host, "gated.py", cwd=project)
