@@ -261,6 +261,25 @@ class Tracker:
         self.cgroup = RunCgroup.create(self.run_id)
         return self.cgroup.path if self.cgroup else None
 
+    def preexec(self) -> "Optional[Callable[[], None]]":
+        """For Popen: the child joins the run's cgroup itself, before exec, so nothing it forks in its
+        first instants starts outside it (adopt() after the start would race with those forks)."""
+        if self.cgroup is None:
+            return None
+        procs_file = os.path.join(self.cgroup.path, "cgroup.procs")
+
+        def enter() -> None:
+            try:
+                fd = os.open(procs_file, os.O_WRONLY)
+                try:
+                    os.write(fd, b"%d\n" % os.getpid())
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass  # adopt() after the start finds out and falls back to the process tree
+
+        return enter
+
     def adopt(self, pid: int) -> None:
         """A process the agent just started: into the run's cgroup, and recorded."""
         if self.cgroup is not None and not self.cgroup.add(pid):

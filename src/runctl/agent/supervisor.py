@@ -162,6 +162,7 @@ class Supervisor:
             stdout=self.log_fd,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=self.tracker.preexec(),
         )
         self.tracker.adopt(proc.pid)
         self.tracker.watch_group(proc.pid)
@@ -211,7 +212,9 @@ class Supervisor:
             from .ttylog import PtyLog  # only --tty runs need pty and termios
 
             self.pty = PtyLog(self.log_fd, self.path(layout.RAW_LOG))
-            self.proc = self.pty.start(self.spec["command"], env, self.project_dir)
+            self.proc = self.pty.start(self.spec["command"], env, self.project_dir, self.tracker.preexec())
+            self.tracker.adopt(self.proc.pid)
+            self.tracker.watch_group(self.proc.pid)
         else:
             self.proc = self.start_logged(self.spec["command"], env)
         self.pgid = self.proc.pid

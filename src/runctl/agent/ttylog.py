@@ -17,7 +17,7 @@ import struct
 import subprocess
 import termios
 import time
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 from ..core import logstream
 
@@ -39,7 +39,9 @@ class PtyLog:
         self.carry = b""
         self.closed = False
 
-    def start(self, argv: List[str], env: Dict[str, str], cwd: str) -> "subprocess.Popen[bytes]":
+    def start(
+        self, argv: List[str], env: Dict[str, str], cwd: str, preexec: "Optional[Callable[[], None]]" = None
+    ) -> "subprocess.Popen[bytes]":
         """The script in its own session, with the pty as stdout and stderr (stdin stays /dev/null)."""
         env = dict(env)
         env.setdefault("TERM", "xterm-256color")
@@ -54,6 +56,7 @@ class PtyLog:
                 stdout=self.slave,
                 stderr=self.slave,
                 start_new_session=True,
+                preexec_fn=preexec,
             )
         finally:
             os.close(self.slave)
