@@ -58,6 +58,17 @@ def settings(spec: Dict[str, Any]) -> Dict[str, Any]:
     if not isinstance(after, list) or any(p not in PROOFS for p in after):
         raise BadOnEnd("on_end.after may only name %s, not %r" % (", ".join(PROOFS), after))
     cfg["after"] = list(after)
+    if cfg.get("poweroff") is True:
+        if command is not None:
+            raise BadOnEnd("on_end names both a command and poweroff; give one")
+        # The host's own power-off (through sudo -n when not root); on EC2 the instance's shutdown
+        # behaviour turns it into a stop or a terminate, so the host needs no credentials.
+        from .watchdog import default_poweroff_cmd
+
+        cfg["command"] = default_poweroff_cmd()
+    elif cfg.get("poweroff") not in (None, False):
+        raise BadOnEnd("on_end.poweroff must be true or false")
+    cfg["proof_required"] = cfg.get("proof_required", True) is not False
     for key, default in (("controller_grace", 0.0), ("proof_timeout", PROOF_TIMEOUT), ("timeout", COMMAND_TIMEOUT)):
         cfg[key] = stopping.clamp_grace(cfg.get(key), default)  # a number of seconds in [0, 1 h]
     return cfg
@@ -230,15 +241,23 @@ class EndStep:
             self.event("on_end_skipped", claimed_by=other.get("by"))
             return None
         proof, reason = self.prove(cfg, state)
-        if reason:
-            if reason != "claimed":
-                self.event("on_end_refused", reason=reason, proof=proof, command=command)
+        if reason == "claimed":
             return None
+        if reason and cfg["proof_required"]:
+            self.event("on_end_refused", reason=reason, proof=proof, command=command)
+            return None
+        if reason:
+            # A step that keeps the disk (a stop) goes ahead without the proof: the files stay
+            # where they are, and billing must end either way.
+            self.event("on_end_unproven", reason=reason, proof=proof, command=command)
         claimed, holder = claim(self.run_dir, "agent")
         if not claimed:
             self.event("on_end_skipped", claimed_by=(holder or {}).get("by"))
             return None
         result = new_result("agent", proof, command)
+        for key in ("action", "becomes"):
+            if cfg.get(key) is not None:
+                result[key] = cfg[key]
         write_result(self.run_dir, result)  # under way: a power-off may end this process mid-command
         self.event("on_end_started", command=command, proof=proof)
         code, tail, error = run_command(command, self.project_dir, self.environment(state), cfg["timeout"])

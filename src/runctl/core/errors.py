@@ -85,3 +85,11 @@ class Detached(RunctlError):
 
 class RunGone(RunctlError):
     """The run directory vanished, so the run's state can no longer be known."""
+
+
+class CloudError(HostError):
+    """A cloud API refused or failed a call; `code` is the provider's error code (for callers that branch on it)."""
+
+    def __init__(self, message: str, hint: Optional[str] = None, code: str = "") -> None:
+        super().__init__(message, hint)
+        self.code = code

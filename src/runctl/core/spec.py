@@ -40,6 +40,9 @@ class RunSpec:
     # What the agent does on the host once the run has ended, and after which proofs (see
     # agent/ops.on_end_claim): {"command": None | [argv], "after": [...], "controller_grace": s}.
     on_end: Optional[Dict[str, Any]] = None
+    # The host watchdog's settings for hosts runctl provisioned (agent/watchdog.before_launch):
+    # {"idle_stop": "15m" | seconds | "off", ...}; None leaves the host's watchdog as it is.
+    watchdog: Optional[Dict[str, Any]] = None
     created_at: float = field(default_factory=time.time)
 
     @property

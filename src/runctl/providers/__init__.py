@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 REGISTRY: dict[str, str] = {
     "local": "runctl.providers.local:LocalProvider",
     "ssh": "runctl.providers.ssh:SshProvider",
+    "aws": "runctl.providers.aws:AwsProvider",
 }
 _LOADED: dict[str, Provider] = {}
 

@@ -180,6 +180,9 @@ class SshTransport:
     insecure_host_key: bool = False
     connect_timeout: int = CONNECT_TIMEOUT
     name: str = "ssh"
+    # The name its host key is kept under in known_hosts (OpenSSH HostKeyAlias). Cloud hosts use
+    # their instance id: a new instance reusing an address then never trips over the old key.
+    host_key_alias: str | None = None
     _home: str | None = field(default=None, repr=False)
     _agent_path: str | None = field(default=None, repr=False)
     _master_ok: bool = field(default=False, repr=False)
@@ -194,7 +197,9 @@ class SshTransport:
     @property
     def control_path(self) -> Path:
         """One socket per destination and credentials: a strict and an insecure session never share one."""
-        key = "%s|%s|%s|%s" % (self.dest, self.identity, self.insecure_host_key, os.environ.get("RUNCTL_SSH_CONFIG"))
+        key = "%s|%s|%s|%s|%s" % (
+            self.dest, self.identity, self.insecure_host_key, os.environ.get("RUNCTL_SSH_CONFIG"), self.host_key_alias
+        )
         return control_dir() / hashlib.sha256(key.encode()).hexdigest()[:20]
 
     def user_sets_host_key_policy(self) -> bool:
@@ -229,6 +234,8 @@ class SshTransport:
             opts += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
         elif not self.user_sets_host_key_policy():
             opts += ["-o", "StrictHostKeyChecking=accept-new"]
+        if self.host_key_alias and not self.insecure_host_key:
+            opts += ["-o", "HostKeyAlias=%s" % self.host_key_alias]
         if self.dest.port:
             opts += ["-p", str(self.dest.port)]
         if self.identity:
@@ -551,6 +558,7 @@ class SshTransport:
             "insecure_host_key": self.insecure_host_key,
             "home": self._home,
             "agent_path": self._agent_path,
+            "host_key_alias": self.host_key_alias,
         }
 
     @classmethod
@@ -559,6 +567,7 @@ class SshTransport:
             Dest(host=data["host"], user=data.get("user"), port=data.get("port")),
             identity=data.get("identity"),
             insecure_host_key=bool(data.get("insecure_host_key")),
+            host_key_alias=data.get("host_key_alias"),
         )
         transport._home = data.get("home")
         transport._agent_path = data.get("agent_path")
