@@ -21,6 +21,7 @@ from .transport.base import Transport
 
 PROJECT_MARKERS = (".git", "pyproject.toml")
 PRE_LAUNCH = (st.PENDING, st.PROVISIONING, st.SYNCING)
+HOST_ASK_SECONDS = 3.0  # how often a follower that lost its host asks the provider what became of it
 
 
 def controller_identity() -> dict[str, Any]:
@@ -193,9 +194,14 @@ def refresh(store: Store, row: dict[str, Any]) -> dict[str, Any]:
     try:
         state = transport_for(row).probe(row["run_dir"])
     except HostError as exc:
-        # The host is out of reach: show what was last known, and say so.
+        # The host is out of reach: its provider may know why (stopped, terminated, interrupted).
+        verdict = host_gone(store, row)
+        if verdict is not None and verdict.get("status"):
+            return end_by_provider(store, row, verdict)
         stale = view(row)
         stale["warning"] = "last known state; %s" % exc.message
+        if verdict is not None:
+            stale["notice"] = verdict["message"]
         return stale
     if state.get("unreadable"):
         # status.json could not be read, yet the run dir is there: keep what was last known.
@@ -218,6 +224,8 @@ def record_state(
     terminal here gets the controller's end-of-run step (once; see ending.py)."""
     if state.get("rebuilt"):
         state = {**row["state"], **{k: v for k, v in state.items() if v is not None}}
+    if row["state"].get("notice") and "notice" not in state:
+        state = {**state, "notice": row["state"]["notice"]}  # what the end-of-run step said stays
     store.update_state(row["run_id"], state)
     if st.is_terminal(str(state.get("status"))):
         from .ending import end_of_run
@@ -269,6 +277,54 @@ def record_gone(
     from .ending import end_of_run
 
     end_of_run(store, store.get(row["run_id"]) or row, say)
+    return view(store.get(row["run_id"]) or row)
+
+
+def host_gone(store: Store, row: dict[str, Any]) -> dict[str, Any] | None:
+    """For a run whose host stopped answering: what its provider says of the host, if it says
+    anything beyond "running" (providers without a lifecycle say nothing).
+
+    {"state", "message", and "status"/"termination_status" when the run is over for sure}: a host
+    stopped or terminated from outside ends the run `interrupted`; one that powered itself off
+    (the agent's end-of-run step) only gets a notice, as its run dir still says how the run ended.
+    """
+    from . import providers
+
+    try:
+        provider = providers.get(row["provider"])
+    except UsageError:
+        return None
+    ask = getattr(provider, "host_gone", None)
+    stored = store.host(row["host_key"]) if row.get("host_key") else None
+    if ask is None or stored is None:
+        return None
+    try:
+        verdict: dict[str, Any] | None = ask(row, stored)
+    except RunctlError:
+        return None
+    if verdict is not None and verdict.get("state"):
+        store.record_host_state(row["host_key"], str(verdict["state"]))
+    return verdict
+
+
+def end_by_provider(store: Store, row: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any]:
+    """End a run whose host its provider reports gone (stopped or terminated from outside)."""
+    if not st.is_terminal(row["status"]):
+        store.update_state(
+            row["run_id"],
+            {
+                **row["state"],
+                "status": verdict["status"],
+                "termination_status": verdict.get("termination_status") or st.T_LOST,
+                "termination_message": verdict["message"],
+                "ended_at": row["state"].get("ended_at") or time.time(),
+                "seq": int(row.get("seq") or 0) + 1,
+            },
+        )
+        store.add_event(row["run_id"], "host_gone", {"state": verdict.get("state"), "message": verdict["message"]})
+    from .ending import end_of_run
+
+    end_of_run(store, store.get(row["run_id"]) or row)
     return view(store.get(row["run_id"]) or row)
 
 
@@ -324,11 +380,22 @@ def follow(
     row = await_launch(store, row, deadline)
     transport = transport_for(row)
     offset = 0 if (on_log is not None and from_start) else -1
+    asked_at = 0.0
     for kind, payload in transport.follow(row["run_dir"], offset, 0):
         if kind == "log" and on_log is not None:
             on_log(payload)
-        elif kind == "reconnecting" and on_notice is not None:
-            on_notice("connection to %s lost; reconnecting..." % row["host"])
+        elif kind == "reconnecting":
+            if on_notice is not None:
+                on_notice("connection to %s lost; reconnecting..." % row["host"])
+            if time.monotonic() - asked_at >= HOST_ASK_SECONDS:
+                asked_at = time.monotonic()
+                verdict = host_gone(store, store.get(row["run_id"]) or row)
+                if verdict is not None and verdict.get("status"):
+                    return end_by_provider(store, store.get(row["run_id"]) or row, verdict)
+                if verdict is not None:
+                    ended = view(store.get(row["run_id"]) or row)
+                    ended["notice"] = verdict["message"]
+                    return ended
         elif kind == "gone":
             return record_gone(store, store.get(row["run_id"]) or row, payload, on_end_notice)
         elif kind in ("status", "end"):

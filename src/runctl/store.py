@@ -332,6 +332,13 @@ class Store:
             )
         return [self._row(r) for r in rows]
 
+    def latest_run_on(self, key: str) -> dict[str, Any] | None:
+        """The run started last on the host `key` (`aws monitor`, `checkpoint list --instance-id`)."""
+        row = self.db.execute(
+            "SELECT * FROM runs WHERE host_key = ? ORDER BY created_at DESC, rowid DESC LIMIT 1", (key,)
+        ).fetchone()
+        return self._row(row) if row else None
+
     def set_run_host(self, run_id: str, key: str) -> None:
         """Link a run to the host it runs on (a key from `upsert_host`)."""
         self.db.execute("UPDATE runs SET host_key = ?, updated_at = ? WHERE run_id = ?", (key, time.time(), run_id))

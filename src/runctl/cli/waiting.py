@@ -38,7 +38,23 @@ def wait_for(
     if run.get("disk_full"):
         disk_full(run, output)
     report_end(run, output)
+    release_failed(store, run)
     return st.exit_code_for(run["status"])
+
+
+def release_failed(store: Store, run: dict[str, Any]) -> None:
+    """A host the run's end could not release is a host error (exit 4) with the command that does it."""
+    from ..core.errors import HostError
+    from ..ending import failed_release
+
+    failed = failed_release(store, run["run_id"])
+    if failed is not None:
+        action = (failed.get("release") or {}).get("action")
+        raise HostError(
+            "run %s ended, but its host could not be %s: %s"
+            % (run["run_id"], "stopped" if action == "stop" else "terminated", failed.get("error")),
+            failed.get("manual") or "release it by hand in the provider's console",
+        )
 
 
 def disk_full(run: dict[str, Any], output: Output) -> None:
