@@ -24,7 +24,8 @@ pytestmark = pytest.mark.timeout(120)
 
 def _instance(world: Ec2World, instance_id: str) -> dict[str, Any]:
     reservations = world.client().describe_instances(InstanceIds=[instance_id])["Reservations"]
-    return reservations[0]["Instances"][0]  # type: ignore[no-any-return]
+    instance: dict[str, Any] = reservations[0]["Instances"][0]
+    return instance
 
 
 def _hypervisor(world: Ec2World) -> Hypervisor:
@@ -38,7 +39,7 @@ def _down(host: SshTestHost) -> bool:
 
 def test_the_emulator_refuses_unknown_instance_types_amis_and_key_pairs(ec2_world: Ec2World) -> None:
     host = ec2_world.hosts[0]
-    bad = [
+    bad: list[tuple[dict[str, Any], str]] = [
         ({"instance_type": "g99.mega"}, "InvalidInstanceType.NotFound"),
         ({"image_id": "ami-0123456789abcdef0"}, "InvalidAMIID.NotFound"),
         ({"KeyName": "no-such-key"}, "InvalidKeyPair.NotFound"),
@@ -60,9 +61,7 @@ def test_realistic_amis_are_found_by_name_and_owner(ec2_world: Ec2World) -> None
     assert [image["ImageId"] for image in ubuntu["Images"]] == [ec2_world.amis[UBUNTU_NAME]]
 
 
-def test_an_instance_is_its_host_at_the_private_ip_with_no_public_one(
-    ec2_world: Ec2World, ec2_sshenv: SshEnv
-) -> None:
+def test_an_instance_is_its_host_at_the_private_ip_with_no_public_one(ec2_world: Ec2World, ec2_sshenv: SshEnv) -> None:
     for host in ec2_world.hosts:
         instance = _instance(ec2_world, ec2_world.launch_for(host))
         assert instance["PrivateIpAddress"] == host.address

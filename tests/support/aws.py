@@ -352,22 +352,22 @@ class Hypervisor:
 
     def _tick(self) -> None:
         instances = self._instances()
-        for address, host in self._hosts.items():
+        for host in self._hosts.values():
             calls = len(host.poweroff_calls())
-            if calls > self._seen_calls[address]:
-                self._seen_calls[address] = calls
+            if calls > self._seen_calls[host.address]:
+                self._seen_calls[host.address] = calls
                 self._power_off_from_inside(host, instances)
-        instances = self._instances()
-        for instance_id, (state, address) in instances.items():
+        instances = self._instances()  # again: this tick's stop or terminate is then seen at once
+        for instance_id, (state, ip) in instances.items():
             previous = self._states.get(instance_id)
-            host = self._hosts.get(address or "")
-            if host is not None and state != previous:
-                live = [i for i, (s, a) in instances.items() if a == address and s not in DOWN_STATES]
+            on = self._hosts.get(ip or "")
+            if on is not None and state != previous:
+                live = [i for i, (s, a) in instances.items() if a == ip and s not in DOWN_STATES]
                 if state in DOWN_STATES and not live:
-                    host.power_off_now()
+                    on.power_off_now()
                     self._record(instance_id, "down")
-                elif state == "running" and host.sshd_pid() is None:
-                    host.start_sshd()
+                elif state == "running" and on.sshd_pid() is None:
+                    on.start_sshd()
                     self._record(instance_id, "boot")
             with self._changed:
                 self._states[instance_id] = state
@@ -381,8 +381,9 @@ class Hypervisor:
             self._record(None, "stop")
             return
         instance_id = running[0]
-        attr = self._ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="instanceInitiatedShutdownBehavior")
-        if attr["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate":
+        attribute = "instanceInitiatedShutdownBehavior"
+        answer = self._ec2.describe_instance_attribute(InstanceId=instance_id, Attribute=attribute)
+        if answer["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate":
             self._ec2.terminate_instances(InstanceIds=[instance_id])
             self._record(instance_id, "terminate")
         else:
@@ -425,7 +426,8 @@ class FaultProxy:
     """
 
     def __init__(self, upstream: str, config_dir: Path | None = None) -> None:
-        self._upstream = urllib.parse.urlsplit(upstream)
+        parts = urllib.parse.urlsplit(upstream)
+        self._upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self._faults: list[_Fault] = []
         self._seen: list[str] = []
         self._lock = threading.Lock()
@@ -502,9 +504,11 @@ class FaultProxy:
                     self.connection.close()
                     return
                 if fault is not None:
-                    self._answer(fault.status, [("Content-Type", "text/xml")], ec2_error_body(fault.code, fault.message))
+                    self._answer(
+                        fault.status, [("Content-Type", "text/xml")], ec2_error_body(fault.code, fault.message)
+                    )
                     return
-                upstream = http.client.HTTPConnection(proxy._upstream.hostname, proxy._upstream.port, timeout=60)
+                upstream = http.client.HTTPConnection(*proxy._upstream, timeout=60)
                 try:
                     headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
                     upstream.request(self.command, self.path, body=body, headers=headers)
@@ -526,4 +530,3 @@ class FaultProxy:
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
 
         return Handler
-
