@@ -47,6 +47,7 @@ def end_of_run(store: Store, row: dict[str, Any], say: Callable[[str], None] | N
     if provider.end_action(row) != "none":
         release_proven(store, provider, row, launched, notice)
         return
+    record_metadata(provider, store, row)
     if (
         launched
         and supports(provider, DOWNLOAD_CHECKPOINTS)
@@ -247,7 +248,7 @@ def record_metadata(provider: Provider, store: Store, row: dict[str, Any]) -> No
         return
     try:
         write(stored, store.get(row["run_id"]) or row)
-    except RunctlError:
+    except (RunctlError, ValueError):  # ValueError: ec2tags.TagLimitError, no room left for it
         pass  # metadata is a convenience; the store keeps the run either way
 
 

@@ -48,7 +48,9 @@ def train(
     identity: Annotated[
         str | None, typer.Option("--identity", "-i", help="Private key file (default: remembered for the instance)")
     ] = None,
-    ssh_user: Annotated[str | None, typer.Option("--ssh-user", help="SSH user (default: remembered, else ubuntu)")] = None,
+    ssh_user: Annotated[
+        str | None, typer.Option("--ssh-user", help="SSH user (default: remembered, else ubuntu)")
+    ] = None,
     address: Annotated[
         AddressKind | None, typer.Option("--address", help="Reach it by its public or private address")
     ] = None,
@@ -77,7 +79,8 @@ def train(
 ) -> None:
     """Sync the project to INSTANCE and start SCRIPT there detached (follow it with --wait)."""
     from ..ending import record_metadata
-    from ..pipeline import StartRequest, start as start_run
+    from ..pipeline import StartRequest
+    from ..pipeline import start as start_run
     from ..providers import get
     from .starting import announce_and_follow
 

@@ -32,7 +32,7 @@ def list_(
     if (run_id is None) == (instance_id is None):
         raise UsageError(
             "name one run: a RUN_ID or --instance-id" + (", not both" if run_id else ""),
-            "for example: runctl checkpoint list RUN_ID   or   runctl checkpoint list --instance-id i-0123456789abcdef0",
+            "for example: runctl checkpoint list RUN_ID, or: runctl checkpoint list --instance-id i-0123456789abcdef0",
         )
     db = store()
     if instance_id is not None:

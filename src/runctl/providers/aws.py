@@ -70,7 +70,7 @@ class Instance:
             tags=tags.as_dict(data.get("Tags") or []),
             private_ip=data.get("PrivateIpAddress"),
             public_ip=data.get("PublicIpAddress"),
-            launch_time=launched.timestamp() if hasattr(launched, "timestamp") else None,
+            launch_time=launched.timestamp() if launched is not None and hasattr(launched, "timestamp") else None,
             availability_zone=(data.get("Placement") or {}).get("AvailabilityZone"),
             lifecycle="spot" if data.get("InstanceLifecycle") == "spot" else "on-demand",
             spot_request_id=data.get("SpotInstanceRequestId"),
@@ -183,7 +183,9 @@ class Ec2Instances:
                     SpotInstanceRequestIds=[instance.spot_request_id],
                 )
         except CloudError as exc:
-            raise CloudError("could not %s %s: %s" % (action, instance.id, exc.message), "run: " + manual, exc.code)
+            raise CloudError(
+                "could not %s %s: %s" % (action, instance.id, exc.message), "run: " + manual, exc.code
+            ) from None
         return self.confirm(instance, action, manual)
 
     def confirm(self, instance: Instance, action: str, manual: str) -> Instance:
@@ -449,7 +451,7 @@ class AwsProvider(SshProvider):
         cloud.ec2.call(
             "create_tags",
             Resources=[str(stored["host_id"])],
-            Tags=tags.as_list({RELEASE_FAILED: "true"}),
+            Tags=tags.as_list({tags.RELEASE_FAILED: "true"}),
         )
 
     def host_state(self, row: dict[str, Any], stored: Mapping[str, Any] | None) -> tuple[str, str | None] | None:
@@ -463,7 +465,6 @@ class AwsProvider(SshProvider):
         return instance.state, instance.state_reason
 
 
-RELEASE_FAILED = "runctl:release-failed"
 GONE_STATES = ("stopping", "stopped", "shutting-down", "terminated")
 
 
@@ -528,7 +529,7 @@ def run_metadata(row: Mapping[str, Any]) -> dict[str, Any]:
 def write_run_metadata(cloud: Ec2Instances, instance: Instance, metadata: Mapping[str, Any]) -> None:
     """Chunked into tags of at most 256 characters; the old chunks are removed before the new are
     written, so a shorter value never leaves a stale tail, and the whole stays within 50 tags."""
-    new = tags.metadata_tags(dict(metadata))
+    new = tags.metadata_tags(dict(metadata), instance.tags)
     stale = tags.stale_metadata_keys(instance.tags, new)
     cloud.put_tags(instance, new, remove=stale)
 
