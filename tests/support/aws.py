@@ -391,6 +391,9 @@ class Hypervisor:
             self._record(instance_id, "stop")
         instance_initiated(instance_id)
 
+    def _record(self, instance_id: str | None, action: str) -> None:
+        self.actions.append((time.time(), instance_id, action))
+
 
 def instance_initiated(instance_id: str) -> None:
     """Give a power-off's stop or terminate the state reason EC2 gives it (moto's API calls say
@@ -402,9 +405,6 @@ def instance_initiated(instance_id: str) -> None:
     if instance is not None:
         code = "Client.InstanceInitiatedShutdown"
         instance.state_reason = StateReason(code + ": Instance initiated shutdown", code)
-
-    def _record(self, instance_id: str | None, action: str) -> None:
-        self.actions.append((time.time(), instance_id, action))
 
 
 @dataclasses.dataclass
