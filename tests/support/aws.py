@@ -291,7 +291,9 @@ class Hypervisor:
 
     ``actions`` records what it did: ``(time, instance_id, action)`` with action ``"stop"`` or
     ``"terminate"`` (a power-off translated; instance_id None when no instance had that IP),
-    ``"down"`` or ``"boot"``.  Don't start or stop a host's sshd from a test while it runs.
+    ``"down"`` or ``"boot"``.  It polls (every ``poll`` s): a stop and start closer together than
+    that go unseen, so :meth:`wait_for` the state in between.  Don't start or stop a host's sshd
+    from a test while it runs.
     """
 
     def __init__(self, emulator: MotoEmulator, hosts: Sequence[SshTestHost], poll: float = 0.15) -> None:
@@ -301,7 +303,6 @@ class Hypervisor:
         self._seen_calls = {host.address: len(host.poweroff_calls()) for host in hosts}
         self._states: dict[str, str] = {}
         self._changed = threading.Condition()
-        self._ticks = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.actions: list[tuple[float, str | None, str]] = []
@@ -372,7 +373,6 @@ class Hypervisor:
             with self._changed:
                 self._states[instance_id] = state
         with self._changed:
-            self._ticks += 1
             self._changed.notify_all()
 
     def _power_off_from_inside(self, host: SshTestHost, instances: dict[str, tuple[str, str | None]]) -> None:
