@@ -166,7 +166,13 @@ class Store:
 
     def _open(self) -> None:
         # Created 0600 before SQLite opens it; SQLite gives its -wal and -shm files the same mode.
-        os.close(os.open(str(self.path), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, PRIVATE_FILE))
+        # O_EXCL: an existing store is never opened here, as closing any descriptor of the file
+        # drops every POSIX lock this process holds on it, those of its other open connections too
+        # (their writes then stay unseen by other processes).
+        try:
+            os.close(os.open(str(self.path), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE))
+        except FileExistsError:
+            pass
         self.db = sqlite3.connect(str(self.path), timeout=BUSY_SECONDS, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA busy_timeout = %d" % (BUSY_SECONDS * 1000))

@@ -251,7 +251,7 @@ def test_terminate_is_refused_when_a_checkpoint_changes_on_the_host_after_the_pu
     # Something beside the run keeps writing a checkpoint file: no copy of it can be proven exact.
     target = host_file(host, "proj", "checkpoints/growing.pt")
     grower = host.run(
-        "mkdir -p %s && nohup sh -c 'while true; do echo x >> %s; sleep 0.02; done' >/dev/null 2>&1 &"
+        "mkdir -p %s && (setsid sh -c 'while true; do echo x >> %s; sleep 0.02; done' </dev/null >/dev/null 2>&1 &)"
         % (target.parent, target)
     )
     assert grower.returncode == 0
@@ -362,6 +362,7 @@ def test_an_instance_stopped_from_outside_mid_run_interrupts_the_run(aws: Aws) -
     run_id = poll(lambda: last_run_id(aws), 60, "the run to be recorded", interval=0.2)
     started_when(aws, run_id)
     aws.world.client().stop_instances(InstanceIds=[instance])
+    hypervisor(aws.world).wait_for(instance, "stopped")
     _out, err = waiter.communicate(timeout=60)
     assert waiter.returncode == 1, err
     run = aws.status(run_id)

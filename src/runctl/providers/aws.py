@@ -365,7 +365,11 @@ class AwsProvider(SshProvider):
             instance = cloud.wait(instance, "running", CONFIRM_SECONDS)
         elif instance.state != "running":
             raise HostError("%s is %s" % (instance.label, instance.state), STATE_HINT_LIST)
-        remembered = (Store().host("aws:" + instance.id) or {}).get("info")
+        known = Store()
+        try:
+            remembered = (known.host("aws:" + instance.id) or {}).get("info")
+        finally:
+            known.close()
         reach = reach_for(instance, remembered, options)
         options["instance_obj"], options["reach"] = instance, reach
         if options.get("start") and options.get("wait_ssh", True):
