@@ -328,8 +328,9 @@ def test_with_the_controller_killed_the_host_stops_itself_and_the_end_is_read_af
     host = aws.world.hosts[0]
     host.check_poweroff_fake()
     instance = aws.world.launch_for(host)
+    before = run_ids(aws)
     waiter = aws.popen("aws", "train", instance, SCRIPT, *REACH, "--on-end", "terminate", "--wait", "--", *SLOW)
-    run_id = poll(lambda: last_run_id(aws), 60, "the run to be recorded", interval=0.2)
+    run_id = new_run(aws, before)
     started_when(aws, run_id)
     waiter.send_signal(signal.SIGKILL)
     waiter.wait(10)
@@ -350,16 +351,23 @@ def test_with_the_controller_killed_the_host_stops_itself_and_the_end_is_read_af
     assert end_result(aws, run_id)["claimed_by"] == "agent"
 
 
-def last_run_id(aws: Aws) -> str | None:
-    runs = aws.cli("runs", "list", "--all", "-o", "json").json
-    return runs[0]["run_id"] if runs else None
+def run_ids(aws: Aws) -> set[str]:
+    return {run["run_id"] for run in aws.cli("runs", "list", "--all", "-o", "json").json}
+
+
+def new_run(aws: Aws, before: set[str]) -> str:
+    """The id of the run a `train` started in the background (the one not in `before`)."""
+    found = poll(lambda: run_ids(aws) - before, 60, "the run to be recorded", interval=0.2)
+    assert len(found) == 1
+    return str(found.pop())
 
 
 def test_an_instance_stopped_from_outside_mid_run_interrupts_the_run(aws: Aws) -> None:
     host = aws.world.hosts[0]
     instance = aws.world.launch_for(host)
+    before = run_ids(aws)
     waiter = aws.popen("aws", "train", instance, SCRIPT, *REACH, "--wait", "--", *SLOW)
-    run_id = poll(lambda: last_run_id(aws), 60, "the run to be recorded", interval=0.2)
+    run_id = new_run(aws, before)
     started_when(aws, run_id)
     aws.world.client().stop_instances(InstanceIds=[instance])
     hypervisor(aws.world).wait_for(instance, "stopped")
