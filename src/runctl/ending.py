@@ -166,7 +166,8 @@ def release_proven(
         # On the host before the release: once stopped or terminated, it can no longer be written.
         try:
             controller.transport_for(row).on_end_result(
-                row["run_dir"], {**decided, "by": "controller", "started_at": started, "release": {"action": action}}
+                row["run_dir"],
+                {**decided, "by": "controller", "started_at": started, "release": {"action": action, "state": None}},
             )
         except (RunctlError, OSError):
             pass
@@ -175,6 +176,13 @@ def release_proven(
     result.update(decided, by="controller", started_at=started, ended_at=time.time())
     if claim.get("error"):
         result["claim_error"] = claim["error"]
+    elif getattr(provider, "host_gone", None) is None:
+        # A host that outlives its release (no cloud lifecycle) gets the confirmed result too; a
+        # cloud host just stopped or terminated cannot be reached, and the store has it.
+        try:
+            controller.transport_for(row).on_end_result(row["run_dir"], result)
+        except (RunctlError, OSError):
+            pass
     store.add_event(row["run_id"], RESULT, result)
     if result.get("error"):
         release_failed(store, provider, row, result, say)
