@@ -70,7 +70,7 @@ class Instance:
             tags=tags.as_dict(data.get("Tags") or []),
             private_ip=data.get("PrivateIpAddress"),
             public_ip=data.get("PublicIpAddress"),
-            launch_time=launched.timestamp() if hasattr(launched, "timestamp") else None,
+            launch_time=launched.timestamp() if launched is not None and hasattr(launched, "timestamp") else None,
             availability_zone=(data.get("Placement") or {}).get("AvailabilityZone"),
             lifecycle="spot" if data.get("InstanceLifecycle") == "spot" else "on-demand",
             spot_request_id=data.get("SpotInstanceRequestId"),
@@ -134,11 +134,7 @@ class Ec2Instances:
             return self.get(ref)
         if ref.startswith("i-"):
             raise UsageError("invalid instance id %r" % ref, "an instance id looks like i-0123456789abcdef0")
-        found = [
-            i
-            for i in self.describe(Filters=[{"Name": "tag:Name", "Values": [ref]}])
-            if i.state != "terminated"
-        ]
+        found = [i for i in self.describe(Filters=[{"Name": "tag:Name", "Values": [ref]}]) if i.state != "terminated"]
         if not found:
             raise UsageError(
                 "no instance named %r in %s" % (ref, self.region), "list them: runctl aws list --all (or pass --region)"
@@ -170,7 +166,9 @@ class Ec2Instances:
         if instance.state in ENDED[action][1:] or (action == "stop" and instance.state == "terminated"):
             return instance
         manual = "aws ec2 %s-instances --region %s --instance-ids %s" % (
-            "stop" if action == "stop" else "terminate", self.region, instance.id
+            "stop" if action == "stop" else "terminate",
+            self.region,
+            instance.id,
         )
         operation = "stop_instances" if action == "stop" else "terminate_instances"
         try:
@@ -183,7 +181,9 @@ class Ec2Instances:
                     SpotInstanceRequestIds=[instance.spot_request_id],
                 )
         except CloudError as exc:
-            raise CloudError("could not %s %s: %s" % (action, instance.id, exc.message), "run: " + manual, exc.code)
+            raise CloudError(
+                "could not %s %s: %s" % (action, instance.id, exc.message), "run: " + manual, exc.code
+            ) from None
         return self.confirm(instance, action, manual)
 
     def confirm(self, instance: Instance, action: str, manual: str) -> Instance:
