@@ -443,6 +443,7 @@ class FaultProxy:
         self._upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self._faults: list[_Fault] = []
         self._seen: list[str] = []
+        self._seen_at: list[float] = []
         self._lock = threading.Lock()
         self._config_dir = config_dir or Path(tempfile.mkdtemp(prefix="rctest-awsconfig-"))
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -478,6 +479,11 @@ class FaultProxy:
         with self._lock:
             return [a for a in self._seen if action is None or a == action]
 
+    def calls_at(self, action: str) -> list[float]:
+        """When each call of ``action`` arrived (time.time()), oldest first."""
+        with self._lock:
+            return [t for a, t in zip(self._seen, self._seen_at, strict=True) if a == action]
+
     def env(self) -> dict[str, str]:
         """Like :meth:`MotoEmulator.env`, but through this proxy."""
         return client_env(self.url, self._config_dir)
@@ -489,6 +495,7 @@ class FaultProxy:
     def _take_fault(self, action: str) -> _Fault | None:
         with self._lock:
             self._seen.append(action)
+            self._seen_at.append(time.time())
             for fault in self._faults:
                 if fault.action == action and fault.times > 0:
                     fault.times -= 1

@@ -134,11 +134,7 @@ class Ec2Instances:
             return self.get(ref)
         if ref.startswith("i-"):
             raise UsageError("invalid instance id %r" % ref, "an instance id looks like i-0123456789abcdef0")
-        found = [
-            i
-            for i in self.describe(Filters=[{"Name": "tag:Name", "Values": [ref]}])
-            if i.state != "terminated"
-        ]
+        found = [i for i in self.describe(Filters=[{"Name": "tag:Name", "Values": [ref]}]) if i.state != "terminated"]
         if not found:
             raise UsageError(
                 "no instance named %r in %s" % (ref, self.region), "list them: runctl aws list --all (or pass --region)"
@@ -170,7 +166,9 @@ class Ec2Instances:
         if instance.state in ENDED[action][1:] or (action == "stop" and instance.state == "terminated"):
             return instance
         manual = "aws ec2 %s-instances --region %s --instance-ids %s" % (
-            "stop" if action == "stop" else "terminate", self.region, instance.id
+            "stop" if action == "stop" else "terminate",
+            self.region,
+            instance.id,
         )
         operation = "stop_instances" if action == "stop" else "terminate_instances"
         try:
