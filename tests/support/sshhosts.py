@@ -785,8 +785,19 @@ class SshTestHost:
                 _wait_gone(leaves, STOP_TIMEOUT)
         return [pid for pid in pids if _pid_alive(pid)]
 
-    def teardown(self) -> None:
-        """Stop sshd, end every process of this host and delete its namespace and veth pair."""
+    def power_off_now(self) -> None:
+        """End every process of this host and take its sshd down, keeping its files and network.
+
+        What a hypervisor's stop does to a machine: training dies at once, the disk stays.
+        :meth:`start_sshd` boots it again (with the power-off fake still in place, if enabled).
+        Safe to call when the host is already down.
+        """
+        errors = self._end_everything()
+        if errors:
+            raise SshHostError(f"{self.name}: power-off incomplete: {'; '.join(errors)}")
+
+    def _end_everything(self) -> list[str]:
+        """End the host's sessions and its sshd; the problems met, if any."""
         errors: list[str] = []
         listener = self.sshd_pid()
         # Sessions first, while the listener is alive to reap them (PID 1 here may never do it).
@@ -798,6 +809,11 @@ class SshTestHost:
         left = self._kill_processes(exclude=set())  # re-parented sessions, anything in the netns
         if left:
             errors.append(f"processes still alive: {left}")
+        return errors
+
+    def teardown(self) -> None:
+        """Stop sshd, end every process of this host and delete its namespace and veth pair."""
+        errors = self._end_everything()
         if self.netns:
             proc = _run(["ip", "netns", "del", self.netns], check=False)
             if proc.returncode != 0 and "No such file" not in proc.stderr:
