@@ -31,6 +31,13 @@ AUTH_CODES = frozenset(
      "ExpiredToken", "RequestExpired", "OptInRequired"}
 )  # fmt: skip
 DENIED_CODES = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"})
+# No capacity (or a bid too low) is an answer, not a glitch, though AWS sends some as 500: never
+# retried here, so a spot launch can fall back to on-demand (or fail with the reason) at once.
+CAPACITY_CODES = frozenset(
+    {"InsufficientInstanceCapacity", "InsufficientCapacity", "InsufficientHostCapacity",
+     "InsufficientReservedInstanceCapacity", "SpotMaxPriceTooLow", "MaxSpotInstanceCountExceeded",
+     "InsufficientFreeAddressesInSubnet", "Unsupported"}
+)  # fmt: skip
 # Errors in what the user asked for: exit 2, the cloud's own message kept, a fix added.
 INPUT_HINTS = {
     "InvalidInstanceID.NotFound": "list your instances: runctl aws list --all (or pass --region)",
@@ -85,7 +92,7 @@ def client(service: str, region: str, timeout: float = 20.0) -> Any:
         read_timeout=timeout,
         user_agent_extra="runctl",
     )
-    return boto3.Session().client(service, region_name=region, config=config)  # type: ignore[call-overload]
+    return boto3.Session().client(service, region_name=region, config=config)  # type: ignore[call-overload,unused-ignore]
 
 
 def error_code(exc: BaseException) -> str:
@@ -111,7 +118,8 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, botocore.exceptions.ClientError):
         status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0
-        return error_code(exc) in TRANSIENT_CODES or int(status) >= 500
+        code = error_code(exc)
+        return code not in CAPACITY_CODES and (code in TRANSIENT_CODES or int(status) >= 500)
     return False
 
 
@@ -133,7 +141,9 @@ def translate(exc: BaseException, operation: str, region: str, attempts: int = 1
         message = str((exc.response.get("Error") or {}).get("Message") or code)
         tried = " (after %d attempts)" % attempts if attempts > 1 else ""
         if code in AUTH_CODES:
-            return CloudError("AWS rejected the credentials: %s" % message, "check AWS_PROFILE, or: aws sso login", code)
+            return CloudError(
+                "AWS rejected the credentials: %s" % message, "check AWS_PROFILE, or: aws sso login", code
+            )
         if code in DENIED_CODES:
             return CloudError(
                 "not allowed to call ec2:%s: %s" % (operation, _short(message)),
@@ -187,7 +197,7 @@ class Ec2:
         items: list[dict[str, Any]] = []
         token: str | None = None
         while True:
-            page = self.call(operation, **params, **({"NextToken": token} if token else {}))
+            page = self.call(operation, **({**params, "NextToken": token} if token else params))
             items.extend(page.get(key) or [])
             token = page.get("NextToken")
             if not token:

@@ -198,7 +198,11 @@ class SshTransport:
     def control_path(self) -> Path:
         """One socket per destination and credentials: a strict and an insecure session never share one."""
         key = "%s|%s|%s|%s|%s" % (
-            self.dest, self.identity, self.insecure_host_key, os.environ.get("RUNCTL_SSH_CONFIG"), self.host_key_alias
+            self.dest,
+            self.identity,
+            self.insecure_host_key,
+            os.environ.get("RUNCTL_SSH_CONFIG"),
+            self.host_key_alias,
         )
         return control_dir() / hashlib.sha256(key.encode()).hexdigest()[:20]
 
