@@ -78,7 +78,13 @@ def resolve_region(region: str | None, profile: str | None = None) -> str:
     known = session.get_available_regions("ec2") + session.get_available_regions("ec2", "aws-us-gov")
     known += session.get_available_regions("ec2", "aws-cn")
     if known and found not in known:
-        raise UsageError("unknown AWS region %r" % found, "use one of: %s" % ", ".join(sorted(known)[:12]) + ", ...")
+        import difflib
+
+        close = difflib.get_close_matches(found, known, n=3)
+        raise UsageError(
+            "unknown AWS region %r" % found,
+            "pass --region %s" % (" or ".join(close) if close else "us-east-1 (all: aws ec2 describe-regions)"),
+        )
     return str(found)
 
 
@@ -87,7 +93,7 @@ def client(service: str, region: str, timeout: float = 20.0) -> Any:
     import botocore.config
 
     config = botocore.config.Config(
-        retries={"max_attempts": 1, "mode": "standard"},
+        retries={"total_max_attempts": 1, "mode": "standard"},  # botocore retries nothing: `call` does
         connect_timeout=5,
         read_timeout=timeout,
         user_agent_extra="runctl",

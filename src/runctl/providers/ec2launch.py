@@ -589,7 +589,10 @@ def create(request: CreateRequest, say: Callable[[str], None], store: Any) -> di
     """Check, make, record and (with --wait) bring up one instance; the result as `--output json` shows it."""
     check_local(request)
     cloud = Ec2Instances(request.region)
-    the_plan = plan(cloud, request, say)
+    notes: list[str] = []
+    the_plan = plan(cloud, request, notes.append)
+    for note in notes:  # said once every check has passed: a refused create prints its error only
+        say(note)
     prices = Prices(cloud)
     made = Made()
     try:
