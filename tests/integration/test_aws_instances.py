@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Result
+from tests.conftest import EXAMPLES, RUNCTL, Result
 from tests.integration.test_ssh import SshEnv
 from tests.support.aws import Ec2World, FaultProxy
 from tests.support.runs import poll
@@ -161,6 +163,58 @@ def test_ssh_from_makes_a_group_for_that_range_only(aws: Aws) -> None:
     assert ssh_rules_to_the_world(aws.world) == []
 
 
+def test_ctrl_c_during_create_terminates_what_it_launched(aws: Aws) -> None:
+    host = aws.hosts[0]
+    nobody = host.address.rsplit(".", 1)[0] + ".77"  # in the host's subnet, no machine there: SSH never answers
+    args = ["aws", "create", "--instance-type", "g5.xlarge", "--ssh-key", aws.public_key, "--private-ip", nobody,
+            "--address", "private", "--ssh-from", "10.231.0.1/32", "--wait"]  # fmt: skip
+    proc = subprocess.Popen(
+        [*RUNCTL, *args], cwd=aws.cwd, env=aws.sshenv.environ(aws.env()), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    seen = ""
+    while "waiting for SSH" not in seen:
+        line = proc.stderr.readline()
+        assert line, seen
+        seen += line
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, seen + err
+    assert "Traceback" not in err and "is terminated" in err
+    assert aws.instances() == []
+    groups = aws.world.client().describe_security_groups()["SecurityGroups"]
+    assert not [g for g in groups if g["GroupName"].startswith("runctl-")]  # its SSH group went with it
+
+
+def test_stop_ends_a_live_run_gracefully_and_pulls_its_checkpoints_first(aws: Aws) -> None:
+    from runctl.store import Store
+
+    host = aws.hosts[0]
+    made = ok(aws.create(host, "--name", "busy", "--wait"))
+    project = aws.cwd / "proj"
+    project.mkdir()
+    (project / "pyproject.toml").write_text("[project]\nname = 'proj'\nversion = '0'\n")
+    shutil.copy(EXAMPLES / "train_stub.py", project / "train_stub.py")
+    started = aws.sshenv.cli(
+        "ssh", "train", host.address, "train_stub.py", "--", "--epochs", "50", "--steps-per-epoch", "40",
+        cwd=project, env=aws.env(),
+    )  # fmt: skip
+    run_id = ok(started).strip()
+    Store(aws.home / "runctl.db").set_run_host(run_id, "aws:" + made["instance_id"])
+    poll(lambda: (host.home / "runctl").exists(), 20, "the run to start")
+    listed = ok(aws.cli("aws", "list", "--output", "json"))
+    assert [r["run_id"] for r in listed[0]["runs"]] == [run_id]
+
+    stopped = aws.cli("aws", "stop", "busy", "--output", "json")
+    assert ok(stopped)["state"] == "stopped"
+    assert "stopping run %s" % run_id in stopped.err
+    run = ok(aws.sshenv.cli("runs", "status", run_id, "-o", "json", cwd=project, env=aws.env()))
+    assert run["status"] == "stopped" and run["termination_status"] == "user_stop"
+    assert list((project / "checkpoints" / run_id).rglob("*.json")), stopped.err
+    assert aws.instance(made["instance_id"])["State"]["Name"] == "stopped"
+
+
 # ---- list and status ---------------------------------------------------------------------------
 
 
@@ -267,7 +321,7 @@ def test_spot_bids_the_on_demand_price_and_falls_back_only_when_asked(aws: Aws, 
     listed = ok(aws.cli("aws", "list", "--output", "json"))
     assert "spot" in listed[0]["flags"] and "spot-history" in listed[0]["price_source"]
 
-    capacity = {"status": 500, "code": "InsufficientInstanceCapacity", "message": "No g5.xlarge capacity in us-east-1a."}
+    capacity = {"status": 500, "code": "InsufficientInstanceCapacity", "message": "No g5.xlarge capacity."}
     fault_proxy.fail("RunInstances", 1, **capacity)  # type: ignore[arg-type]
     fallback = aws.create(aws.hosts[1], "--spot", "--spot-fallback", "on-demand", proxy=fault_proxy)
     made = ok(fallback)
@@ -296,6 +350,7 @@ def test_wait_reaches_a_state_or_times_out_with_exit_3(aws: Aws) -> None:
 
 
 # ---- bad input ---------------------------------------------------------------------------------
+
 
 def test_bad_input_creates_nothing_and_says_what_to_do(aws: Aws, fault_proxy: FaultProxy) -> None:
     host = aws.hosts[0]

@@ -214,7 +214,7 @@ def list_(
 
     cloud = Ec2Instances(region)
     instances = cloud.managed(include_all=all_)
-    prices = Prices(cloud)
+    prices = Prices(cloud, ask_api=False)  # the table or the day's cache: no Pricing API call per listing
     db = store()
     record_all(db, instances, prices)
     hosts = {h["host_key"]: h for h in db.hosts("aws")}
@@ -394,7 +394,7 @@ def stop_runs(db: Store, instance: Instance) -> None:
 
 def end(action: str, instance_ref: str, wait: bool, force: bool, region: str | None, output: Output) -> None:
     """`aws stop` and `aws terminate`: refuse what must be refused, stop runs, then the API, confirmed."""
-    from ..core.errors import CloudError
+    from ..core.errors import CloudError, Interrupted
     from ..providers import ec2tags as tags
     from ..providers.aws import (
         CONFIRM_SECONDS,
@@ -438,6 +438,11 @@ def end(action: str, instance_ref: str, wait: bool, force: bool, region: str | N
     except CloudError as exc:
         mark_release_failed(cloud, db, instance, action, exc.message)
         raise
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "interrupted before the %s of %s was confirmed" % (action, instance.id),
+            "check it: runctl aws status %s; finish it: runctl aws %s %s" % (instance.id, action, instance.id),
+        ) from None
     observe(db, seen, prices)
     clear_release_failed(cloud, db, seen)
     say("%s is %s" % (seen.label, seen.state))
@@ -483,7 +488,7 @@ def wait(
     region: RegionOpt = None,
 ) -> None:
     """Block until the instance is in STATE; exit 3 on --timeout."""
-    from ..core.errors import HostError, WaitTimeout
+    from ..core.errors import HostError, Interrupted, WaitTimeout
     from ..providers.aws import Ec2Instances, Prices, observe, reach_for, transport_to, wait_ssh
     from ..providers.ec2launch import WAIT_SECONDS
 
@@ -497,14 +502,19 @@ def wait(
     reach = None
     if state == WaitState.ssh:
         reach = reach_for(instance, remembered(db, instance), {"identity": identity, "ssh_user": ssh_user})
-    instance = cloud.wait(instance, target, seconds)
-    observe(db, instance, prices)
-    if reach is not None:
-        left = (seconds if seconds is not None else WAIT_SECONDS) - (time.monotonic() - started)
-        try:
-            wait_ssh(transport_to(instance, reach), max(0.5, left))
-        except HostError as exc:
-            raise WaitTimeout(exc.message, "wait again: runctl aws wait %s --state ssh" % instance.id) from None
+    try:
+        instance = cloud.wait(instance, target, seconds)
+        observe(db, instance, prices)
+        if reach is not None:
+            left = (seconds if seconds is not None else WAIT_SECONDS) - (time.monotonic() - started)
+            try:
+                wait_ssh(transport_to(instance, reach), max(0.5, left))
+            except HostError as exc:
+                raise WaitTimeout(exc.message, "wait again: runctl aws wait %s --state ssh" % instance.id) from None
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "stopped waiting for %s" % instance.label, "it carries on: runctl aws status %s" % instance.id
+        ) from None
     say("%s is %s" % (instance.label, "answering SSH" if reach is not None else instance.state))
 
 

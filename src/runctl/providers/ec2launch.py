@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.durations import parse_duration
-from ..core.errors import CloudError, HostError, RunctlError, UsageError
+from ..core.errors import CloudError, HostError, Interrupted, RunctlError, UsageError
 from . import ec2tags as tags
 from .aws import Ec2Instances, Instance, Prices, Reach, observe, transport_to, wait_ssh
 
@@ -612,8 +612,8 @@ def create(request: CreateRequest, say: Callable[[str], None], store: Any) -> di
         if request.wait:
             instance, watchdog = bring_up(cloud, instance, the_plan, store, prices, say)
     except KeyboardInterrupt:
-        release_on_interrupt(cloud, made, store, prices, say)
-        raise
+        left = release_on_interrupt(cloud, made, store, prices, say)
+        raise Interrupted("create interrupted%s" % left[0], left[1]) from None
     except RunctlError as exc:
         if made.instance is None:
             raise
@@ -652,20 +652,26 @@ def arm_watchdog(
 
 def release_on_interrupt(
     cloud: Ec2Instances, made: Made, store: Any, prices: Prices, say: Callable[[str], None]
-) -> None:
-    """Ctrl-C during create: terminate the instance it made (confirmed), then its group and key pair."""
+) -> tuple[str, str | None]:
+    """Ctrl-C during create: terminate the instance it made (confirmed), then its group and key pair.
+
+    Returns what is left, for the message: (" ...", hint)."""
     if made.instance is None:
         undo_resources(cloud, made)
-        return
-    say("interrupted: terminating %s, which this create launched ..." % made.instance.id)
+        return ": nothing was launched", None
+    instance_id = made.instance.id
+    say("interrupted: terminating %s, which this create launched ..." % instance_id)
     try:
         seen = cloud.end_billing(made.instance, "terminate")
         observe(store, seen, prices)
-        say("terminated %s" % made.instance.id)
-    except RunctlError as exc:
-        say("could not terminate %s: %s  %s" % (made.instance.id, exc.message, exc.hint or ""))
-        return
+    except (RunctlError, KeyboardInterrupt) as exc:
+        detail = exc.message if isinstance(exc, RunctlError) else "interrupted again"
+        return (
+            "; %s could not be terminated (%s)" % (instance_id, detail),
+            "terminate it: runctl aws terminate %s" % instance_id,
+        )
     undo_resources(cloud, made)
+    return "; %s, which it launched, is %s" % (instance_id, seen.state), None
 
 
 def result_of(
