@@ -130,10 +130,7 @@ def test_create_waits_for_ssh_starts_the_watchdog_and_tags_everything(aws: Aws) 
     ec2 = aws.world.client()
     volumes = ec2.describe_volumes()["Volumes"]
     assert volumes and all({"Key": "runctl:managed", "Value": "true"} in v.get("Tags", []) for v in volumes)
-    behaviour = ec2.describe_instance_attribute(
-        InstanceId=made["instance_id"], Attribute="instanceInitiatedShutdownBehavior"
-    )["InstanceInitiatedShutdownBehavior"]["Value"]
-    assert behaviour == "stop"
+    assert _shutdown_behaviour(aws, made["instance_id"]) == "stop"
     assert ssh_rules_to_the_world(aws.world) == []
 
     # How to reach it is remembered: exec needs no SSH flags.
@@ -145,6 +142,14 @@ def test_create_waits_for_ssh_starts_the_watchdog_and_tags_everything(aws: Aws) 
     assert [p["KeyName"] for p in pairs] == [made["key_name"]] == [second["key_name"]]
     assert {"Key": "runctl:managed", "Value": "true"} in pairs[0]["Tags"]
     assert second["on_shutdown"] == "terminate" and second["idle_stop"] == "15m"
+    assert _shutdown_behaviour(aws, second["instance_id"]) == "terminate"
+
+
+def _shutdown_behaviour(aws: Aws, instance_id: str) -> str:
+    answer = aws.world.client().describe_instance_attribute(
+        InstanceId=instance_id, Attribute="instanceInitiatedShutdownBehavior"
+    )
+    return str(answer["InstanceInitiatedShutdownBehavior"]["Value"])
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -156,11 +161,36 @@ def _json(path: Path) -> dict[str, Any] | None:
 
 
 def test_ssh_from_makes_a_group_for_that_range_only(aws: Aws) -> None:
-    made = ok(aws.create(aws.hosts[0], "--ssh-from", "10.231.0.1/32"))
+    made = ok(aws.create(aws.hosts[0], "--ssh-from", "10.231.0.1/32", "--volume-size", "120"))
+    assert [v["Size"] for v in aws.world.client().describe_volumes()["Volumes"]] == [120]
     group = aws.world.client().describe_security_groups(GroupIds=[made["security_group"]])["SecurityGroups"][0]
     assert [r["CidrIp"] for p in group["IpPermissions"] for r in p["IpRanges"]] == ["10.231.0.1/32"]
     assert {"Key": "runctl:managed", "Value": "true"} in group["Tags"]
     assert ssh_rules_to_the_world(aws.world) == []
+
+
+def test_a_step_failing_after_the_launch_names_the_instance_and_how_to_terminate_it(aws: Aws) -> None:
+    host = aws.hosts[0]
+    blocker = host.home / ".runctl" / "watchdog"
+    saved = blocker.with_name("watchdog.saved")
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    if blocker.exists():
+        blocker.rename(saved)  # an earlier test's watchdog directory
+    blocker.write_text("a file where the watchdog's directory goes\n")
+    try:
+        failed = aws.create(host, "--wait")
+    finally:
+        blocker.unlink()
+        if saved.exists():
+            saved.rename(blocker)
+    assert failed.code == 4 and "Traceback" not in failed.err
+    [instance] = aws.instances()
+    assert "could not start the idle watchdog" in failed.err
+    assert "instance %s exists" % instance["InstanceId"] in failed.err
+    assert "runctl aws terminate %s" % instance["InstanceId"] in failed.err
+    # The store knew it before the failure: it lists with its price.
+    listed = ok(aws.cli("aws", "list", "--output", "json"))
+    assert [i["instance_id"] for i in listed] == [instance["InstanceId"]] and listed[0]["hourly_price"]
 
 
 def test_ctrl_c_during_create_terminates_what_it_launched(aws: Aws) -> None:
@@ -223,6 +253,7 @@ def test_list_and_status_show_price_cost_runs_and_last_run(aws: Aws) -> None:
 
     made = ok(aws.create(aws.hosts[0], "--name", "lister"))
     foreign = aws.world.launch_for(aws.hosts[1], tags={"Name": "theirs"})
+    ok(aws.cli("aws", "status", "lister"))  # seen running from now: billed from here on
     listed = ok(aws.cli("aws", "list", "--output", "json"))
     assert [i["instance_id"] for i in listed] == [made["instance_id"]]
     row = listed[0]
@@ -248,7 +279,7 @@ def test_list_and_status_show_price_cost_runs_and_last_run(aws: Aws) -> None:
     assert (status["ssh_user"], status["address_kind"], status["idle_stop"]) == ("root", "private", "15m")
     assert status["hourly_price"] == G5_TABLE_PRICE and status["cost_so_far"] > 0
     text = aws.cli("aws", "status", made["instance_id"])
-    assert text.code == 0 and "r-abc" in text.out and "$1.01/hr" in text.out
+    assert text.code == 0 and "r-abc" in text.out and "$1.006/hr" in text.out
 
 
 # ---- start, stop, terminate --------------------------------------------------------------------
@@ -319,7 +350,7 @@ def test_spot_bids_the_on_demand_price_and_falls_back_only_when_asked(aws: Aws, 
     assert spot["lifecycle"] == "spot" and spot["max_price"] == G5_TABLE_PRICE
     assert "spot-history" in spot["price_source"]
     listed = ok(aws.cli("aws", "list", "--output", "json"))
-    assert "spot" in listed[0]["flags"] and "spot-history" in listed[0]["price_source"]
+    assert listed[0]["lifecycle"] == "spot" and "spot-history" in listed[0]["price_source"]
 
     capacity = {"status": 500, "code": "InsufficientInstanceCapacity", "message": "No g5.xlarge capacity."}
     fault_proxy.fail("RunInstances", 1, **capacity)  # type: ignore[arg-type]

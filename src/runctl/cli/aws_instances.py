@@ -127,7 +127,10 @@ def create(
 
 
 def money(value: float | None) -> str:
-    return "-" if value is None else ("%.4f" % value if value < 1 else "%.2f" % value)
+    """Dollars as people read them: 1.006, 0.526, 0.00001 (no float noise, no lost digits)."""
+    if value is None:
+        return "-"
+    return ("%.5f" % value if value < 1 else "%.3f" % value).rstrip("0").rstrip(".") or "0"
 
 
 def uptime(instance: Instance, now: float) -> float | None:
@@ -146,8 +149,6 @@ def flags_of(instance: Instance, stored: dict[str, Any] | None) -> list[str]:
         flags.append("protected")
     if not instance.managed:
         flags.append("not-runctl")
-    if instance.lifecycle == "spot":
-        flags.append("spot")
     return flags
 
 
@@ -161,6 +162,7 @@ def view(
 ) -> dict[str, Any]:
     """The JSON shape of one instance in `aws list` and `aws status`."""
     from ..core.cost import cost
+    from ..providers import ec2tags as tags
 
     price, source = prices.of(instance)
     spent = cost(intervals, now)
@@ -179,11 +181,11 @@ def view(
         "hourly_price": price,
         "price_source": source,
         "uptime_seconds": uptime(instance, now),
-        "cost_so_far": round(spent.amount, 6),
+        "cost_so_far": spent.amount,
         "cost_unpriced_seconds": spent.unpriced_seconds,
         "managed": instance.managed,
         "flags": flags_of(instance, stored),
-        "release_failed": info.get("release_failed") or instance.tags.get("runctl:release-failed"),
+        "release_failed": info.get("release_failed") or instance.tags.get(tags.RELEASE_FAILED),
         "runs": [{"run_id": r["run_id"], "name": r["name"], "status": r["status"]} for r in runs],
     }
 
@@ -230,6 +232,17 @@ def list_(
     if output == ListOutput.json:
         emit_json(views)
         return
+    if output == ListOutput.csv:
+        import csv
+
+        fields = ["instance_id", "name", "state", "instance_type", "lifecycle", "hourly_price", "price_source",
+                  "uptime_seconds", "cost_so_far", "runs", "flags"]  # fmt: skip
+        writer = csv.DictWriter(sys.stdout, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(
+            {**v, "runs": " ".join(r["run_id"] for r in v["runs"]), "flags": " ".join(v["flags"])} for v in views
+        )
+        return
     columns = ["instance_id", "name", "state", "instance_type", "lifecycle", "hourly_price", "uptime", "cost_so_far",
                "runs", "flags"]  # fmt: skip
     table = [
@@ -237,19 +250,12 @@ def list_(
             **v,
             "hourly_price": money(v["hourly_price"]),
             "uptime": format_duration(v["uptime_seconds"]) if v["uptime_seconds"] is not None else "-",
-            "cost_so_far": "%.2f" % v["cost_so_far"],
+            "cost_so_far": money(v["cost_so_far"]),
             "runs": " ".join(r["run_id"] for r in v["runs"]),
             "flags": ",".join(v["flags"]),
         }
         for v in views
     ]
-    if output == ListOutput.csv:
-        import csv
-
-        writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(table)
-        return
     if not views:
         say("no %sinstances in %s%s" % ("" if all_ else "runctl ", cloud.region, "" if all_ else " (--all: every one)"))
         return
@@ -299,7 +305,7 @@ def status(
         ("type", "%s, %s, %s" % (instance.type, instance.lifecycle, instance.availability_zone or cloud.region)),
         ("price", "$%s/hr (%s)" % (money(data["hourly_price"]), data["price_source"])),
         ("uptime", format_duration(data["uptime_seconds"]) if data["uptime_seconds"] is not None else "-"),
-        ("cost", "$%.2f so far" % data["cost_so_far"]),
+        ("cost", "$%s so far" % money(data["cost_so_far"])),
         ("address", "%s (private %s, public %s)" % (data["address_kind"] or "-", instance.private_ip or "-",
                                                    instance.public_ip or "-")),
         ("ssh", "%s, key %s" % (data["ssh_user"] or "ubuntu", data["identity"] or "(ssh default)")),

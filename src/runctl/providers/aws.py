@@ -39,6 +39,7 @@ POLL_SECONDS = 0.5
 DEFAULT_SSH_USER = "ubuntu"
 # How long the agent waits after a run for a controller to claim its end before powering off itself.
 CONTROLLER_GRACE = 2.0
+AUTH_GRACE = 60.0  # how long a new instance may refuse the SSH key before that is taken as final
 ON_END_CHOICES = ("none", "stop", "terminate")
 
 
@@ -566,12 +567,21 @@ def host_of(instance: Instance, reach: Reach) -> Host:
 def wait_ssh(transport: SshTransport, timeout: float) -> None:
     """Until the instance answers over SSH (its sshd starts after `running`); HostError past the timeout."""
     deadline = time.monotonic() + timeout
+    refused_since: float | None = None
     while True:
         try:
             transport.run("true", timeout=10)
             return
         except HostError as exc:
-            if time.monotonic() >= deadline:
+            # A fresh instance may refuse the key until cloud-init has installed it; a refusal
+            # that lasts is a wrong key or user, not worth waiting the whole timeout for.
+            if exc.message.startswith("authentication failed"):
+                refused_since = refused_since or time.monotonic()
+            else:
+                refused_since = None
+            if time.monotonic() >= deadline or (
+                refused_since is not None and time.monotonic() - refused_since >= AUTH_GRACE
+            ):
                 raise HostError(
                     "%s does not answer over SSH: %s" % (transport.dest, exc.message),
                     exc.hint or "check its security group allows SSH from here",

@@ -600,12 +600,13 @@ def create(request: CreateRequest, say: Callable[[str], None], store: Any) -> di
         remember(store, instance, the_plan, prices)
         idle = "off" if the_plan.idle_stop_seconds is None else request.idle_stop
         say(
-            "launched %s (%s%s) in %s; idle-stop %s%s"
+            "launched %s: %s%s in %s; idle-stop %s%s"
             % (
-                instance.label, request.instance_type, ", spot" if request.spot and not fell_back else "",
+                instance.label, request.instance_type, " spot" if request.spot and not fell_back else "",
                 cloud.region, idle,
-                " (it powers itself off after %s with no run; change with --idle-stop)" % idle
-                if the_plan.idle_stop_seconds is not None else "",
+                "" if the_plan.idle_stop_seconds is None
+                else " (it powers itself off after %s with no run, watched from %s; change with --idle-stop)"
+                % (idle, "now on" if request.wait else "--wait or its first run"),
             )
         )  # fmt: skip
         watchdog: dict[str, Any] | None = None
