@@ -6,8 +6,10 @@ The provider's tests build on these; a harness that silently did less would let 
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.integration.test_ssh import SshEnv
-from tests.support.aws import DLAMI_NAME, UBUNTU_NAME, Ec2World, FaultProxy, Hypervisor
+from tests.support.aws import DLAMI_NAME, UBUNTU_NAME, VPC_CIDR, Ec2World, FaultProxy, Hypervisor
 from tests.support.runs import poll
 from tests.support.sshhosts import SshHosts, SshTestHost
 
@@ -49,6 +51,14 @@ def test_the_emulator_refuses_unknown_instance_types_amis_and_key_pairs(ec2_worl
             ec2_world.launch_for(host, **kwargs)
         assert caught.value.response["Error"]["Code"] == code
     assert ec2_world.client().describe_instances()["Reservations"] == []
+
+
+def test_a_cli_subprocess_reaches_the_emulator_through_env_alone(ec2_world: Ec2World, tmp_path: Path) -> None:
+    # AWS_ENDPOINT_URL and the empty config files are all a runctl subprocess gets.
+    code = "import boto3; print(boto3.client('ec2').describe_vpcs()['Vpcs'][-1]['CidrBlock'])"
+    env = {**os.environ, "HOME": str(tmp_path), **ec2_world.env()}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert (proc.returncode, proc.stdout.strip()) == (0, VPC_CIDR), proc.stderr
 
 
 def test_realistic_amis_are_found_by_name_and_owner(ec2_world: Ec2World) -> None:

@@ -291,7 +291,9 @@ class Hypervisor:
 
     ``actions`` records what it did: ``(time, instance_id, action)`` with action ``"stop"`` or
     ``"terminate"`` (a power-off translated; instance_id None when no instance had that IP),
-    ``"down"`` or ``"boot"``.  Don't start or stop a host's sshd from a test while it runs.
+    ``"down"`` or ``"boot"``.  It polls (every ``poll`` s): a stop and start closer together than
+    that go unseen, so :meth:`wait_for` the state in between.  Don't start or stop a host's sshd
+    from a test while it runs.
     """
 
     def __init__(self, emulator: MotoEmulator, hosts: Sequence[SshTestHost], poll: float = 0.15) -> None:
@@ -301,7 +303,6 @@ class Hypervisor:
         self._seen_calls = {host.address: len(host.poweroff_calls()) for host in hosts}
         self._states: dict[str, str] = {}
         self._changed = threading.Condition()
-        self._ticks = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.actions: list[tuple[float, str | None, str]] = []
@@ -372,7 +373,6 @@ class Hypervisor:
             with self._changed:
                 self._states[instance_id] = state
         with self._changed:
-            self._ticks += 1
             self._changed.notify_all()
 
     def _power_off_from_inside(self, host: SshTestHost, instances: dict[str, tuple[str, str | None]]) -> None:
@@ -430,6 +430,7 @@ class FaultProxy:
         self._upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self._faults: list[_Fault] = []
         self._seen: list[str] = []
+        self._seen_at: list[float] = []
         self._lock = threading.Lock()
         self._config_dir = config_dir or Path(tempfile.mkdtemp(prefix="rctest-awsconfig-"))
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -465,6 +466,11 @@ class FaultProxy:
         with self._lock:
             return [a for a in self._seen if action is None or a == action]
 
+    def calls_at(self, action: str) -> list[float]:
+        """When each call of ``action`` arrived (time.time()), oldest first."""
+        with self._lock:
+            return [t for a, t in zip(self._seen, self._seen_at, strict=True) if a == action]
+
     def env(self) -> dict[str, str]:
         """Like :meth:`MotoEmulator.env`, but through this proxy."""
         return client_env(self.url, self._config_dir)
@@ -476,6 +482,7 @@ class FaultProxy:
     def _take_fault(self, action: str) -> _Fault | None:
         with self._lock:
             self._seen.append(action)
+            self._seen_at.append(time.time())
             for fault in self._faults:
                 if fault.action == action and fault.times > 0:
                     fault.times -= 1

@@ -103,6 +103,10 @@ def run_detail(run: dict[str, Any]) -> None:
     table.add_row("pid", str(run.get("pid") or "-"))
     table.add_row("exit code", "-" if run.get("exit_code") is None else str(run["exit_code"]))
     table.add_row("run dir", run["run_dir"])
+    if run.get("cost"):
+        from ..usage import describe
+
+        table.add_row("cost", describe(run["cost"]))
     console.print(table)
 
 

@@ -61,10 +61,15 @@ def _listed(db: Store, row: dict[str, Any]) -> dict[str, Any]:
 def status(run_id: RunId, output: o.OutputOpt = Output.text) -> None:
     """Status, progress, and how the run ended."""
     from .. import controller
+    from ..usage import run_cost
     from .render import run_detail
 
     db = store()
-    run = controller.refresh(db, db.resolve(run_id))
+    row = db.resolve(run_id)
+    run = controller.refresh(db, row)
+    cost = run_cost(db, db.get(row["run_id"]) or row)
+    if cost is not None:
+        run["cost"] = cost
     if output == Output.json:
         emit_json(run)
     else:

@@ -15,7 +15,6 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -72,7 +71,7 @@ class Instance:
             tags=tags.as_dict(data.get("Tags") or []),
             private_ip=data.get("PrivateIpAddress"),
             public_ip=data.get("PublicIpAddress"),
-            launch_time=launched.timestamp() if isinstance(launched, datetime) else None,
+            launch_time=launched.timestamp() if launched is not None and hasattr(launched, "timestamp") else None,
             availability_zone=(data.get("Placement") or {}).get("AvailabilityZone"),
             lifecycle="spot" if data.get("InstanceLifecycle") == "spot" else "on-demand",
             spot_request_id=data.get("SpotInstanceRequestId"),

@@ -124,7 +124,7 @@ def client(service: str, region: str, timeout: float = 20.0, session: Any = None
         read_timeout=timeout,
         user_agent_extra="runctl",
     )
-    return (session or new_session()).client(service, region_name=region, config=config)  # type: ignore[call-overload,unused-ignore]
+    return (session or new_session()).client(service, region_name=region, config=config)
 
 
 def error_code(exc: BaseException) -> str:
@@ -173,9 +173,8 @@ def translate(exc: BaseException, operation: str, region: str, attempts: int = 1
         message = str((exc.response.get("Error") or {}).get("Message") or code)
         tried = " (after %d attempts)" % attempts if attempts > 1 else ""
         if code in AUTH_CODES:
-            return CloudError(
-                "AWS rejected the credentials: %s" % message, "check AWS_PROFILE, or: aws sso login", code
-            )
+            hint = "check AWS_PROFILE, or: aws sso login"
+            return CloudError("AWS rejected the credentials: %s" % message, hint, code)
         if code in DENIED_CODES:
             return CloudError(
                 "not allowed to call ec2:%s: %s" % (operation, _short(message)),
@@ -230,7 +229,7 @@ class Ec2:
         items: list[dict[str, Any]] = []
         token: str | None = None
         while True:
-            page = self.call(operation, **({**params, "NextToken": token} if token else params))
+            page = self.call(operation, READ_ATTEMPTS, **params, **({"NextToken": token} if token else {}))
             items.extend(page.get(key) or [])
             token = page.get("NextToken")
             if not token:
