@@ -254,6 +254,7 @@ def test_list_and_status_show_price_cost_runs_and_last_run(aws: Aws) -> None:
     made = ok(aws.create(aws.hosts[0], "--name", "lister"))
     foreign = aws.world.launch_for(aws.hosts[1], tags={"Name": "theirs"})
     ok(aws.cli("aws", "status", "lister"))  # seen running from now: billed from here on
+    refused(aws.create(aws.hosts[1], "--name", "lister"), 2, "named 'lister' exists already", made["instance_id"])
     listed = ok(aws.cli("aws", "list", "--output", "json"))
     assert [i["instance_id"] for i in listed] == [made["instance_id"]]
     row = listed[0]

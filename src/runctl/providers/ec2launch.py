@@ -213,6 +213,14 @@ def plan(cloud: Ec2Instances, request: CreateRequest, say: Callable[[str], None]
                 "--volume-size %d is smaller than the image's %d GB root disk" % (request.volume_size, snapshot),
                 "pass --volume-size %d or more" % snapshot,
             )
+    if request.name:
+        taken = [i for i in cloud.describe(Filters=[{"Name": "tag:Name", "Values": [request.name]}])
+                 if i.state not in ("terminated", "shutting-down")]  # fmt: skip
+        if taken:
+            raise UsageError(
+                "an instance named %r exists already: %s" % (request.name, ", ".join(i.id for i in taken)),
+                "pick another --name (names find instances: runctl aws status NAME)",
+            )
     key_name, material, identity = choose_key(cloud, request, say)
     subnet, vpc = choose_subnet(cloud, request)
     group, to_create, group_name = choose_group(cloud, request, vpc, say)
@@ -588,14 +596,15 @@ def start_watchdog(instance: Instance, reach: Reach, idle_stop: float | None) ->
 def create(request: CreateRequest, say: Callable[[str], None], store: Any) -> dict[str, Any]:
     """Check, make, record and (with --wait) bring up one instance; the result as `--output json` shows it."""
     check_local(request)
-    cloud = Ec2Instances(request.region)
-    notes: list[str] = []
-    the_plan = plan(cloud, request, notes.append)
-    for note in notes:  # said once every check has passed: a refused create prints its error only
-        say(note)
-    prices = Prices(cloud)
     made = Made()
+    cloud: Ec2Instances | None = None
     try:
+        cloud = Ec2Instances(request.region)
+        notes: list[str] = []
+        the_plan = plan(cloud, request, notes.append)
+        for note in notes:  # said once every check has passed: a refused create prints its error only
+            say(note)
+        prices = Prices(cloud)
         instance, fell_back = make(cloud, the_plan, made, say)
         remember(store, instance, the_plan, prices)
         idle = "off" if the_plan.idle_stop_seconds is None else request.idle_stop
@@ -613,14 +622,21 @@ def create(request: CreateRequest, say: Callable[[str], None], store: Any) -> di
         if request.wait:
             instance, watchdog = bring_up(cloud, instance, the_plan, store, prices, say)
     except KeyboardInterrupt:
-        left = release_on_interrupt(cloud, made, store, prices, say)
+        if cloud is None:
+            raise Interrupted("create interrupted: nothing was made") from None
+        left = release_on_interrupt(cloud, made, store, Prices(cloud, ask_api=False), say)
         raise Interrupted("create interrupted%s" % left[0], left[1]) from None
     except RunctlError as exc:
-        if made.instance is None:
+        if made.instance is None or cloud is None:
             raise
-        exc.message = "%s; instance %s exists (%s)" % (exc.message, made.instance.id, made.instance.state)
-        exc.hint = "use it once it is up (runctl aws wait %s --state ssh), or terminate it: runctl aws terminate %s" % (
-            made.instance.id, made.instance.id,
+        instance_id = made.instance.id
+        try:
+            state = cloud.get(instance_id).state
+        except RunctlError:
+            state = "state unknown"
+        exc.message = "%s; instance %s exists (%s)" % (exc.message, instance_id, state)
+        exc.hint = "finish its setup: runctl aws start %s --wait, or terminate it: runctl aws terminate %s" % (
+            instance_id, instance_id,
         )  # fmt: skip
         raise
     return result_of(instance, the_plan, cloud, prices, fell_back, watchdog)
