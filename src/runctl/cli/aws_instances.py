@@ -350,8 +350,8 @@ def start(
     db = store()
     observe(db, instance, prices)
     reach = reach_for(instance, remembered(db, instance), {"identity": identity, "ssh_user": ssh_user})
-    if instance.state == "running":
-        say("%s is already running" % instance.label)
+    if instance.state in ("running", "pending"):
+        say("%s is already %s" % (instance.label, instance.state))
     else:
         cloud.start(instance)
         say("starting %s ..." % instance.label)
@@ -365,7 +365,7 @@ def start(
         if instance.managed and setting != "off":
             arm_watchdog(instance, reach, idle_stop_seconds(setting), say)
     elif instance.managed and instance.tags.get(tags.IDLE_STOP, "off") != "off":
-        say("its idle watchdog comes back with --wait or the next run: runctl aws wait %s --state ssh" % instance.id)
+        say("its idle watchdog comes back with its next run, or now with: runctl aws start %s --wait" % instance.id)
     show(instance, prices, db, output)
 
 
@@ -410,7 +410,7 @@ def end(action: str, instance_ref: str, wait: bool, force: bool, region: str | N
         clear_release_failed,
         mark_release_failed,
         observe,
-    )  # fmt: skip
+    )
 
     cloud = Ec2Instances(region)
     instance = cloud.find(instance_ref)
