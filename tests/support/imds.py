@@ -178,7 +178,9 @@ class Imds:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-            def _answer(self, status: int, body: str, kind: str = "text/plain", extra: dict[str, str] | None = None) -> None:
+            def _answer(
+                self, status: int, body: str, kind: str = "text/plain", extra: dict[str, str] | None = None
+            ) -> None:
                 data = body.encode()
                 imds.requests.append((self.command, self.path, status))
                 self.send_response(status)

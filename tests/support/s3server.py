@@ -126,7 +126,7 @@ class S3Server:
         identity = {"name": "admin", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}]}
         identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]  # type: ignore[assignment]
         self.config.write_text(json.dumps({"identities": [identity]}))
-        self.ports = dict(zip(PORT_FLAGS, _free_ports(self.address, len(PORT_FLAGS))))
+        self.ports = dict(zip(PORT_FLAGS, _free_ports(self.address, len(PORT_FLAGS)), strict=True))
         self.endpoint = f"http://{self.address}:{self.ports['s3.port']}"
         self.log = self.root / "weed.log"
         self.proc: subprocess.Popen[bytes] | None = None
