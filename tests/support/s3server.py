@@ -141,7 +141,7 @@ class S3Server:
 
     def command(self) -> list[str]:
         argv = [self.weed, "server", f"-ip={self.address}", f"-ip.bind={self.address}"]
-        argv += [f"-dir={self.root / 'data'}", "-master.volumeSizeLimitMB=256", "-volume.max=20"]
+        argv += [f"-dir={self.root / 'data'}", "-master.volumeSizeLimitMB=64", "-volume.max=1000"]
         argv += ["-s3", f"-s3.config={self.config}", *OFF_FLAGS]
         argv += [f"-{flag}={port}" for flag, port in self.ports.items()]
         return argv

@@ -288,7 +288,7 @@ def check_s3_access(
     on = " from %s" % where if where else ""
     s3 = make_client(env, attempts=2, timeout=10.0)
     try:
-        s3.head_bucket(Bucket=bucket)
+        # A GET (not HEAD, whose refusals carry no code): SignatureDoesNotMatch, NoSuchBucket, AccessDenied.
         s3.list_objects_v2(Bucket=bucket, Prefix=(prefix + "/") if prefix else "", MaxKeys=1)
         if write:
             probe = "%s/.runctl-access-check" % prefix if prefix else ".runctl-access-check"

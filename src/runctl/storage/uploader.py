@@ -211,16 +211,20 @@ class Uploader:
         """Check the bucket and write (or take up) the run's manifest; False (recorded) when S3 refuses."""
         from . import s3
 
-        try:
-            if self.client is None:
-                self.client = s3.client(region=self.cfg.get("region"))
-            self.client.head_bucket(Bucket=self.bucket)
-            key = objects.manifest_key(self.prefix, self.run_id)
+        key = objects.manifest_key(self.prefix, self.run_id)
+
+        def begin() -> None:
+            # A GET first: unlike HEAD its refusal names the reason (SignatureDoesNotMatch, NoSuchBucket).
             existing = s3.get_json(self.client, self.bucket, key)
             if existing and existing.get("run_id") == self.run_id:
                 self.take_up(existing)  # an earlier uploader of this run (it was restarted)
             else:
                 s3.put_json(self.client, self.bucket, key, self.manifest)
+
+        try:
+            if self.client is None:
+                self.client = s3.client(region=self.cfg.get("region"))
+            retry.retry(begin, s3.is_transient, attempts=4, base=0.5)
         except Exception as exc:
             error = "cannot use %s: %s" % (self.uri, s3.describe(exc))
             self.event("checkpoint_s3_unavailable", uri=self.uri, error=error)
