@@ -233,7 +233,8 @@ class Start:
             # The host cannot use the bucket its checkpoints go to: nothing was trained (exit 4).
             raise HostError(
                 "run %s did not start on %s: %s" % (spec.run_id, transport.host, result.get("error")),
-                "fix the host's access to the bucket (credentials, AWS_ENDPOINT_URL), then start again",
+                result.get("checkpoint_s3_hint")
+                or "fix the host's access to the bucket (credentials, AWS_ENDPOINT_URL), then start again",
             )
         if not result.get("ok") and not result.get("setup_failed"):
             raise RunctlError(

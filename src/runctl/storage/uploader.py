@@ -391,7 +391,8 @@ class Uploader:
             verified=True,
             n=count,
         )
-        self.save(uploaded=count, last=name, message=message, error=None, uploading=None)
+        # `last` is the newest verified checkpoint (what a resume takes), whatever order uploads finished in.
+        self.save(uploaded=count, last=manifest.get("latest"), message=message, error=None, uploading=None)
 
     def send(self, local: str, key: str, name: str) -> Dict[str, Any]:
         from . import s3
