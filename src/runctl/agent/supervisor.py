@@ -251,7 +251,10 @@ class Supervisor:
         try:
             python = uploads.tool_python(self.project_dir, self.log_fd, lambda argv: self.run_setup_step(argv, env))
         except pyenv.EnvSetupFailed as exc:
-            hint = "the uploader needs boto3 on the host: check its package index (pip or uv configuration) and network, or install boto3 for its python3; the build's output is in the run log"
+            hint = (
+                "the uploader needs boto3 on the host: check its package index (pip or uv configuration) and"
+                " network, or install boto3 for its python3; the build's output is in the run log"
+            )
             raise SetupFailed(
                 1, "checkpoint uploads to %s: %s" % (uri, exc), checkpoint_s3_error=True, checkpoint_s3_hint=hint
             ) from None
