@@ -82,6 +82,7 @@ def test_seaweedfs_checks_signatures_and_answers_the_namespace_hosts(
     host = ssh_hosts[0]
     if not host.netns:
         pytest.skip("no network-namespace hosts here: the server is on 127.0.0.1")
-    probe = "import urllib.request as u, urllib.error as e\ntry: u.urlopen('%s/', timeout=5)\nexcept e.HTTPError as x: print(x.code)\n"
+    probe = "import urllib.request as u, urllib.error as e\n"
+    probe += "try: u.urlopen('%s/', timeout=5)\nexcept e.HTTPError as x: print(x.code)\n"
     done = host.run("python3 -c %s" % shlex.quote(probe % s3_server.endpoint))
     assert done.stdout.strip() in ("200", "403"), done.stderr  # S3 answered (an unsigned request is refused)

@@ -93,7 +93,8 @@ def test_a_checkpoint_is_a_file_or_a_whole_directory_never_a_temp_or_part_file(t
 def test_a_file_open_for_writing_is_seen_as_such_and_one_open_for_reading_is_not(tmp_path: Path) -> None:
     written, read = tmp_path / "w.pt", tmp_path / "r.pt"
     read.write_bytes(b"r")
-    code = "import sys, time\nw = open(sys.argv[1], 'wb'); r = open(sys.argv[2], 'rb')\nprint('open', flush=True)\ntime.sleep(30)\n"
+    code = "import sys, time\nw = open(sys.argv[1], 'wb'); r = open(sys.argv[2], 'rb')\n"
+    code += "print('open', flush=True)\ntime.sleep(30)\n"
     holder = subprocess.Popen([sys.executable, "-c", code, str(written), str(read)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
