@@ -9,9 +9,11 @@ from the run dir (status.json, events.jsonl).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -58,6 +60,9 @@ MANIFEST = ".runctl-manifest.json"
 def _cleanup(project: Path) -> Iterator[None]:
     yield
     kill_leftover_runs(project)
+    for state in (project / ".runctl" / "runs").glob("*/checkpoint_s3.json"):
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            os.kill(int(json.loads(state.read_text())["pid"]), signal.SIGKILL)  # an uploader a failed test left
 
 
 @pytest.fixture
@@ -212,6 +217,34 @@ def test_a_large_checkpoint_goes_in_parts_with_a_composite_checksum(
     head = s3_server.client().head_object(Bucket=bucket, Key=entry["key"], ChecksumMode="ENABLED")
     assert head["ContentLength"] == local.stat().st_size
     assert head["ChecksumSHA256"] == entry["checksum"]
+
+
+def test_when_several_wait_the_newest_goes_first_and_none_is_lost(
+    env: dict[str, str], project: Path, s3_server: S3Server, bucket: str
+) -> None:
+    script = write_script(
+        project,
+        "t.py",
+        """
+        from runctl import training as rt
+        for n in (1, 2, 3):
+            with rt.atomic_path(rt.checkpoint_dir() / ("c%d.pt" % n)) as tmp:
+                tmp.write_bytes(b"%d" % n * 100)
+        """,
+    )
+    # Nothing is old enough to go while the script runs: all three wait for the final pass.
+    run_id = started(env, project, script, checkpoint_s3={"uri": "s3://%s/q" % bucket, "stable_seconds": 60})
+    assert finished(project, run_id)["checkpoint_s3"]["last"] == "c3.pt"
+    assert [e["name"] for e in uploaded(project, run_id)] == ["c3.pt", "c2.pt", "c1.pt"]
+    listed = manifest(s3_server, bucket, "q", run_id)
+    assert [e["name"] for e in listed["checkpoints"]] == ["c1.pt", "c2.pt", "c3.pt"] and listed["latest"] == "c3.pt"
+
+
+def test_a_bad_uri_fails_the_run_before_the_script_starts(env: dict[str, str], project: Path) -> None:
+    script = write_script(project, "t.py", "open('trained', 'w').write('yes')\n")
+    proc = start(env, project, script, checkpoint_s3={"uri": "s3://B/x"})
+    assert proc.returncode == 4 and "not a valid bucket name" in proc.stderr, proc.stderr
+    assert not (project / "trained").exists()
 
 
 # ---- what is not finished is never uploaded as good -----------------------------------------------

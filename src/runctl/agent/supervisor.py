@@ -245,7 +245,13 @@ class Supervisor:
         cfg = self.spec.get("checkpoint_s3")
         if not cfg:
             return
+        from ..storage.objects import BadUri, parse_uri  # pure, standard library only
+
         uri = cfg.get("uri") if isinstance(cfg, dict) else None
+        try:
+            parse_uri(uri or "")
+        except BadUri as exc:
+            raise SetupFailed(1, "checkpoint_s3: %s" % exc, checkpoint_s3_error=True) from None
         self.write_status(status=st.SETTING_UP)
         self.event("checkpoint_s3_starting", uri=uri)
         try:
