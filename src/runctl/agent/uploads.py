@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -240,12 +241,15 @@ class Uploads:
     def finish(self, timeout: float) -> Optional[Dict[str, Any]]:
         """After the script's exit: wait for the final pass (bounded), the summary it ends with."""
         deadline = time.monotonic() + timeout
+        self.refresh()
+        listening = (self.state or {}).get("pid") == getattr(self.proc, "pid", None)  # its handler is set
+        if self.proc is not None and self.proc.poll() is None and listening:
+            with contextlib.suppress(OSError):
+                self.proc.send_signal(signal.SIGUSR1)  # the exit is in status.json: look now
         while self.proc is not None and time.monotonic() < deadline:
             self.refresh()
             if self.finished():
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.proc.wait(5)
-                break
+                break  # its state says it all; the end-of-run step need not wait for its exit
             if self.proc.poll() is not None:
                 if self.restarts >= RESTARTS:
                     self.event("checkpoint_uploader_gone", exit_code=self.proc.returncode)

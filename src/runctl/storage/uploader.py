@@ -30,6 +30,7 @@ import bisect
 import json
 import os
 import re
+import signal
 import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -141,6 +142,10 @@ signature = checkpoints.unit_signature
 # ---- the uploader --------------------------------------------------------------------------------
 
 
+class _Woken(Exception):
+    """SIGUSR1 while asleep: the agent says the script has exited; look now, not at the next scan."""
+
+
 class Uploader:
     def __init__(self, run_dir: str, since: float, client: Any = None) -> None:
         self.run_dir = os.path.abspath(run_dir)
@@ -181,6 +186,27 @@ class Uploader:
             "uploading": None,
         }
         self.written: Optional[str] = None
+        self.sleeping = False
+        self.woken = False
+
+    def wake(self, signum: int = 0, frame: Any = None) -> None:
+        """The SIGUSR1 handler: interrupts a nap only (never an upload), else the next nap is skipped."""
+        self.woken = True
+        if self.sleeping:
+            raise _Woken()
+
+    def nap(self, seconds: float) -> None:
+        if self.woken:
+            self.woken = False
+            return
+        self.sleeping = True
+        try:
+            time.sleep(seconds)
+        except _Woken:
+            pass
+        finally:
+            self.sleeping = False
+            self.woken = False
 
     # -- the record ---------------------------------------------------------------------------------
 
@@ -330,7 +356,7 @@ class Uploader:
                 self.save(phase="failed", error=error, message=error)
                 self.event("checkpoint_uploads_unfinished", pending=pending, error=error)
                 return EXIT_UNFINISHED
-            time.sleep(FINAL_SCAN_SECONDS if final else SCAN_SECONDS)
+            self.nap(FINAL_SCAN_SECONDS if final else SCAN_SECONDS)
 
     # -- one checkpoint -----------------------------------------------------------------------------
 
@@ -469,7 +495,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("run_dir")
     parser.add_argument("--since", type=float, required=True, help="only checkpoints written at or after this time")
     args = parser.parse_args(argv)
-    return Uploader(args.run_dir, args.since).run()
+    uploader = Uploader(args.run_dir, args.since)
+    signal.signal(signal.SIGUSR1, uploader.wake)
+    return uploader.run()
 
 
 if __name__ == "__main__":  # pragma: no cover
