@@ -336,6 +336,38 @@ def test_uploads_survive_s3_going_down_mid_upload_and_coming_back(
     assert [e["name"] for e in uploaded(project, run_id)] == ["checkpoint_1.pt", "checkpoint_2.pt"]
 
 
+def test_an_uploader_that_dies_is_started_again_and_takes_up_where_it_was(
+    env: dict[str, str], project: Path, s3_server: S3Server, bucket: str
+) -> None:
+    script = write_script(
+        project,
+        "t.py",
+        """
+        import os, time
+        from runctl import training as rt
+        for n, wait in ((1, "go"), (2, None)):
+            with rt.atomic_path(rt.checkpoint_dir() / ("c%d.pt" % n)) as tmp:
+                tmp.write_bytes(b"%d" % n * 100)
+            deadline = time.time() + 60
+            while wait and not os.path.exists(wait) and time.time() < deadline:
+                time.sleep(0.05)
+        """,
+    )
+    run_id = started(env, project, script, checkpoint_s3={"uri": "s3://%s/d" % bucket, **FAST})
+    poll(lambda: uploaded(project, run_id), 30, "the first upload")
+    state_file = run_dir(project, run_id) / "checkpoint_s3.json"
+    first = json.loads(state_file.read_text())["pid"]
+    os.kill(first, signal.SIGKILL)
+    poll(lambda: json.loads(state_file.read_text())["pid"] != first, 30, "a new uploader")
+    (project / "go").touch()
+    state = finished(project, run_id)
+    assert state["checkpoint_s3"]["uploaded"] == 2 and state["checkpoint_s3"]["phase"] == "done"
+    assert "checkpoint_uploader_restarted" in [e["event"] for e in events(project, run_id)]
+    # c1 was not uploaded again, and the manifest lists each once.
+    assert [e["name"] for e in uploaded(project, run_id)] == ["c1.pt", "c2.pt"]
+    assert [e["name"] for e in manifest(s3_server, bucket, "d", run_id)["checkpoints"]] == ["c1.pt", "c2.pt"]
+
+
 # ---- credentials ----------------------------------------------------------------------------------
 
 

@@ -45,6 +45,7 @@ STABLE_SECONDS = 1.0
 FINAL_TIMEOUT = 600.0
 LATER_SECONDS = (2.0, 5.0, 10.0, 30.0)  # after a streak of retries failed: when to try that checkpoint again
 EXIT_DONE, EXIT_UNFINISHED, EXIT_UNAVAILABLE = 0, 1, 3
+MAX_STEPS = 200000  # step changes remembered to date checkpoints
 _NUMBER_IN_NAME = {"epoch": re.compile(r"epoch[=_\-]?(\d+)", re.I), "step": re.compile(r"step[=_\-]?(\d+)", re.I)}
 
 
@@ -122,6 +123,8 @@ class Steps:
                 self.times.append(float(t))
                 self.values.append(value)
                 last = value
+        if len(self.times) > MAX_STEPS:  # a run of millions of steps: keep the recent half
+            del self.times[: MAX_STEPS // 2], self.values[: MAX_STEPS // 2]
 
     def at(self, when: float, name: str) -> Tuple[Any, Any]:
         """(step, epoch) reported last before `when`, else numbers in the name (`epoch=3-step=500`)."""
