@@ -26,6 +26,7 @@ import pytest
 from runctl.core.errors import HostError
 from runctl.storage import checksums
 from runctl.storage.s3 import check_s3_access
+from tests.support import s3server
 from tests.support.runs import events, kill_leftover_runs, poll, run_dir, status_file, write_script
 from tests.support.s3server import S3Server
 
@@ -385,6 +386,26 @@ def test_a_wrong_secret_fails_the_run_before_the_script_starts(
     assert "rejected the credentials" in state["termination_message"]
     assert not (project / "trained").exists(), "the script ran without a usable bucket"
     assert s3_server.keys(bucket) == []
+
+
+def test_credentials_forwarded_in_a_private_file_are_used_and_nothing_else(
+    env: dict[str, str], project: Path, s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    creds = tmp_path / "aws_credentials"
+    creds.write_text(
+        "[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n" % (s3server.ACCESS_KEY, s3server.SECRET_KEY)
+    )
+    creds.chmod(0o600)
+    # The agent's own variables carry a wrong secret and no endpoint: the file and the spec win.
+    agent_env = dict(env, AWS_SECRET_ACCESS_KEY="not-the-secret")
+    del agent_env["AWS_ENDPOINT_URL"]
+    cfg = {"uri": "s3://%s/f" % bucket, "credentials_file": str(creds), "endpoint_url": s3_server.endpoint, **FAST}
+    script = write_script(
+        project, "t.py", "from runctl import training as rt\nrt.atomic_write(rt.checkpoint_dir() / 'a.pt', b'a')\n"
+    )
+    run_id = started(agent_env, project, script, checkpoint_s3=cfg)
+    assert finished(project, run_id)["checkpoint_s3"]["uploaded"] == 1
+    assert s3_server.keys(bucket, "f/%s/a" % run_id) == ["f/%s/a.pt" % run_id]
 
 
 def test_check_s3_access_says_what_is_wrong(s3_server: S3Server, bucket: str) -> None:

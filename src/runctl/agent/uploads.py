@@ -104,9 +104,28 @@ def tool_python(project_dir: str, log_fd: int, run: Callable[[List[str]], int]) 
 # ---- the process -------------------------------------------------------------------------------
 
 
-def uploader_argv(python: str, run_dir: str, since: float) -> Tuple[List[str], Dict[str, str]]:
-    """The command and environment of the uploader: this agent's code (its zip, or its source tree)."""
+CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+
+
+def uploader_env(cfg: Dict[str, Any]) -> Dict[str, str]:
+    """The agent's environment without the run's RUNCTL_* variables. With `credentials_file` (an AWS
+    shared-credentials file the controller put on the host, 0600: forwarded session credentials),
+    that file's default profile and nothing else; `endpoint_url` sets AWS_ENDPOINT_URL."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNCTL_")}
+    if cfg.get("credentials_file"):
+        for name in CREDENTIAL_VARIABLES:
+            env.pop(name, None)
+        env["AWS_SHARED_CREDENTIALS_FILE"] = str(cfg["credentials_file"])
+    if cfg.get("endpoint_url"):
+        env["AWS_ENDPOINT_URL"] = str(cfg["endpoint_url"])
+    return env
+
+
+def uploader_argv(
+    python: str, run_dir: str, since: float, cfg: Optional[Dict[str, Any]] = None
+) -> Tuple[List[str], Dict[str, str]]:
+    """The command and environment of the uploader: this agent's code (its zip, or its source tree)."""
+    env = uploader_env(cfg or {})
     root = starting.artifact_root()
     if root:
         entry = [root]
@@ -153,7 +172,9 @@ class Uploads:
         return os.path.join(self.run_dir, layout.S3_STATE)
 
     def launch(self) -> None:
-        argv, env = uploader_argv(self.python, self.run_dir, self.since)
+        spec = read_json(os.path.join(self.run_dir, layout.SPEC)) or {}
+        cfg = spec.get("checkpoint_s3") if isinstance(spec.get("checkpoint_s3"), dict) else {}
+        argv, env = uploader_argv(self.python, self.run_dir, self.since, cfg)
         log = os.open(os.path.join(self.run_dir, LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
         try:
             self.proc = subprocess.Popen(

@@ -45,7 +45,8 @@ class RunSpec:
     watchdog: Optional[Dict[str, Any]] = None
     # Checkpoints uploaded to S3 while the run goes, verified (agent/uploads.py, storage/uploader.py):
     # {"uri": "s3://bucket/prefix", "multipart_threshold": bytes, "part_size": bytes, "threads": n,
-    #  "stable_seconds": s, "final_timeout": s, "region": name}; None: no uploads.
+    #  "stable_seconds": s, "final_timeout": s, "region": name, "endpoint_url": url,
+    #  "credentials_file": a 0600 AWS credentials file on the host (forwarded credentials)}; None: no uploads.
     checkpoint_s3: Optional[Dict[str, Any]] = None
     created_at: float = field(default_factory=time.time)
 
