@@ -299,7 +299,7 @@ OUTAGE = """
             time.sleep(0.05)
         if name == "go":
             with rt.atomic_path(d / "checkpoint_2.pt") as tmp:
-                tmp.write_bytes(os.urandom(12 * 1024 * 1024))
+                tmp.write_bytes(os.urandom(40 * 1024 * 1024))
 """
 
 
@@ -313,8 +313,10 @@ def test_uploads_survive_s3_going_down_mid_upload_and_coming_back(
     state_file = run_dir(project, run_id) / "checkpoint_s3.json"
     try:
         (project / "go").touch()
-        poll(lambda: json.loads(state_file.read_text()).get("uploading") == "checkpoint_2.pt", 30, "the upload")
-        s3_server.kill()  # while the second checkpoint is on its way
+        # 8 parts one at a time: the server goes down while they are on their way.
+        poll(lambda: json.loads(state_file.read_text()).get("uploading") == "checkpoint_2.pt", 30, "the upload", 0.002)
+        s3_server.kill()
+        assert len(uploaded(project, run_id)) == 1, "the upload finished before the server went down"
         poll(
             lambda: any(
                 e["event"] in ("checkpoint_upload_retry", "checkpoint_upload_failed") for e in events(project, run_id)
@@ -333,7 +335,7 @@ def test_uploads_survive_s3_going_down_mid_upload_and_coming_back(
     second = listed[1]
     assert second["checksum"] == checksums.file_checksum(str(local), 5 * mib)
     head = s3_server.client().head_object(Bucket=bucket, Key=second["key"], ChecksumMode="ENABLED")
-    assert head["ChecksumSHA256"] == second["checksum"] and head["ContentLength"] == 12 * mib
+    assert head["ChecksumSHA256"] == second["checksum"] and head["ContentLength"] == 40 * mib
     assert [e["name"] for e in uploaded(project, run_id)] == ["checkpoint_1.pt", "checkpoint_2.pt"]
 
 

@@ -40,6 +40,7 @@ ACCESS_KEY = "RCTESTACCESSKEY"
 SECRET_KEY = "rctest-secret-key-0123456789"
 REGION = "us-east-1"
 START_TIMEOUT = 60.0
+PROBE_BUCKET = "rctest-probe"  # holds one object, read back to know the server is ready
 TERM_WAIT = 3.0
 # The ports `weed server` listens on (each gets a free one) and the optional servers turned off.
 PORT_FLAGS = (
@@ -52,7 +53,8 @@ PORT_FLAGS = (
     "s3.port",
     "s3.port.grpc",
 )
-OFF_FLAGS = ("-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false")
+# The master elects itself after `electionTimeout` when it restarts (10 s by default).
+OFF_FLAGS = ("-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false", "-master.electionTimeout=1s")
 
 
 class S3ServerError(RuntimeError):
@@ -130,6 +132,7 @@ class S3Server:
         self.endpoint = f"http://{self.address}:{self.ports['s3.port']}"
         self.log = self.root / "weed.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._probed = False
         self._config_dir = self.root / "awsconfig"
         try:
             self.start()
@@ -166,7 +169,14 @@ class S3Server:
             if self.proc.poll() is not None:
                 raise S3ServerError(f"weed server exited with {self.proc.returncode}: {self.log_tail()}")
             try:
-                client.list_buckets()
+                # Ready means stored data is readable again (after a restart the volumes must have
+                # registered with the master), not just that S3 answers.
+                if not self._probed:
+                    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+                        client.create_bucket(Bucket=PROBE_BUCKET)
+                    client.put_object(Bucket=PROBE_BUCKET, Key="probe", Body=b"probe")
+                    self._probed = True
+                client.get_object(Bucket=PROBE_BUCKET, Key="probe")["Body"].read()
                 return
             except Exception as exc:
                 if time.monotonic() >= deadline:
