@@ -177,6 +177,7 @@ class S3Server:
                     client.put_object(Bucket=PROBE_BUCKET, Key="probe", Body=b"probe")
                     self._probed = True
                 client.get_object(Bucket=PROBE_BUCKET, Key="probe")["Body"].read()
+                client.put_object(Bucket=PROBE_BUCKET, Key="probe-write", Body=b"w")  # and writes work
                 return
             except Exception as exc:
                 if time.monotonic() >= deadline:

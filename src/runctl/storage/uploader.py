@@ -253,7 +253,7 @@ class Uploader:
         try:
             if self.client is None:
                 self.client = s3.client(region=self.cfg.get("region"))
-            retry.retry(begin, s3.is_transient, attempts=4, base=0.5)
+            retry.retry(begin, s3.is_transient, attempts=6, base=0.5)  # about 12 s of S3 trouble at start
         except Exception as exc:
             error = "cannot use %s: %s" % (self.uri, s3.describe(exc))
             self.event("checkpoint_s3_unavailable", uri=self.uri, error=error)
