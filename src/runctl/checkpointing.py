@@ -26,8 +26,7 @@ def download_checkpoints(
     transport = controller.transport_for(row)
     listing = transport.list_checkpoints(row["run_dir"])
     chosen = [f for f in listing.get("files", []) if include_all or f.get("this_run")]
-    local_root = Path(controller.owner_of(row).get("local_root") or Path.cwd())
-    target = dest or local_root / layout.DEFAULT_CHECKPOINT_DIR / row["run_id"]
+    target = dest or default_target(row)
     # Files in the checkpoint dir land at the top of target; those found elsewhere keep their project path.
     bases = {"checkpoint_dir": listing["checkpoint_dir"], "project": listing.get("project_dir")}
     done = Plan()
@@ -43,6 +42,60 @@ def download_checkpoints(
         {"dest": str(target), "files": len(done.allowed), "skipped": len(done.skipped)},
     )
     return target, done
+
+
+def default_target(row: dict[str, Any]) -> Path:
+    """Where a run's checkpoints are pulled to: ./checkpoints/<run_id>/ of the project it started from."""
+    local_root = Path(controller.owner_of(row).get("local_root") or Path.cwd())
+    return local_root / layout.DEFAULT_CHECKPOINT_DIR / row["run_id"]
+
+
+def file_digest(path: Path) -> tuple[int, str] | None:
+    """(size, sha256) of a local file; None when it cannot be read."""
+    import hashlib
+
+    digest, size = hashlib.sha256(), 0
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                size += len(chunk)
+                digest.update(chunk)
+    except OSError:
+        return None
+    return size, digest.hexdigest()
+
+
+def verify_pulled(row: dict[str, Any], target: Path | None = None) -> dict[str, Any]:
+    """Whether every checkpoint the run wrote (listed on the host now) is in `target`, byte for byte.
+
+    Size and SHA-256 of each file are read on the host (agent `digests`) and of each copy here;
+    a file missing here, unreadable there, or different is named in `problems`. Proof that the
+    checkpoints are safe off the host, so the host may be destroyed.
+    """
+    transport = controller.transport_for(row)
+    target = target or default_target(row)
+    listing = transport.list_checkpoints(row["run_dir"])
+    chosen = [f for f in listing.get("files", []) if f.get("this_run")]
+    problems: list[str] = []
+    verified: list[dict[str, Any]] = []
+    for base in ("checkpoint_dir", "project"):
+        paths = [str(f["path"]) for f in chosen if f.get("base", "checkpoint_dir") == base]
+        if not paths:
+            continue
+        remote = transport.digests(row["run_dir"], base, paths).get("files") or {}
+        for path in paths:
+            theirs = remote.get(path) or {"error": "not read"}
+            if theirs.get("error"):
+                problems.append("%s cannot be read on the host (%s)" % (path, theirs["error"]))
+                continue
+            mine = file_digest(target / path)
+            if mine is None:
+                problems.append("%s was not pulled" % path)
+            elif mine != (theirs.get("size"), theirs.get("sha256")):
+                problems.append("%s differs from the host's copy (size or sha256)" % path)
+            else:
+                verified.append({"path": path, "size": mine[0], "sha256": mine[1]})
+    return {"held": not problems, "dest": str(target), "files": verified, "problems": problems}
 
 
 def skipped_warning(target: Path, skipped: list[str]) -> str:

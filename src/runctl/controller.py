@@ -21,6 +21,7 @@ from .transport.base import Transport
 
 PROJECT_MARKERS = (".git", "pyproject.toml")
 PRE_LAUNCH = (st.PENDING, st.PROVISIONING, st.SYNCING)
+HOST_ASK_SECONDS = 3.0  # how often a follower that lost its host asks the provider what became of it
 
 
 def controller_identity() -> dict[str, Any]:
@@ -193,10 +194,11 @@ def refresh(store: Store, row: dict[str, Any]) -> dict[str, Any]:
     try:
         state = transport_for(row).probe(row["run_dir"])
     except HostError as exc:
-        # The host is out of reach: show what was last known, and say so.
-        stale = view(row)
-        stale["warning"] = "last known state; %s" % exc.message
-        return stale
+        # The host is out of reach: its provider may know why (stopped, terminated, interrupted).
+        seen = provider_says(store, row) or view(row)
+        if not st.is_terminal(seen["status"]):
+            seen["warning"] = "last known state; %s" % exc.message
+        return seen
     if state.get("unreadable"):
         # status.json could not be read, yet the run dir is there: keep what was last known.
         stale = view(row)
@@ -218,6 +220,8 @@ def record_state(
     terminal here gets the controller's end-of-run step (once; see ending.py)."""
     if state.get("rebuilt"):
         state = {**row["state"], **{k: v for k, v in state.items() if v is not None}}
+    if row["state"].get("notice") and "notice" not in state:
+        state = {**state, "notice": row["state"]["notice"]}  # what the end-of-run step said stays
     store.update_state(row["run_id"], state)
     if st.is_terminal(str(state.get("status"))):
         from .ending import end_of_run
@@ -266,6 +270,68 @@ def record_gone(
         },
     )
     store.add_event(row["run_id"], "run_dir_gone", {"error": state.get("error")})
+    from .ending import end_of_run
+
+    end_of_run(store, store.get(row["run_id"]) or row, say)
+    return view(store.get(row["run_id"]) or row)
+
+
+def host_gone(store: Store, row: dict[str, Any]) -> dict[str, Any] | None:
+    """For a run whose host stopped answering: what its provider says of the host, if it says
+    anything beyond "running" (providers without a lifecycle say nothing).
+
+    {"state", "message", and "status"/"termination_status" when the run is over for sure}: a host
+    stopped or terminated from outside ends the run `interrupted`; one that powered itself off
+    (the agent's end-of-run step) only gets a notice, as its run dir still says how the run ended.
+    """
+    from . import providers
+
+    try:
+        provider = providers.get(row["provider"])
+    except UsageError:
+        return None
+    ask = getattr(provider, "host_gone", None)
+    stored = store.host(row["host_key"]) if row.get("host_key") else None
+    if ask is None or stored is None:
+        return None
+    try:
+        verdict: dict[str, Any] | None = ask(row, stored)
+    except RunctlError:
+        return None
+    if verdict is not None and verdict.get("state"):
+        store.record_host_state(row["host_key"], str(verdict["state"]))
+    return verdict
+
+
+def provider_says(store: Store, row: dict[str, Any], say: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+    """The run's view once its provider explains an unreachable host (ended, or a notice); else None."""
+    verdict = host_gone(store, row)
+    if verdict is None:
+        return None
+    if verdict.get("status"):
+        return end_by_provider(store, row, verdict, say)
+    seen = view(store.get(row["run_id"]) or row)
+    seen["notice"] = verdict["message"]
+    return seen
+
+
+def end_by_provider(
+    store: Store, row: dict[str, Any], verdict: dict[str, Any], say: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """End a run whose host its provider reports gone (stopped or terminated from outside)."""
+    if not st.is_terminal(row["status"]):
+        store.update_state(
+            row["run_id"],
+            {
+                **row["state"],
+                "status": verdict["status"],
+                "termination_status": verdict.get("termination_status") or st.T_LOST,
+                "termination_message": verdict["message"],
+                "ended_at": row["state"].get("ended_at") or time.time(),
+                "seq": int(row.get("seq") or 0) + 1,
+            },
+        )
+        store.add_event(row["run_id"], "host_gone", {"state": verdict.get("state"), "message": verdict["message"]})
     from .ending import end_of_run
 
     end_of_run(store, store.get(row["run_id"]) or row, say)
@@ -324,23 +390,37 @@ def follow(
     row = await_launch(store, row, deadline)
     transport = transport_for(row)
     offset = 0 if (on_log is not None and from_start) else -1
-    for kind, payload in transport.follow(row["run_dir"], offset, 0):
-        if kind == "log" and on_log is not None:
-            on_log(payload)
-        elif kind == "reconnecting" and on_notice is not None:
-            on_notice("connection to %s lost; reconnecting..." % row["host"])
-        elif kind == "gone":
-            return record_gone(store, store.get(row["run_id"]) or row, payload, on_end_notice)
-        elif kind in ("status", "end"):
-            record_state(store, store.get(row["run_id"]) or row, payload, on_end_notice)
-            if kind == "end":
-                return view(store.get(row["run_id"]) or row)
-        if deadline is not None and time.monotonic() >= deadline:
-            raise WaitTimeout(
-                "timed out after %gs; run %s is still %s and keeps going"
-                % (timeout or 0, row["run_id"], (store.get(row["run_id"]) or row)["status"]),
-                "wait again with: runctl runs wait %s" % row["run_id"],
-            )
+    asked_at = 0.0
+    try:
+        for kind, payload in transport.follow(row["run_dir"], offset, 0):
+            if kind == "log" and on_log is not None:
+                on_log(payload)
+            elif kind == "reconnecting":
+                if on_notice is not None:
+                    on_notice("connection to %s lost; reconnecting..." % row["host"])
+                if time.monotonic() - asked_at >= HOST_ASK_SECONDS:
+                    asked_at = time.monotonic()
+                    gone = provider_says(store, store.get(row["run_id"]) or row, on_end_notice)
+                    if gone is not None:
+                        return gone
+            elif kind == "gone":
+                return record_gone(store, store.get(row["run_id"]) or row, payload, on_end_notice)
+            elif kind in ("status", "end"):
+                record_state(store, store.get(row["run_id"]) or row, payload, on_end_notice)
+                if kind == "end":
+                    return view(store.get(row["run_id"]) or row)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(
+                    "timed out after %gs; run %s is still %s and keeps going"
+                    % (timeout or 0, row["run_id"], (store.get(row["run_id"]) or row)["status"]),
+                    "wait again with: runctl runs wait %s" % row["run_id"],
+                )
+    except HostError:
+        # The host cannot be reached at all: its provider may say why (stopped, terminated).
+        gone = provider_says(store, store.get(row["run_id"]) or row, on_end_notice)
+        if gone is None:
+            raise
+        return gone
     return refresh(store, store.get(row["run_id"]) or row)
 
 

@@ -156,6 +156,7 @@ class Start:
             region=host.region,
             instance_type=host.instance_type,
             hourly_price=host.hourly_price,
+            price_source=host.info.get("price_source"),
             state=st.PROVISIONING if self.acquired else host.state,
             info=host.info,
         )

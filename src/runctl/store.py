@@ -8,6 +8,7 @@ usage is a list of intervals (state, from, to, hourly price), one per observed s
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -166,7 +167,14 @@ class Store:
 
     def _open(self) -> None:
         # Created 0600 before SQLite opens it; SQLite gives its -wal and -shm files the same mode.
-        os.close(os.open(str(self.path), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, PRIVATE_FILE))
+        # O_EXCL: an existing store is never opened here, as closing any descriptor of the file
+        # drops every POSIX lock this process holds on it, those of its other open connections too
+        # (their writes then stay unseen by other processes).
+        try:
+            os.close(os.open(str(self.path), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE))
+        except FileExistsError:
+            if os.statvfs(self.path).f_flag & os.ST_RDONLY:  # what opening it for writing would say
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self.path)) from None
         self.db = sqlite3.connect(str(self.path), timeout=BUSY_SECONDS, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA busy_timeout = %d" % (BUSY_SECONDS * 1000))
@@ -331,6 +339,13 @@ class Store:
                 (*terminal, time.time() - recent_seconds),
             )
         return [self._row(r) for r in rows]
+
+    def latest_run_on(self, key: str) -> dict[str, Any] | None:
+        """The run started last on the host `key` (`aws monitor`, `checkpoint list --instance-id`)."""
+        row = self.db.execute(
+            "SELECT * FROM runs WHERE host_key = ? ORDER BY created_at DESC, rowid DESC LIMIT 1", (key,)
+        ).fetchone()
+        return self._row(row) if row else None
 
     def set_run_host(self, run_id: str, key: str) -> None:
         """Link a run to the host it runs on (a key from `upsert_host`)."""

@@ -389,9 +389,22 @@ class Hypervisor:
         else:
             self._ec2.stop_instances(InstanceIds=[instance_id])
             self._record(instance_id, "stop")
+        instance_initiated(instance_id)
 
     def _record(self, instance_id: str | None, action: str) -> None:
         self.actions.append((time.time(), instance_id, action))
+
+
+def instance_initiated(instance_id: str) -> None:
+    """Give a power-off's stop or terminate the state reason EC2 gives it (moto's API calls say
+    "User initiated"), so runctl can tell a host that powered itself off from one stopped from outside."""
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.instances import StateReason
+
+    instance = ec2_backends[ACCOUNT_ID][REGION].get_instance_by_id(instance_id)
+    if instance is not None:
+        code = "Client.InstanceInitiatedShutdown"
+        instance.state_reason = StateReason(code + ": Instance initiated shutdown", code)
 
 
 @dataclasses.dataclass

@@ -53,6 +53,9 @@ def dispatch(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--heartbeat", type=float, default=2.0)
     p = sub.add_parser("checkpoints")
     p.add_argument("run_dir")
+    p = sub.add_parser("digests", help="size and sha256 of checkpoint files; JSON list of paths on stdin")
+    p.add_argument("run_dir")
+    p.add_argument("--base", choices=("checkpoint_dir", "project"), default="checkpoint_dir")
     p = sub.add_parser("on-end-claim", help="claim the run's end-of-run step (on_end.claim, O_EXCL)")
     p.add_argument("run_dir")
     p.add_argument("--by", choices=("controller", "agent"), default="controller")
@@ -92,6 +95,16 @@ def dispatch(argv: Optional[List[str]] = None) -> int:
         return stream_frames(args.run_dir, args.offset, args.seq, args.heartbeat)
     elif args.command == "checkpoints":
         result, code = ops.list_checkpoints(args.run_dir), 0
+    elif args.command == "digests":
+        try:
+            paths = json.loads(sys.stdin.read() or "[]")
+        except ValueError as exc:
+            paths, result = None, {"ok": False, "error": "stdin is not a JSON list of paths: %s" % exc}
+        if isinstance(paths, list) and all(isinstance(p, str) for p in paths):
+            result = ops.checkpoint_digests(args.run_dir, args.base, paths)
+        elif paths is not None:
+            result = {"ok": False, "error": "stdin must be a JSON list of paths"}
+        code = 0 if "files" in result else 1
     elif args.command == "on-end-claim":
         result = ops.on_end_claim(args.run_dir, args.by)
         code = 1 if result.get("error") else 0

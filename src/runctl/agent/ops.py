@@ -388,6 +388,46 @@ def list_checkpoints(run_dir: str) -> Dict[str, Any]:
     return {"checkpoint_dir": directory, "project_dir": project, "files": files}
 
 
+DIGEST_CHUNK = 1 << 20
+
+
+def checkpoint_digests(run_dir: str, base: str, paths: List[str]) -> Dict[str, Any]:
+    """Size and SHA-256 of checkpoint files of the run (relative to `base`: the run's checkpoint
+    dir or its project dir), so a controller can prove the copies it pulled are exact.
+
+    A path that leaves the run's project and checkpoint dir, or cannot be read, gets an `error`
+    instead of a digest: it is not proven, never silently skipped.
+    """
+    import hashlib
+
+    spec = read_json(os.path.join(run_dir, layout.SPEC)) or {}
+    project = spec.get("project_dir") or layout.project_of(run_dir)
+    directory = layout.checkpoint_dir(project, spec.get("checkpoint_dir"))
+    root = directory if base == checkpoints.BASE_CHECKPOINT_DIR else project
+    allowed = [os.path.realpath(project), os.path.realpath(directory)]
+    files: Dict[str, Dict[str, Any]] = {}
+    for rel in paths:
+        path = os.path.realpath(os.path.join(root, rel))
+        if not any(path == a or path.startswith(a.rstrip("/") + "/") for a in allowed):
+            files[rel] = {"error": "outside the run's project and checkpoint dir"}
+            continue
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with open(path, "rb") as handle:
+                while True:
+                    chunk = handle.read(DIGEST_CHUNK)
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    digest.update(chunk)
+        except OSError as exc:
+            files[rel] = {"error": exc.strerror or str(exc)}
+            continue
+        files[rel] = {"size": size, "sha256": digest.hexdigest()}
+    return {"base": base, "root": root, "files": files}
+
+
 def plain_status(project_dir: str) -> Dict[str, Any]:
     """Classify a directory holding the original system's files, for scripts started without runctl.
 

@@ -1,5 +1,132 @@
-"""`runctl aws train|monitor`: runs on an instance."""
+"""`runctl aws train|monitor`: runs on an EC2 instance, through the one start pipeline."""
 
 from __future__ import annotations
 
-from .aws_app import app  # noqa: F401
+from enum import Enum
+from typing import Annotated, Any
+
+import typer
+
+from ..params import TrainOptions
+from . import options as o
+from .aws_app import app
+from .common import Output, emit_json, exit_with, say, store
+from .trainopts import train_command
+
+InstanceArg = Annotated[str, typer.Argument(help="Instance id (i-...) or its Name tag")]
+RegionOpt = Annotated[str | None, typer.Option("--region", help="AWS region (default: AWS_REGION or the profile's)")]
+LOG_TAIL_LINES = 20
+
+
+class OnEnd(str, Enum):
+    none = "none"
+    stop = "stop"
+    terminate = "terminate"
+
+
+class AddressKind(str, Enum):
+    public = "public"
+    private = "private"
+
+
+@train_command(app)
+def train(
+    opts: TrainOptions,
+    instance: InstanceArg,
+    script: o.ScriptArg,
+    script_args: o.ScriptArgs = None,
+    start: Annotated[bool, typer.Option("--start", help="Start the instance first if it is stopped")] = False,
+    on_end: Annotated[
+        OnEnd,
+        typer.Option(
+            "--on-end",
+            help="When the run ends: none (keep the instance running), stop, or terminate "
+            "(only once its checkpoints are pulled and verified; else it stops)",
+        ),
+    ] = OnEnd.none,
+    identity: Annotated[
+        str | None, typer.Option("--identity", "-i", help="Private key file (default: remembered for the instance)")
+    ] = None,
+    ssh_user: Annotated[
+        str | None, typer.Option("--ssh-user", help="SSH user (default: remembered, else ubuntu)")
+    ] = None,
+    address: Annotated[
+        AddressKind | None, typer.Option("--address", help="Reach it by its public or private address")
+    ] = None,
+    region: RegionOpt = None,
+    project_dir: o.ProjectDirOpt = None,
+    project_name: o.ProjectNameOpt = None,
+    remote_dir: o.RemoteDirOpt = None,
+    adopt_remote_dir: o.AdoptRemoteDirOpt = False,
+    sync_code: o.SyncCodeOpt = True,
+    include: o.IncludeOpt = None,
+    data: o.DataOpt = None,
+    setup: o.SetupOpt = None,
+    download_checkpoints: o.DownloadCheckpointsOpt = True,
+) -> None:
+    """Sync the project to INSTANCE and start SCRIPT there detached (follow it with --wait)."""
+    from ..ending import record_metadata
+    from ..pipeline import StartRequest
+    from ..pipeline import start as start_run
+    from ..providers import get
+    from .starting import announce_and_follow
+
+    own: dict[str, Any] = {
+        "instance": instance, "start": start, "on_end": on_end.value, "identity": identity, "ssh_user": ssh_user,
+        "address": address.value if address else None, "region": region,
+        **o.synced_host_options(
+            project_name, remote_dir, adopt_remote_dir, sync_code, include, data, download_checkpoints
+        ),
+    }  # fmt: skip
+    request = StartRequest(
+        "aws", script, project_dir, opts.name, opts.env, None, script_args or [], opts.notify, opts.metrics_regex,
+        opts.checkpoint_dir, opts.resume_from, setup, opts.tty, list(opts.checkpoint_glob), opts.policies(), own,
+        say=None if opts.output == Output.json else say,
+    )  # fmt: skip
+    db = store()
+    spec, state = start_run(db, request)
+    row = db.get(spec.run_id)
+    if row is not None:
+        record_metadata(get("aws"), db, row)
+    where = "on %s" % own["instance_obj"].label if own.get("instance_obj") is not None else "on %s" % spec.host
+    announce_and_follow(db, spec, state, opts.output, opts.wait, opts.timeout, where)
+
+
+@app.command()
+def monitor(
+    instance: InstanceArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream the log until the run ends")] = False,
+    region: RegionOpt = None,
+    output: o.OutputOpt = Output.text,
+) -> None:
+    """The latest run on INSTANCE: its status and the end of its log (or the log as it grows)."""
+    from .. import controller
+    from ..providers.aws import latest_run
+
+    db = store()
+    instance_id, row = latest_run(db, instance, region)
+    if follow:
+        from .waiting import wait_for
+
+        exit_with(wait_for(db, row, output, None, stream_log=True))
+    run = controller.refresh(db, row)
+    tail = log_tail(row, LOG_TAIL_LINES) if not controller.being_launched(row) else ""
+    if output == Output.json:
+        emit_json({"instance_id": instance_id, "run": run, "log_tail": tail})
+        return
+    from .render import run_detail
+
+    run_detail(run)
+    if tail:
+        print(tail, end="" if tail.endswith("\n") else "\n")
+
+
+def log_tail(row: dict[str, Any], lines: int) -> str:
+    from .. import controller
+    from ..core.errors import HostError
+
+    try:
+        data = controller.transport_for(row).read_file(controller.log_path(row)) or b""
+    except HostError:
+        return ""
+    return b"".join(data.splitlines(keepends=True)[-lines:]).decode("utf-8", "replace")

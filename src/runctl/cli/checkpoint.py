@@ -15,14 +15,33 @@ RunId = Annotated[str, typer.Argument(help="Run id or a unique prefix of it")]
 
 
 @app.command("list")
-def list_(run_id: RunId, output: o.OutputOpt = Output.text) -> None:
+def list_(
+    run_id: Annotated[str | None, typer.Argument(help="Run id or a unique prefix of it")] = None,
+    instance_id: Annotated[
+        str | None, typer.Option("--instance-id", help="The latest run on this EC2 instance (id or Name tag)")
+    ] = None,
+    region: Annotated[str | None, typer.Option("--region", help="AWS region, for --instance-id by Name")] = None,
+    output: o.OutputOpt = Output.text,
+) -> None:
     """Checkpoint files in the run's checkpoint dir, newest first (* = written by this run)."""
     import time
 
     from ..checkpointing import checkpoints
+    from ..core.errors import UsageError
 
+    if (run_id is None) == (instance_id is None):
+        raise UsageError(
+            "name one run: a RUN_ID or --instance-id" + (", not both" if run_id else ""),
+            "for example: runctl checkpoint list RUN_ID, or: runctl checkpoint list --instance-id i-0123456789abcdef0",
+        )
     db = store()
-    row = db.resolve(run_id)
+    if instance_id is not None:
+        from ..providers.aws import latest_run
+
+        row = latest_run(db, instance_id, region)[1]
+    else:
+        assert run_id is not None
+        row = db.resolve(run_id)
     listing = checkpoints(row)
     if output == Output.json:
         emit_json(listing)

@@ -38,7 +38,23 @@ def wait_for(
     if run.get("disk_full"):
         disk_full(run, output)
     report_end(run, output)
+    release_failed(store, run)
     return st.exit_code_for(run["status"])
+
+
+def release_failed(store: Store, run: dict[str, Any]) -> None:
+    """A host the run's end could not release is a host error (exit 4) with the command that does it."""
+    from ..core.errors import HostError
+    from ..ending import failed_release
+
+    failed = failed_release(store, run["run_id"])
+    if failed is not None:
+        action = (failed.get("release") or {}).get("action")
+        raise HostError(
+            "run %s ended, but its host could not be %s: %s"
+            % (run["run_id"], "stopped" if action == "stop" else "terminated", failed.get("error")),
+            failed.get("manual") or "release it by hand in the provider's console",
+        )
 
 
 def disk_full(run: dict[str, Any], output: Output) -> None:
@@ -60,4 +76,8 @@ def report_end(run: dict[str, Any], output: Output) -> None:
     if run.get("started_at") and run.get("ended_at"):
         took = " after %s" % format_duration(float(run["ended_at"]) - float(run["started_at"]))
     label = st.label(run["status"], run.get("termination_status"))
+    if not st.is_terminal(run["status"]) and run.get("notice"):
+        # Following ended without an end: its host went away (the notice says why and what to do).
+        say("run %s is still %s as last seen: %s" % (run["run_id"], run["status"], run["notice"]))
+        return
     say("run %s %s%s: %s" % (run["run_id"], label, took, run.get("termination_message") or ""))

@@ -461,7 +461,11 @@ class AwsProvider(SshProvider):
             instance = cloud.wait(instance, "running", CONFIRM_SECONDS)
         elif instance.state != "running":
             raise HostError("%s is %s" % (instance.label, instance.state), STATE_HINT_LIST)
-        remembered = (Store().host("aws:" + instance.id) or {}).get("info")
+        known = Store()
+        try:
+            remembered = (known.host("aws:" + instance.id) or {}).get("info")
+        finally:
+            known.close()
         reach = reach_for(instance, remembered, options)
         options["instance_obj"], options["reach"] = instance, reach
         if options.get("start") and options.get("wait_ssh", True):
@@ -527,6 +531,29 @@ class AwsProvider(SshProvider):
         host.state = seen.state
         return host
 
+    def host_gone(self, row: dict[str, Any], stored: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Why a run's instance stopped answering, for the controller (see `unreachable_verdict`)."""
+        seen = self.host_state(row, stored)
+        if seen is None:
+            return None
+        on_end = (row.get("spec") or {}).get("on_end") or {}
+        lifecycle = str((stored.get("info") or {}).get("lifecycle") or "on-demand")
+        return unreachable_verdict(str(stored["host_id"]), seen[0], seen[1], lifecycle, bool(on_end.get("poweroff")))
+
+    def record_run(self, stored: Mapping[str, Any], row: dict[str, Any]) -> None:
+        """The run's metadata in the instance's tags (seed 002), read back by `aws status`."""
+        cloud = self.instances(stored.get("region"))
+        write_run_metadata(cloud, cloud.get(str(stored["host_id"])), run_metadata(row))
+
+    def flag_release_failed(self, stored: Mapping[str, Any], message: str) -> None:
+        """Tag the instance so `aws list` flags it: its bill may still be running."""
+        cloud = self.instances(stored.get("region"))
+        cloud.ec2.call(
+            "create_tags",
+            Resources=[str(stored["host_id"])],
+            Tags=tags.as_list({tags.RELEASE_FAILED: "true"}),
+        )
+
     def host_state(self, row: dict[str, Any], stored: Mapping[str, Any] | None) -> tuple[str, str | None] | None:
         """The instance's state and its reason, for a run whose host stopped answering."""
         if stored is None:
@@ -536,6 +563,86 @@ class AwsProvider(SshProvider):
         except (UsageError, HostError):
             return None
         return instance.state, instance.state_reason
+
+
+GONE_STATES = ("stopping", "stopped", "shutting-down", "terminated")
+
+
+def unreachable_verdict(
+    instance_id: str, state: str, reason: str | None, lifecycle: str, powers_off: bool
+) -> dict[str, Any] | None:
+    """What an instance's state says of a run on it that stopped answering. Pure.
+
+    None while it runs (a network problem: keep trying). Stopped by its own power-off (the agent's
+    end-of-run step, `Client.InstanceInitiatedShutdown`): a notice only, as the run dir on its disk
+    still says how the run ended. Stopped or terminated from outside (the API, the console, a spot
+    reclaim): the run is over, `interrupted`, with the state's reason.
+    """
+    if state not in GONE_STATES:
+        return None
+    why = reason or "no reason given"
+    ended = "terminated" if state in ("shutting-down", "terminated") else "stopped"
+    if "InstanceInitiatedShutdown" in why:
+        if ended == "stopped":
+            return {
+                "state": state,
+                "message": "the instance %s itself%s; start it to read how the run ended: "
+                "runctl aws start %s --wait" % (ended, " after the run" if powers_off else "", instance_id),
+            }
+        return {
+            "state": state,
+            "status": "lost",
+            "termination_status": "lost",
+            "message": "instance %s terminated itself (%s); the run's end cannot be read" % (instance_id, why),
+        }
+    if "Spot" in why or (lifecycle == "spot" and "Server." in why):
+        return {
+            "state": state,
+            "status": "interrupted",
+            "termination_status": "spot_interruption",
+            "message": "spot instance %s was %s by EC2 (%s)" % (instance_id, ended, why),
+        }
+    return {
+        "state": state,
+        "status": "interrupted",
+        "termination_status": "lost",
+        "message": "instance %s was %s from outside (%s)" % (instance_id, ended, why),
+    }
+
+
+def run_metadata(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's metadata kept on its instance (seed 002): id, script, args, status, checkpoint, times."""
+    spec = row.get("spec") or {}
+    state = row.get("state") or {}
+    return {
+        "run_id": row["run_id"],
+        "script": spec.get("script"),
+        "args": spec.get("script_args") or [],
+        "status": row.get("status"),
+        "termination_status": row.get("termination_status"),
+        "last_checkpoint": state.get("last_checkpoint"),
+        "started_at": row.get("started_at"),
+        "ended_at": row.get("ended_at"),
+    }
+
+
+def write_run_metadata(cloud: Ec2Instances, instance: Instance, metadata: Mapping[str, Any]) -> None:
+    """Chunked into tags of at most 256 characters; the old chunks are removed before the new are
+    written, so a shorter value never leaves a stale tail, and the whole stays within 50 tags."""
+    new = tags.metadata_tags(dict(metadata), instance.tags)
+    stale = tags.stale_metadata_keys(instance.tags, new)
+    cloud.put_tags(instance, new, remove=stale)
+
+
+def latest_run(store: Any, ref: str, region: str | None) -> tuple[str, dict[str, Any]]:
+    """(instance id, the latest run started on it) for `aws monitor` and `checkpoint list
+    --instance-id`; an instance id needs no cloud call, a Name tag is looked up."""
+    instance_id = ref if is_instance_id(ref) else Ec2Instances(region).find(ref).id
+    row = store.latest_run_on("aws:" + instance_id)
+    if row is None:
+        named = instance_id if ref == instance_id else "%s (%s)" % (ref, instance_id)
+        raise UsageError("no runs on %s" % named, "start one: runctl aws train %s SCRIPT" % ref)
+    return instance_id, row
 
 
 def host_of(instance: Instance, reach: Reach) -> Host:

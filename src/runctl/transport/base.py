@@ -52,6 +52,10 @@ class Transport(Protocol):
         """Pull these files (relative to remote_dir) into target; files runctl did not write are kept."""
         ...
 
+    def digests(self, run_dir: str, base: str, paths: list[str]) -> dict[str, Any]:
+        """Size and sha256 of the run's checkpoint files (relative to `base`), read on the host."""
+        ...
+
     def on_end_claim(self, run_dir: str) -> dict[str, Any]:
         """Claim the run's end-of-run step for this controller (see agent `on-end-claim`)."""
         ...

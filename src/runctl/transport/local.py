@@ -41,6 +41,9 @@ class LocalTransport:
     def download(self, remote_dir: str, paths: list[str], target: Path, progress: bool) -> Plan:
         raise UsageError("local checkpoints are already on this machine", "see them with: runctl checkpoint list")
 
+    def digests(self, run_dir: str, base: str, paths: list[str]) -> dict[str, Any]:
+        return ops.checkpoint_digests(run_dir, base, paths)
+
     def on_end_claim(self, run_dir: str) -> dict[str, Any]:
         return ops.on_end_claim(run_dir, "controller")
 

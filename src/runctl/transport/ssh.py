@@ -479,6 +479,9 @@ class SshTransport:
 
         return download(self, remote_dir, paths, target, progress)
 
+    def digests(self, run_dir: str, base: str, paths: list[str]) -> dict[str, Any]:
+        return self.agent_json("digests", run_dir, "--base", base, input=json.dumps(paths).encode())
+
     def on_end_claim(self, run_dir: str) -> dict[str, Any]:
         return self.agent_json("on-end-claim", run_dir, "--by", "controller")
 
