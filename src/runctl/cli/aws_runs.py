@@ -66,30 +66,66 @@ def train(
 ) -> None:
     """Sync the project to INSTANCE and start SCRIPT there detached (follow it with --wait)."""
     from ..ending import record_metadata
-    from ..pipeline import StartRequest
     from ..pipeline import start as start_run
     from ..providers import get
     from .starting import announce_and_follow
 
-    own: dict[str, Any] = {
-        "instance": instance, "start": start, "on_end": on_end.value, "identity": identity, "ssh_user": ssh_user,
-        "address": address.value if address else None, "region": region,
-        **o.synced_host_options(
-            project_name, remote_dir, adopt_remote_dir, sync_code, include, data, download_checkpoints
-        ),
-    }  # fmt: skip
-    request = StartRequest(
-        "aws", script, project_dir, opts.name, opts.env, None, script_args or [], opts.notify, opts.metrics_regex,
-        opts.checkpoint_dir, opts.resume_from, setup, opts.tty, list(opts.checkpoint_glob), opts.policies(), own,
-        say=None if opts.output == Output.json else say,
+    request = aws_request(
+        opts, instance, script, script_args, start=start, on_end=on_end, identity=identity, ssh_user=ssh_user,
+        address=address, region=region, project_dir=project_dir, project_name=project_name, remote_dir=remote_dir,
+        adopt_remote_dir=adopt_remote_dir, sync_code=sync_code, include=include, data=data, setup=setup,
+        download_checkpoints=download_checkpoints,
     )  # fmt: skip
     db = store()
     spec, state = start_run(db, request)
     row = db.get(spec.run_id)
     if row is not None:
         record_metadata(get("aws"), db, row)
-    where = "on %s" % own["instance_obj"].label if own.get("instance_obj") is not None else "on %s" % spec.host
+    chosen = request.options.get("instance_obj")
+    where = "on %s" % chosen.label if chosen is not None else "on %s" % spec.host
     announce_and_follow(db, spec, state, opts.output, opts.wait, opts.timeout, where)
+
+
+def aws_request(
+    opts: TrainOptions,
+    instance: str,
+    script: str,
+    script_args: list[str] | None,
+    *,
+    start: bool,
+    on_end: OnEnd | str,
+    identity: str | None,
+    ssh_user: str | None,
+    address: AddressKind | str | None,
+    region: str | None,
+    project_dir: str | None,
+    project_name: str | None,
+    remote_dir: str | None,
+    adopt_remote_dir: bool,
+    sync_code: bool,
+    include: list[str] | None,
+    data: list[str] | None,
+    setup: str | None,
+    download_checkpoints: bool,
+    created: bool = False,
+) -> Any:
+    """The pipeline's StartRequest for a run on an instance (`aws train`, `workflow run`).
+
+    `created`: the instance was made for this run, so a start that fails releases it."""
+    from ..pipeline import StartRequest
+
+    own: dict[str, Any] = {
+        "instance": instance, "start": start, "on_end": getattr(on_end, "value", on_end), "identity": identity,
+        "ssh_user": ssh_user, "address": getattr(address, "value", address), "region": region, "created": created,
+        **o.synced_host_options(
+            project_name, remote_dir, adopt_remote_dir, sync_code, include, data, download_checkpoints
+        ),
+    }  # fmt: skip
+    return StartRequest(
+        "aws", script, project_dir, opts.name, opts.env, None, script_args or [], opts.notify, opts.metrics_regex,
+        opts.checkpoint_dir, opts.resume_from, setup, opts.tty, list(opts.checkpoint_glob), opts.policies(), own,
+        say=None if opts.output == Output.json else say,
+    )  # fmt: skip
 
 
 @app.command()
