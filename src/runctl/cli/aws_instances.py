@@ -316,9 +316,26 @@ def status(
     ]  # fmt: skip
     last = data["last_run"]
     if last:
-        lines.append(("last run", " ".join("%s=%s" % (k, last[k]) for k in sorted(last))))
+        lines += last_run_lines(last)
     for label, value in lines:
         print("%-13s%s" % (label, value))
+
+
+def last_run_lines(last: dict[str, Any]) -> list[tuple[str, str]]:
+    """The run metadata kept in the instance's tags, for people (times as times, not epoch seconds)."""
+    from .render import _when
+
+    how = last.get("termination_status")
+    lines = [
+        ("last run", "%s %s%s" % (last.get("run_id", "?"), last.get("status", "?"), " (%s)" % how if how else "")),
+        ("  script", " ".join([str(last.get("script") or "?"), *map(str, last.get("args") or [])])),
+    ]
+    for key, label in (("started_at", "  started"), ("ended_at", "  ended")):
+        if isinstance(last.get(key), (int, float)):
+            lines.append((label, _when(float(last[key]))))
+    if last.get("last_checkpoint"):
+        lines.append(("  checkpoint", str(last["last_checkpoint"])))
+    return lines
 
 
 # ---- start, stop, terminate --------------------------------------------------------------------
