@@ -485,17 +485,30 @@ class Store:
             query += " AND t_from < ?"
             args += (until,)
         rows = self.db.execute(query + " ORDER BY t_from, id", args)
-        return [
-            {
-                "host_key": r["host_key"],
-                "state": r["state"],
-                "from": r["t_from"],
-                "to": r["t_to"],
-                "hourly_price": r["hourly_price"],
-                "price_source": r["price_source"],
-            }
-            for r in rows
-        ]
+        return [self._interval(r) for r in rows]
+
+    def usage_by_host(self, provider: str) -> dict[str, Rows]:
+        """Every usage interval of the provider's hosts, by host key (oldest first): one read for a listing."""
+        rows = self.db.execute(
+            "SELECT u.* FROM usage u JOIN hosts h ON h.host_key = u.host_key WHERE h.provider = ?"
+            " ORDER BY u.t_from, u.id",
+            (provider,),
+        )
+        found: dict[str, Rows] = {}
+        for r in rows:
+            found.setdefault(r["host_key"], []).append(self._interval(r))
+        return found
+
+    @staticmethod
+    def _interval(r: sqlite3.Row) -> dict[str, Any]:
+        return {
+            "host_key": r["host_key"],
+            "state": r["state"],
+            "from": r["t_from"],
+            "to": r["t_to"],
+            "hourly_price": r["hourly_price"],
+            "price_source": r["price_source"],
+        }
 
     def host_cost(
         self,

@@ -83,6 +83,12 @@ class Detached(RunctlError):
     exit_code = EXIT_INTERRUPTED
 
 
+class Interrupted(RunctlError):
+    """Ctrl-C during a command that is not following a run (what it left behind is said)."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
 class RunGone(RunctlError):
     """The run directory vanished, so the run's state can no longer be known."""
 

@@ -38,6 +38,7 @@ POLL_SECONDS = 0.5
 DEFAULT_SSH_USER = "ubuntu"
 # How long the agent waits after a run for a controller to claim its end before powering off itself.
 CONTROLLER_GRACE = 2.0
+AUTH_GRACE = 60.0  # how long a new instance may refuse the SSH key before that is taken as final
 ON_END_CHOICES = ("none", "stop", "terminate")
 
 
@@ -240,8 +241,8 @@ class Ec2Instances:
                 raise
             if seen.state == state:
                 return seen
-            if state == "running" and seen.state in ("terminated", "shutting-down"):
-                raise HostError("%s is %s; it will not reach running" % (seen.label, seen.state), STATE_HINT_LIST)
+            if state in ("running", "stopped") and seen.state in ("terminated", "shutting-down"):
+                raise HostError("%s is %s; it will not reach %s" % (seen.label, seen.state, state), STATE_HINT_LIST)
             if deadline is not None and time.monotonic() >= deadline:
                 from ..core.errors import WaitTimeout
 
@@ -275,6 +276,103 @@ class Ec2Instances:
 
 
 STATE_HINT_LIST = "see your instances: runctl aws list --all"
+
+
+# ---- what an instance costs, and what was seen of it -------------------------------------------
+
+
+def pricing_client() -> Any:
+    """The Pricing API's client (it answers in us-east-1 for every region), asked once per day at most."""
+    from .ec2api import client
+
+    return client("pricing", "us-east-1", timeout=5.0)
+
+
+class Prices:
+    """Hourly prices of the instances one command sees: each type (or spot type and zone) asked once.
+
+    On-demand prices come from ec2prices (Pricing API, cached a day, else its dated table); spot
+    instances are priced from the spot price history of their zone, and from the on-demand price,
+    said so in the source, when the history has nothing.
+    """
+
+    def __init__(self, cloud: Ec2Instances | None, ask_api: bool = True) -> None:
+        self.cloud = cloud
+        self.ask_api = ask_api
+        self.known: dict[tuple[str, str, str | None], tuple[float | None, str]] = {}
+
+    def on_demand(self, instance_type: str, region: str) -> tuple[float | None, str]:
+        from .. import paths
+        from .ec2prices import on_demand_price
+
+        key = ("on-demand", instance_type, region)
+        if key not in self.known:
+            factory = pricing_client if self.ask_api else None
+            self.known[key] = on_demand_price(instance_type, region, factory, str(paths.home()))
+        return self.known[key]
+
+    def of(self, instance: Instance) -> tuple[float | None, str]:
+        if instance.lifecycle != "spot" or self.cloud is None:
+            return self.on_demand(instance.type, instance.region)
+        from .ec2prices import spot_price
+
+        key = ("spot", instance.type, instance.availability_zone)
+        if key not in self.known:
+            price, source = spot_price(self.cloud.ec2.client, instance.type, instance.availability_zone)
+            if price is None:
+                price, fallback = self.on_demand(instance.type, instance.region)
+                source = "%s (on-demand price; %s)" % (fallback, source)
+            self.known[key] = (price, source)
+        return self.known[key]
+
+
+def observe(store: Any, instance: Instance, prices: Prices, info: Mapping[str, Any] | None = None) -> str:
+    """Record the instance as seen now: its state opens a usage interval at its hourly price.
+
+    Every command that reads an instance's state calls this, so the store's usage (and the cost
+    shown by `aws list`, `aws status` and `runs status`) follows each observed transition.
+    Returns the store's key of the host.
+    """
+    price, source = prices.of(instance)
+    known = {"name": instance.name, "lifecycle": instance.lifecycle, "managed": instance.managed}
+    return str(
+        store.upsert_host(
+            "aws",
+            instance.id,
+            address=instance.address() or None,
+            region=instance.region,
+            instance_type=instance.type,
+            hourly_price=price,
+            price_source=source,
+            state=instance.state,
+            info={**known, **(info or {})},
+        )
+    )
+
+
+def mark_release_failed(cloud: Ec2Instances, store: Any, instance: Instance, action: str, error: str) -> None:
+    """A stop/terminate that could not be done or confirmed: flag the instance (tag and store) so
+    `aws list` shows it until a later one succeeds. Best effort: the API may be failing as a whole."""
+    note = "%s failed at %s" % (action, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    try:
+        cloud.put_tags(instance, {tags.RELEASE_FAILED: note})
+    except (CloudError, UsageError):
+        pass
+    if store is not None and store.host("aws:" + instance.id) is not None:
+        store.upsert_host("aws", instance.id, info={"release_failed": "%s: %s" % (note, error)})
+
+
+def clear_release_failed(cloud: Ec2Instances, store: Any, instance: Instance) -> None:
+    """The flag of `mark_release_failed` removed once a stop/terminate went through."""
+    if tags.RELEASE_FAILED in instance.tags and instance.state != "terminated":
+        try:
+            cloud.put_tags(instance, {}, remove=[tags.RELEASE_FAILED])
+        except (CloudError, UsageError):
+            pass
+    if store is not None:
+        stored = store.host("aws:" + instance.id)
+        if stored is not None and (stored.get("info") or {}).get("release_failed"):
+            store.upsert_host("aws", instance.id, info={"release_failed": None})
 
 
 # ---- how to reach an instance -----------------------------------------------------------------
@@ -575,12 +673,21 @@ def host_of(instance: Instance, reach: Reach) -> Host:
 def wait_ssh(transport: SshTransport, timeout: float) -> None:
     """Until the instance answers over SSH (its sshd starts after `running`); HostError past the timeout."""
     deadline = time.monotonic() + timeout
+    refused_since: float | None = None
     while True:
         try:
             transport.run("true", timeout=10)
             return
         except HostError as exc:
-            if time.monotonic() >= deadline:
+            # A fresh instance may refuse the key until cloud-init has installed it; a refusal
+            # that lasts is a wrong key or user, not worth waiting the whole timeout for.
+            if exc.message.startswith("authentication failed"):
+                refused_since = refused_since or time.monotonic()
+            else:
+                refused_since = None
+            if time.monotonic() >= deadline or (
+                refused_since is not None and time.monotonic() - refused_since >= AUTH_GRACE
+            ):
                 raise HostError(
                     "%s does not answer over SSH: %s" % (transport.dest, exc.message),
                     exc.hint or "check its security group allows SSH from here",
