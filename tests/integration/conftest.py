@@ -16,6 +16,7 @@ import pytest
 if TYPE_CHECKING:
     from tests.integration.test_ssh import SshEnv
     from tests.support.aws import Ec2World, FaultProxy, MotoEmulator
+    from tests.support.lambda_fake import LambdaFake
     from tests.support.sshhosts import SshHosts
 
 
@@ -104,3 +105,22 @@ def fault_proxy(moto_emulator: MotoEmulator) -> Iterator[FaultProxy]:
         yield proxy
     finally:
         proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def lambda_fake(ec2_hosts: SshHosts) -> Iterator[LambdaFake]:
+    """The Lambda API fake for a module, its instances at the addresses of the sshd test hosts."""
+    from tests.support.lambda_fake import LambdaFake
+
+    fake = LambdaFake([host.address for host in ec2_hosts], request_interval=0.02, launch_interval=0.2).start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+@pytest.fixture
+def lambda_world(lambda_fake: LambdaFake) -> Iterator[LambdaFake]:
+    """A fresh account per test (capacity, one SSH key, no instances, no faults)."""
+    lambda_fake.reset()
+    yield lambda_fake

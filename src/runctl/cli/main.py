@@ -22,6 +22,7 @@ GROUPS = {
     "runs": ("runctl.cli.runs", "Inspect, follow, wait for and stop runs."),
     "ssh": ("runctl.cli.ssh", "Run training on any SSH host (OpenSSH + rsync)."),
     "aws": ("runctl.cli.aws", "Create, train on, stop and terminate AWS EC2 instances."),
+    "lambda": ("runctl.cli.lambda_", "Launch, train on and terminate Lambda Labs instances (proven gone)."),
     "workflow": ("runctl.cli.workflow", "Create or start an instance, train, pull checkpoints, release it."),
     "checkpoint": ("runctl.cli.checkpoint", "List and download run checkpoints."),
 }

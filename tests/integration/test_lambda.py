@@ -1,0 +1,275 @@
+"""`runctl lambda ...` end to end against the Lambda API fake, with real sshd test hosts as instances.
+
+Real components only: the fake serves the published API over HTTP (tests/support/lambda_fake.py),
+each instance's `ip` is a network-namespace sshd host, and runctl runs as CLI subprocesses. Every
+test ends with no instance left non-terminated in the fake: a forgotten Lambda instance is pure loss.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_ssh import Result, SshEnv
+from tests.support.lambda_fake import LambdaFake
+from tests.support.runs import poll
+
+pytestmark = pytest.mark.timeout(240)
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "training" / "train_with_checkpoints.py"
+SCRIPT = "training/train_with_checkpoints.py"
+TYPE = "gpu_1x_a10"
+QUICK = ("--steps-per-epoch", "3", "--delay", "0.01")
+SLOW = ("--epochs", "3", "--steps-per-epoch", "20", "--delay", "0.1")
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "proj"
+    (root / "training").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("[project]\nname = 'proj'\nversion = '0'\n")
+    shutil.copy(EXAMPLE, root / SCRIPT)
+    return root
+
+
+class Lambda:
+    """The CLI against the fake account."""
+
+    def __init__(self, sshenv: SshEnv, fake: LambdaFake, project: Path) -> None:
+        self.sshenv, self.fake, self.project = sshenv, fake, project
+
+    def cli(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> Result:
+        return self.sshenv.cli(*args, cwd=self.project, env={**self.fake.env(), **(env or {})}, timeout=timeout)
+
+    def train(self, *args: str, script_args: tuple[str, ...] = (), timeout: float = 150) -> Result:
+        return self.cli(
+            "lambda", "train", "--instance-type", TYPE, SCRIPT, "--ssh-user", "root", *args, "--", *script_args,
+            timeout=timeout,
+        )  # fmt: skip
+
+    def status(self, run_id: str) -> dict[str, Any]:
+        result = self.cli("runs", "status", run_id, "-o", "json")
+        assert result.code == 0, result.err
+        return result.json  # type: ignore[no-any-return]
+
+    def end_result(self, run_id: str) -> dict[str, Any]:
+        db = sqlite3.connect(str(self.sshenv.home / "runctl.db"))
+        rows = db.execute("SELECT data FROM events WHERE run_id = ? AND kind = 'on_end_result' ORDER BY id", (run_id,))
+        found = [json.loads(r[0]) for r in rows]
+        db.close()
+        assert found, "no end-of-run result recorded"
+        return found[-1]  # type: ignore[no-any-return]
+
+    def launched(self) -> list[str]:
+        return list(self.fake.instances)
+
+    def all_terminated(self) -> None:
+        poll(lambda: not self.fake.live(), 20, "every instance terminated")
+
+
+@pytest.fixture
+def lam(ec2_sshenv: SshEnv, lambda_world: LambdaFake, project: Path) -> Iterator[Lambda]:
+    helper = Lambda(ec2_sshenv, lambda_world, project)
+    yield helper
+    left = [i.id for i in lambda_world.live()]
+    for instance_id in left:  # never leak between tests, whatever the test found
+        lambda_world.instances[instance_id].terminate_at = 0.0
+    assert not left, "instances left non-terminated: %s" % left
+
+
+def run_id_of(result: Result) -> str:
+    for line in result.err.splitlines():
+        if line.startswith("run ") and " started " in line:
+            return line.split()[1]
+    return result.out.strip().splitlines()[0]
+
+
+def pulled(project: Path, run_id: str) -> list[str]:
+    return sorted(p.name for p in (project / "checkpoints" / run_id).glob("checkpoint_epoch_*.json"))
+
+
+# ---- end to end ---------------------------------------------------------------------------------
+
+
+def test_auto_stop_on_low_loss_pulls_checkpoints_then_terminates_confirmed(lam: Lambda) -> None:
+    done = lam.train("--wait", "--auto-stop-loss", "0.5", "--auto-stop-patience", "1",
+                     script_args=("--epochs", "20", "--steps-per-epoch", "5", "--delay", "0.05"))  # fmt: skip
+    assert done.code == 0, done.err
+    run_id = run_id_of(done)
+    run = lam.status(run_id)
+    assert run["termination_status"] == "auto_low_loss", run
+    assert pulled(lam.project, run_id), "checkpoints came home before the terminate"
+    result = lam.end_result(run_id)
+    assert result["action"] == "terminate" and result["release"]["state"] == "terminated"
+    assert result["proof"]["checkpoints_verified"]["held"] is True
+    assert len(lam.launched()) == 1 and not lam.fake.live()
+    assert "terminated (confirmed)" in done.err
+    cost = run.get("cost") or {}
+    assert cost.get("hourly_price") == 0.75 and cost.get("amount", 0) > 0, run
+
+
+def test_completed_run_on_a_launched_instance_lists_cost_and_terminates(lam: Lambda) -> None:
+    done = lam.train("--wait", script_args=("--epochs", "2", *QUICK))
+    assert done.code == 0, done.err
+    run_id = run_id_of(done)
+    assert pulled(lam.project, run_id) == ["checkpoint_epoch_1.json", "checkpoint_epoch_2.json"]
+    assert lam.status(run_id)["status"] == "completed"
+    (instance_id,) = lam.launched()
+    shown = lam.cli("lambda", "status", instance_id, "-o", "json")
+    assert shown.code == 0, shown.err
+    assert shown.json["status"] == "terminated" and shown.json["hourly_price"] == 0.75
+    assert shown.json["cost_so_far"] > 0
+
+
+def test_runs_stop_ends_the_run_and_terminates(lam: Lambda) -> None:
+    started = lam.train(script_args=SLOW)
+    assert started.code == 0, started.err
+    run_id = started.out.strip()
+    poll(lambda: (lam.status(run_id).get("step") or 0) >= 1, 60, "the run's first step", interval=0.3)
+    listed = lam.cli("lambda", "list", "-o", "json")
+    assert listed.code == 0, listed.err
+    assert [v["status"] for v in listed.json] == ["active"] and listed.json[0]["runs"][0]["run_id"] == run_id
+    stopped = lam.cli("runs", "stop", run_id)
+    assert stopped.code == 0, stopped.err
+    poll(lambda: not lam.fake.live(), 60, "the instance terminated after the stop")
+    assert lam.status(run_id)["termination_status"] == "user_stop"
+    assert pulled(lam.project, run_id), "checkpoint saved on the graceful stop came home"
+
+
+def test_a_failing_script_still_terminates(lam: Lambda) -> None:
+    (lam.project / "training" / "boom.py").write_text("import sys\nprint('boom')\nsys.exit(3)\n")
+    done = lam.cli("lambda", "train", "--instance-type", TYPE, "training/boom.py", "--ssh-user", "root", "--wait")
+    assert done.code == 1, done.err
+    assert lam.status(run_id_of(done))["status"] == "failed"
+    lam.all_terminated()
+
+
+# ---- injected faults: never an instance left running ---------------------------------------------
+
+
+def test_429_bursts_are_retried(lam: Lambda) -> None:
+    lam.fake.burst_429(4)
+    done = lam.train("--wait", script_args=("--epochs", "1", *QUICK))
+    assert done.code == 0, done.err
+    assert sum(1 for c in lam.fake.calls if c[3] == 429) >= 4
+    lam.all_terminated()
+
+
+def test_a_500_on_the_first_terminate_is_retried_and_confirmed(lam: Lambda) -> None:
+    lam.fake.fail_next("POST", "/instance-operations/terminate", 500)
+    done = lam.train("--wait", script_args=("--epochs", "1", *QUICK))
+    assert done.code == 0, done.err
+    terminates = [c for c in lam.fake.calls if c[2].endswith("/terminate")]
+    assert [c[3] for c in terminates][:2] == [500, 200]
+    lam.all_terminated()
+
+
+def test_launch_accepted_but_the_first_gets_fail(lam: Lambda) -> None:
+    lam.fake.fail_get_after_launch(3)
+    done = lam.train("--wait", script_args=("--epochs", "1", *QUICK))
+    assert done.code == 0, done.err
+    assert len(lam.launched()) == 1
+    lam.all_terminated()
+
+
+def test_capacity_gone_between_types_and_launch_moves_to_a_region_that_has_it(lam: Lambda) -> None:
+    lam.fake.set_capacity(TYPE, "us-east-1", 1)
+    lam.fake.set_capacity(TYPE, "us-west-1", 0)
+    lam.fake.set_capacity(TYPE, "europe-central-1", 0)
+    # The check's look-up sees us-east-1; then capacity moves to europe-central-1 before the launch.
+    original = lam.fake.instance_types
+
+    def moved() -> dict[str, Any]:
+        data = original()
+        lam.fake.set_capacity(TYPE, "us-east-1", 0)
+        lam.fake.set_capacity(TYPE, "europe-central-1", 1)
+        return data
+
+    lam.fake.instance_types = moved  # type: ignore[method-assign]
+    try:
+        done = lam.train("--wait", script_args=("--epochs", "1", *QUICK))
+    finally:
+        lam.fake.instance_types = original  # type: ignore[method-assign]
+    assert done.code == 0, done.err
+    assert [i.region for i in lam.fake.instances.values()] == ["europe-central-1"]
+    lam.all_terminated()
+
+
+def test_capacity_gone_everywhere_names_no_region_and_launches_nothing(lam: Lambda) -> None:
+    lam.fake.capacity_gone_after_types(TYPE)
+    done = lam.train(script_args=("--epochs", "1",))
+    assert done.code == 4, done.err
+    assert "no capacity for gpu_1x_a10" in done.err
+    assert "types with capacity" in done.err
+    assert lam.launched() == []
+    assert lam.cli("runs", "list", "-o", "json").json == []
+
+
+def test_setup_failure_after_the_launch_terminates_what_it_launched(lam: Lambda) -> None:
+    done = lam.cli("lambda", "train", "--instance-type", TYPE, SCRIPT, "--ssh-user", "nosuchuser", "--wait")
+    assert done.code == 4, done.err
+    assert "terminating" in done.err
+    assert len(lam.launched()) == 1
+    lam.all_terminated()
+    assert lam.cli("runs", "list", "-o", "json").json == [], "the failed start left no run"
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+
+
+def test_bad_api_key_exits_4_and_launches_nothing(lam: Lambda) -> None:
+    done = lam.cli("lambda", "train", "--instance-type", TYPE, SCRIPT, env={"LAMBDA_API_KEY": "wrong"})
+    assert done.code == 4
+    lines = done.err.strip().splitlines()
+    assert len(lines) == 2 and "rejected the API key" in lines[0] and "LAMBDA_API_KEY" in lines[1]
+    assert "wrong" not in done.err, "the key is never printed"
+    assert lam.launched() == []
+
+
+def test_no_api_key_is_a_usage_error(lam: Lambda, tmp_path: Path) -> None:
+    done = lam.cli("lambda", "list", env={"LAMBDA_API_KEY": "", "HOME": str(tmp_path)})
+    assert done.code == 2 and "no Lambda API key" in done.err
+
+
+def test_key_from_the_lambda_cli_file(lam: Lambda, tmp_path: Path) -> None:
+    (tmp_path / ".lambda_cloud").mkdir()
+    (tmp_path / ".lambda_cloud" / "lambda_keys").write_text("api_key = %s\n" % lam.fake.key)
+    done = lam.cli("lambda", "types", "--available", "-o", "json", env={"LAMBDA_API_KEY": "", "HOME": str(tmp_path)})
+    assert done.code == 0, done.err
+    assert {t["name"] for t in done.json} == {"gpu_1x_a10", "gpu_1x_h100_pcie", "gpu_8x_a100"}
+
+
+def test_lambda_stop_says_only_terminate_exists(lam: Lambda) -> None:
+    done = lam.cli("lambda", "stop", "0123abcd")
+    assert done.code == 2
+    assert done.err.strip().splitlines() == [
+        "runctl: Lambda instances cannot be stopped, only terminated",
+        "  terminate it: runctl lambda terminate 0123abcd",
+    ]
+
+
+def test_unknown_type_and_missing_script_create_nothing(lam: Lambda) -> None:
+    typo = lam.cli("lambda", "train", "--instance-type", "gpu_1x_a100x", SCRIPT)
+    assert typo.code == 2 and "unknown Lambda instance type" in typo.err
+    missing = lam.cli("lambda", "train", "--instance-type", TYPE, "nope.py")
+    assert missing.code == 2 and "does not exist" in missing.err
+    assert lam.launched() == []
+
+
+def test_launch_list_terminate_commands(lam: Lambda) -> None:
+    launched = lam.cli("lambda", "launch", "--instance-type", TYPE, "--region", "us-west-1", "--wait", "-o", "json")
+    assert launched.code == 0, launched.err
+    data = launched.json
+    assert data["status"] == "active" and data["region"] == "us-west-1" and data["ip"] in lam.fake.addresses
+    listed = lam.cli("lambda", "list")
+    assert listed.code == 0 and data["id"] in listed.out and "0.75" in listed.out
+    gone = lam.cli("lambda", "terminate", data["id"])
+    assert gone.code == 0, gone.err
+    assert "terminated (confirmed)" in gone.err
+    lam.all_terminated()
