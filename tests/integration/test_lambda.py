@@ -49,9 +49,18 @@ class Lambda:
 
     def train(self, *args: str, script_args: tuple[str, ...] = (), timeout: float = 150) -> Result:
         return self.cli(
-            "lambda", "train", "--instance-type", TYPE, SCRIPT, "--ssh-user", "root", *args, "--", *script_args,
+            "lambda",
+            "train",
+            "--instance-type",
+            TYPE,
+            SCRIPT,
+            "--ssh-user",
+            "root",
+            *args,
+            "--",
+            *script_args,
             timeout=timeout,
-        )  # fmt: skip
+        )
 
     def status(self, run_id: str) -> dict[str, Any]:
         result = self.cli("runs", "status", run_id, "-o", "json")
@@ -65,6 +74,11 @@ class Lambda:
         db.close()
         assert found, "no end-of-run result recorded"
         return found[-1]  # type: ignore[no-any-return]
+
+    def runs(self) -> list[str]:
+        result = self.cli("runs", "list", "--all", "-o", "json")
+        assert result.code == 0, result.err
+        return sorted(r["run_id"] for r in result.json)
 
     def launched(self) -> list[str]:
         return list(self.fake.instances)
@@ -98,8 +112,14 @@ def pulled(project: Path, run_id: str) -> list[str]:
 
 
 def test_auto_stop_on_low_loss_pulls_checkpoints_then_terminates_confirmed(lam: Lambda) -> None:
-    done = lam.train("--wait", "--auto-stop-loss", "0.5", "--auto-stop-patience", "1",
-                     script_args=("--epochs", "20", "--steps-per-epoch", "5", "--delay", "0.05"))  # fmt: skip
+    done = lam.train(
+        "--wait",
+        "--auto-stop-loss",
+        "0.5",
+        "--auto-stop-patience",
+        "1",
+        script_args=("--epochs", "20", "--steps-per-epoch", "5", "--delay", "0.05"),
+    )
     assert done.code == 0, done.err
     run_id = run_id_of(done)
     run = lam.status(run_id)
@@ -202,22 +222,58 @@ def test_capacity_gone_between_types_and_launch_moves_to_a_region_that_has_it(la
 
 
 def test_capacity_gone_everywhere_names_no_region_and_launches_nothing(lam: Lambda) -> None:
+    before = lam.runs()
     lam.fake.capacity_gone_after_types(TYPE)
-    done = lam.train(script_args=("--epochs", "1",))
+    done = lam.train(
+        script_args=(
+            "--epochs",
+            "1",
+        )
+    )
     assert done.code == 4, done.err
     assert "no capacity for gpu_1x_a10" in done.err
     assert "types with capacity" in done.err
     assert lam.launched() == []
-    assert lam.cli("runs", "list", "-o", "json").json == []
+    assert lam.runs() == before, "nothing was recorded"
 
 
 def test_setup_failure_after_the_launch_terminates_what_it_launched(lam: Lambda) -> None:
-    done = lam.cli("lambda", "train", "--instance-type", TYPE, SCRIPT, "--ssh-user", "nosuchuser", "--wait")
-    assert done.code == 4, done.err
-    assert "terminating" in done.err
+    before = lam.runs()
+    done = lam.cli("lambda", "train", "--instance-type", TYPE, SCRIPT, "--ssh-user", "root", "--remote-dir", "/")
+    assert done.code == 2, done.err
+    assert "root directory" in done.err
     assert len(lam.launched()) == 1
     lam.all_terminated()
-    assert lam.cli("runs", "list", "-o", "json").json == [], "the failed start left no run"
+    assert lam.runs() == before, "the failed start left no run"
+
+
+def test_ctrl_c_while_booting_terminates_what_it_launched(lam: Lambda) -> None:
+    import signal
+    import subprocess
+
+    from tests.integration.test_ssh import RUNCTL
+
+    lam.fake.boot_seconds = 30.0
+    proc = subprocess.Popen(
+        [*RUNCTL, "lambda", "train", "--instance-type", TYPE, SCRIPT, "--ssh-user", "root"],
+        cwd=str(lam.project),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=lam.sshenv.environ(lam.fake.env()),
+    )
+    try:
+        poll(lambda: lam.launched(), 30, "the launch")
+        poll(lambda: any(c[1] == "GET" and "/instances/" in c[2] for c in lam.fake.calls), 10, "a status read")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "terminating" in err and "nothing is running" in err
+    assert not lam.fake.live()
 
 
 # ---- bad input -----------------------------------------------------------------------------------

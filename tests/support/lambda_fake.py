@@ -34,13 +34,25 @@ REGIONS = {
     "europe-central-1": "Germany",
 }
 TYPES: dict[str, dict[str, Any]] = {
-    "gpu_1x_a10": {"description": "1x A10 (24 GB PCIe)", "gpu_description": "A10 (24 GB PCIe)", "price": 75,
-                   "specs": {"vcpus": 30, "memory_gib": 200, "storage_gib": 1400, "gpus": 1}},
-    "gpu_1x_h100_pcie": {"description": "1x H100 (80 GB PCIe)", "gpu_description": "H100 (80 GB PCIe)",
-                         "price": 249, "specs": {"vcpus": 26, "memory_gib": 200, "storage_gib": 1000, "gpus": 1}},
-    "gpu_8x_a100": {"description": "8x A100 (40 GB SXM4)", "gpu_description": "A100 (40 GB SXM4)", "price": 1032,
-                    "specs": {"vcpus": 124, "memory_gib": 1800, "storage_gib": 6000, "gpus": 8}},
-}  # fmt: skip
+    "gpu_1x_a10": {
+        "description": "1x A10 (24 GB PCIe)",
+        "gpu_description": "A10 (24 GB PCIe)",
+        "price": 75,
+        "specs": {"vcpus": 30, "memory_gib": 200, "storage_gib": 1400, "gpus": 1},
+    },
+    "gpu_1x_h100_pcie": {
+        "description": "1x H100 (80 GB PCIe)",
+        "gpu_description": "H100 (80 GB PCIe)",
+        "price": 249,
+        "specs": {"vcpus": 26, "memory_gib": 200, "storage_gib": 1000, "gpus": 1},
+    },
+    "gpu_8x_a100": {
+        "description": "8x A100 (40 GB SXM4)",
+        "gpu_description": "A100 (40 GB SXM4)",
+        "price": 1032,
+        "specs": {"vcpus": 124, "memory_gib": 1800, "storage_gib": 6000, "gpus": 8},
+    },
+}
 
 
 def error(code: str, message: str, suggestion: str | None = None) -> dict[str, Any]:
@@ -147,6 +159,7 @@ class LambdaFake:
             self.after_types.clear()
             self.get_failures_after_launch = 0
             self.account_inactive = False
+            self.boot_seconds = 1.0
             self.capacity = {(t, r): 2 for t in TYPES for r in REGIONS}
             self.ssh_keys = [{"id": secrets.token_hex(16), "name": "runctl-test", "public_key": "ssh-ed25519 AAAA x"}]
 
@@ -216,8 +229,13 @@ class LambdaFake:
 
     @staticmethod
     def type_body(name: str, kind: dict[str, Any]) -> dict[str, Any]:
-        return {"name": name, "description": kind["description"], "gpu_description": kind["gpu_description"],
-                "price_cents_per_hour": kind["price"], "specs": dict(kind["specs"])}  # fmt: skip
+        return {
+            "name": name,
+            "description": kind["description"],
+            "gpu_description": kind["gpu_description"],
+            "price_cents_per_hour": kind["price"],
+            "specs": dict(kind["specs"]),
+        }
 
     # ---- the HTTP side -------------------------------------------------------------------------
 
@@ -263,11 +281,17 @@ class LambdaFake:
                     fault.times -= 1
                     return fault.status, error(fault.code, "Injected failure", "Try again shortly")
             if not self.authorised(auth):
-                return 401, error("global/invalid-api-key", "API key was invalid, expired, or deleted.",
-                                  "Check your API key or create a new one, then try again.")  # fmt: skip
+                return 401, error(
+                    "global/invalid-api-key",
+                    "API key was invalid, expired, or deleted.",
+                    "Check your API key or create a new one, then try again.",
+                )
             if self.account_inactive:
-                return 403, error("global/account-inactive", "Your account is inactive.",
-                                  "Make sure you have verified your email address and have a valid payment method.")
+                return 403, error(
+                    "global/account-inactive",
+                    "Your account is inactive.",
+                    "Make sure you have verified your email address and have a valid payment method.",
+                )
             try:
                 body = json.loads(raw) if raw else None
             except ValueError:
@@ -348,18 +372,22 @@ class LambdaFake:
         if name is not None and (not isinstance(name, str) or len(name) > 64):
             return 400, error("global/invalid-parameters", "name must be at most 64 characters")
         if self.capacity.get((kind, region), 0) <= 0:
-            return 400, error("instance-operations/launch/insufficient-capacity",
-                              "Not enough capacity to fulfill launch request.",
-                              "Choose an instance type with more availability, or try again later.")  # fmt: skip
+            return 400, error(
+                "instance-operations/launch/insufficient-capacity",
+                "Not enough capacity to fulfill launch request.",
+                "Choose an instance type with more availability, or try again later.",
+            )
         used = {i.address for i in self.live()}
         free = [a for a in self.addresses if a not in used]
         if not free:
-            return 400, error("instance-operations/launch/insufficient-capacity",
-                              "Not enough capacity to fulfill launch request.")  # fmt: skip
+            return 400, error(
+                "instance-operations/launch/insufficient-capacity", "Not enough capacity to fulfill launch request."
+            )
         self.last_launch = now
         self.capacity[(kind, region)] -= 1
-        instance = FakeInstance(secrets.token_hex(16), kind, region, name, keys[0],
-                                list(body.get("tags") or []), free[0], now)  # fmt: skip
+        instance = FakeInstance(
+            secrets.token_hex(16), kind, region, name, keys[0], list(body.get("tags") or []), free[0], now
+        )
         self.instances[instance.id] = instance
         return 200, {"data": {"instance_ids": [instance.id]}}
 

@@ -105,8 +105,16 @@ def types(
     if output == Output.json:
         emit_json(rows)
         return
-    cells = [[r["name"], str(r["gpus"]), money(r["hourly_price"]), ",".join(r["regions_with_capacity"]) or "-",
-              str(r["description"] or "")] for r in rows]  # fmt: skip
+    cells = [
+        [
+            r["name"],
+            str(r["gpus"]),
+            money(r["hourly_price"]),
+            ",".join(r["regions_with_capacity"]) or "-",
+            str(r["description"] or ""),
+        ]
+        for r in rows
+    ]
     table(["TYPE", "GPUS", "$/HR", "REGIONS WITH CAPACITY", "DESCRIPTION"], cells)
 
 
@@ -143,8 +151,17 @@ def launch(
         emit_json(data)
         return
     print(instance.id)
-    say("%s %s %s in %s, %s, $%s/hr" % (instance.id, instance.status, instance.type, instance.region,
-                                         instance.ip or "no address yet", data["hourly_price"]))  # fmt: skip
+    say(
+        "%s %s %s in %s, %s, $%s/hr"
+        % (
+            instance.id,
+            instance.status,
+            instance.type,
+            instance.region,
+            instance.ip or "no address yet",
+            data["hourly_price"],
+        )
+    )
     say("  terminate it: runctl lambda terminate %s" % instance.id)
 
 
@@ -155,17 +172,28 @@ def list_(output: o.OutputOpt = Output.text) -> None:
 
     db = store()
     now = time.time()
-    views = [view(i, db, now) for i in cloud().list() if i.status not in GONE_STATES]
+    views = [view(i, db, now) for i in cloud().instances() if i.status not in GONE_STATES]
     if output == Output.json:
         emit_json(views)
         return
     if not views:
         say("no Lambda instances")
         return
-    cells = [[v["id"], v["name"] or "-", v["status"], v["instance_type"], v["region"], v["ip"] or "-",
-              money(v["hourly_price"]), money(v["cost_so_far"]), " ".join(r["run_id"] for r in v["runs"]) or "-",
-              "release-failed" if v["release_failed"] else ("" if v["managed"] else "not-runctl")]
-             for v in views]  # fmt: skip
+    cells = [
+        [
+            v["id"],
+            v["name"] or "-",
+            v["status"],
+            v["instance_type"],
+            v["region"],
+            v["ip"] or "-",
+            money(v["hourly_price"]),
+            money(v["cost_so_far"]),
+            " ".join(r["run_id"] for r in v["runs"]) or "-",
+            "release-failed" if v["release_failed"] else ("" if v["managed"] else "not-runctl"),
+        ]
+        for v in views
+    ]
     table(["ID", "NAME", "STATUS", "TYPE", "REGION", "IP", "$/HR", "COST $", "RUNS", "FLAGS"], cells)
 
 
@@ -214,8 +242,10 @@ def terminate(
         return
     stored = db.host(key) or {}
     if not force and not instance.managed and not (stored.get("info") or {}).get("managed"):
-        raise UsageError("%s was not launched by runctl" % instance.label,
-                         "terminate it anyway: runctl lambda terminate %s --force" % instance.id)  # fmt: skip
+        raise UsageError(
+            "%s was not launched by runctl" % instance.label,
+            "terminate it anyway: runctl lambda terminate %s --force" % instance.id,
+        )
     from .aws_instances import stop_runs_on
 
     stop_runs_on(db, key, instance.label)
@@ -310,22 +340,47 @@ def train(
 
     needed = 1 if instance_type else 2
     if len(args) < needed:
-        raise UsageError("missing %s" % ("SCRIPT" if instance_type else "ID and SCRIPT"),
-                         "runctl lambda train ID SCRIPT, or runctl lambda train --instance-type TYPE SCRIPT")  # fmt: skip
+        raise UsageError(
+            "missing %s" % ("SCRIPT" if instance_type else "ID and SCRIPT"),
+            "runctl lambda train ID SCRIPT, or runctl lambda train --instance-type TYPE SCRIPT",
+        )
     instance = None if instance_type else args[0]
     script, script_args = args[needed - 1], list(args[needed:])
     action = on_end.value if on_end is not None else ("terminate" if instance_type else "none")
     own: dict[str, Any] = {
-        "instance": instance, "instance_type": instance_type, "region": region, "ssh_key": ssh_key,
-        "on_end": action, "identity": identity, "ssh_user": ssh_user, "project_name": project_name,
-        "remote_dir": remote_dir, "sync": sync_code, "name": opts.name,
-        "data": [Path(p).expanduser().resolve() for p in data or []], "download_checkpoints": download_checkpoints,
-    }  # fmt: skip
+        "instance": instance,
+        "instance_type": instance_type,
+        "region": region,
+        "ssh_key": ssh_key,
+        "on_end": action,
+        "identity": identity,
+        "ssh_user": ssh_user,
+        "project_name": project_name,
+        "remote_dir": remote_dir,
+        "sync": sync_code,
+        "name": opts.name,
+        "data": [Path(p).expanduser().resolve() for p in data or []],
+        "download_checkpoints": download_checkpoints,
+    }
     request = StartRequest(
-        "lambda", script, project_dir, opts.name, opts.env, None, script_args, opts.notify, opts.metrics_regex,
-        opts.checkpoint_dir, opts.resume_from, setup, opts.tty, list(opts.checkpoint_glob), opts.policies(), own,
+        "lambda",
+        script,
+        project_dir,
+        opts.name,
+        opts.env,
+        None,
+        script_args,
+        opts.notify,
+        opts.metrics_regex,
+        opts.checkpoint_dir,
+        opts.resume_from,
+        setup,
+        opts.tty,
+        list(opts.checkpoint_glob),
+        opts.policies(),
+        own,
         say=None if opts.output == Output.json else say,
-    )  # fmt: skip
+    )
     from ..pipeline import start as start_run
 
     db = store()
@@ -337,6 +392,8 @@ def train(
         announce_and_follow(db, spec, state, opts.output, opts.wait, opts.timeout, "on Lambda instance %s" % target)
     except Detached as exc:
         if action == "terminate":
-            exc.hint = "%s; %s is terminated at the run's end once runctl sees it (runctl runs wait %s), or now: " \
-                "runctl lambda terminate %s" % (exc.hint, target, spec.run_id, target)  # fmt: skip
+            exc.hint = (
+                "%s; %s is terminated at the run's end once runctl sees it (runctl runs wait %s), or now: "
+                "runctl lambda terminate %s" % (exc.hint, target, spec.run_id, target)
+            )
         raise

@@ -146,7 +146,7 @@ class LambdaCloud:
         check_id(instance_id)
         return LambdaInstance.from_api(self.api.instance(instance_id))
 
-    def list(self) -> list[LambdaInstance]:
+    def instances(self) -> list[LambdaInstance]:
         return [LambdaInstance.from_api(i) for i in self.api.instances()]
 
     # ---- launching -------------------------------------------------------------------------
@@ -208,8 +208,10 @@ class LambdaCloud:
                 "name": name or "runctl-%s" % token,
                 "tags": [{"key": MANAGED_TAG, "value": "true"}, {"key": LAUNCH_TAG, "value": token}],
             }
-            say("launching %s in %s%s ..." % (instance_type, chosen, " (has capacity now)" if not region or
-                                                 region == "any" else ""))  # fmt: skip
+            say(
+                "launching %s in %s%s ..."
+                % (instance_type, chosen, " (has capacity now)" if not region or region == "any" else "")
+            )
             try:
                 with interrupt_after():
                     ids = self.launch_once(body, token)
@@ -219,7 +221,7 @@ class LambdaCloud:
                 tried.append(chosen)
                 types = self.types()
                 having = [r for r in regions_with_capacity(types, instance_type) if r not in tried]
-                if region and region != "any" or not having:
+                if (region and region != "any") or not having:
                     raise CloudError(
                         "no capacity for %s in %s (it went between the look-up and the launch)"
                         % (instance_type, ", ".join(tried)),
@@ -234,11 +236,15 @@ class LambdaCloud:
         for instance_id in ids:
             # In the store before anything else: whatever happens next, the instance is known.
             store.upsert_host(
-                NAME, instance_id, region=chosen, instance_type=instance_type,
+                NAME,
+                instance_id,
+                region=chosen,
+                instance_type=instance_type,
                 hourly_price=price / 100.0 if isinstance(price, (int, float)) else None,
-                price_source=PRICE_SOURCE, state="booting",
+                price_source=PRICE_SOURCE,
+                state="booting",
                 info={"managed": True, "name": body["name"], "launch_token": token, **(info or {})},
-            )  # fmt: skip
+            )
         if len(ids) != 1:
             raise CloudError("the launch returned %d instances, not one: %s" % (len(ids), ", ".join(ids)), "")
         say("launched %s (%s, %s, $%s/hr)" % (ids[0], instance_type, chosen, money(price / 100.0 if price else None)))
@@ -246,8 +252,15 @@ class LambdaCloud:
             return self.get(ids[0])
         except CloudError:
             # Accepted but not readable yet (after its retries): what the launch said is what is known.
-            return LambdaInstance(ids[0], "booting", instance_type, chosen, str(body["name"]), price_cents=price,
-                                  tags={MANAGED_TAG: "true", LAUNCH_TAG: token})  # fmt: skip
+            return LambdaInstance(
+                ids[0],
+                "booting",
+                instance_type,
+                chosen,
+                str(body["name"]),
+                price_cents=price,
+                tags={MANAGED_TAG: "true", LAUNCH_TAG: token},
+            )
 
     def launch_once(self, body: dict[str, Any], token: str) -> list[str]:
         """The launch call; when its answer was lost (5xx, dropped connection) the instance is looked for."""
@@ -262,9 +275,9 @@ class LambdaCloud:
             return [found.id]
 
     def find_launched(self, token: str) -> LambdaInstance | None:
-        for attempt in range(3):
+        for _ in range(3):
             try:
-                for instance in self.list():
+                for instance in self.instances():
                     if instance.tags.get(LAUNCH_TAG) == token:
                         return instance
             except CloudError:
@@ -301,8 +314,10 @@ class LambdaCloud:
             if seen.status == "active" and seen.ip:
                 return seen
             if seen.status in GONE_STATES or seen.status == "terminating":
-                raise HostError("%s is %s; it will not become active" % (seen.label, seen.status),
-                                "see your instances: runctl lambda list")  # fmt: skip
+                raise HostError(
+                    "%s is %s; it will not become active" % (seen.label, seen.status),
+                    "see your instances: runctl lambda list",
+                )
             if time.monotonic() >= deadline:
                 from ..core.errors import WaitTimeout
 
@@ -338,8 +353,9 @@ class LambdaCloud:
         except UsageError:
             return None  # object-does-not-exist: gone already
         except CloudError as exc:
-            raise CloudError("could not terminate %s: %s" % (instance_id, exc.message), "run: " + manual,
-                             exc.code) from None  # fmt: skip
+            raise CloudError(
+                "could not terminate %s: %s" % (instance_id, exc.message), "run: " + manual, exc.code
+            ) from None
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -379,9 +395,7 @@ def capacity_hint(instance_type: str, having: list[str], types: Mapping[str, Any
         return "%s has capacity now in: %s (pass --region, or --region any)" % (instance_type, ", ".join(having))
     others = [name for name in sorted(types) if regions_with_capacity(types, name)]
     if others:
-        return "no region has it now; types with capacity: %s (runctl lambda types --available)" % ", ".join(
-            others[:6]
-        )
+        return "no region has it now; types with capacity: %s (runctl lambda types --available)" % ", ".join(others[:6])
     return "no type has capacity now; try again later (runctl lambda types --available)"
 
 
@@ -399,8 +413,10 @@ def money(value: float | None) -> str:
 
 def transport_to(instance: LambdaInstance, user: str, identity: str | None) -> SshTransport:
     if not instance.ip:
-        raise HostError("%s has no address yet (it is %s)" % (instance.label, instance.status),
-                        "wait for it: runctl lambda status %s" % instance.id)  # fmt: skip
+        raise HostError(
+            "%s has no address yet (it is %s)" % (instance.label, instance.status),
+            "wait for it: runctl lambda status %s" % instance.id,
+        )
     return SshTransport(Dest(host=instance.ip, user=user), identity=identity, host_key_alias=instance.id)
 
 
@@ -436,14 +452,17 @@ class LambdaProvider(SshProvider):
                 raise UsageError("--data %s does not exist" % path, "pass an existing local file or directory")
         identity_of(options)
         if bool(options.get("instance")) == bool(options.get("instance_type")):
-            raise UsageError("name an instance or --instance-type, not both" if options.get("instance") else
-                             "no instance given", "runctl lambda train ID SCRIPT, or --instance-type TYPE SCRIPT")  # fmt: skip
+            problem = "no instance given"
+            if options.get("instance"):
+                problem = "name an instance or --instance-type, not both"
+            raise UsageError(problem, "runctl lambda train ID SCRIPT, or --instance-type TYPE SCRIPT")
         cloud = self.cloud()
         if options.get("instance"):
             instance = cloud.get(str(options["instance"]))
             if instance.status != "active":
-                raise HostError("%s is %s" % (instance.label, instance.status), "see it: runctl lambda status %s"
-                                % instance.id)  # fmt: skip
+                raise HostError(
+                    "%s is %s" % (instance.label, instance.status), "see it: runctl lambda status %s" % instance.id
+                )
             options["instance_obj"] = instance
         else:
             # Checked before anything is recorded: the key, the type, and a region with capacity.
@@ -474,9 +493,14 @@ class LambdaProvider(SshProvider):
         launched: LambdaInstance | None = None
         try:
             launched = cloud.launch(
-                db, str(options["instance_type"]), options.get("region"), options.get("ssh_key_name"),
-                options.get("name"), say, {"ssh_user": user, "identity": identity},
-            )  # fmt: skip
+                db,
+                str(options["instance_type"]),
+                options.get("region"),
+                options.get("ssh_key_name"),
+                options.get("name"),
+                say,
+                {"ssh_user": user, "identity": identity},
+            )
             options["launched_id"] = launched.id
             say("waiting for %s to become active ..." % launched.id)
             instance = cloud.wait_active(launched)
@@ -503,18 +527,33 @@ class LambdaProvider(SshProvider):
             seen = cloud.terminate(instance_id)
         except (RunctlError, KeyboardInterrupt) as exc:
             detail = exc.message if isinstance(exc, RunctlError) else "interrupted again"
-            say("warning: %s could not be terminated (%s); terminate it: runctl lambda terminate %s"
-                % (instance_id, detail, instance_id))  # fmt: skip
+            say(
+                "warning: %s could not be terminated (%s); terminate it: runctl lambda terminate %s"
+                % (instance_id, detail, instance_id)
+            )
             return
         db.record_host_state("%s:%s" % (NAME, instance_id), seen.status if seen else "terminated")
         say("%s is %s" % (instance_id, seen.status if seen else "terminated"))
 
     @staticmethod
     def host_of(instance: LambdaInstance, user: str, identity: str | None) -> Host:
-        info = {"ssh_user": user, "identity": identity, "name": instance.name, "managed": instance.managed,
-                "price_source": PRICE_SOURCE}  # fmt: skip
-        return Host(NAME, instance.id, instance.ip or "", instance.region, instance.type, instance.hourly_price,
-                    instance.status, info)  # fmt: skip
+        info = {
+            "ssh_user": user,
+            "identity": identity,
+            "name": instance.name,
+            "managed": instance.managed,
+            "price_source": PRICE_SOURCE,
+        }
+        return Host(
+            NAME,
+            instance.id,
+            instance.ip or "",
+            instance.region,
+            instance.type,
+            instance.hourly_price,
+            instance.status,
+            info,
+        )
 
     def transport(self, host: Host, request: StartRequest) -> Transport:
         transport: Transport = request.options["transport_obj"]
