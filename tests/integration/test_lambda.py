@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.test_aws_train import Hooks, webhook  # noqa: F401  (the webhook fixture)
 from tests.integration.test_ssh import Result, SshEnv
 from tests.support.lambda_fake import LambdaFake
 from tests.support.runs import poll
@@ -168,6 +169,78 @@ def test_a_failing_script_still_terminates(lam: Lambda) -> None:
     assert done.code == 1, done.err
     assert lam.status(run_id_of(done))["status"] == "failed"
     lam.all_terminated()
+
+
+STALL = """
+import sys
+import time
+
+import runctl.training as rt
+
+for step in range(1, 6):
+    rt.report(step=step, epoch=2, total_epochs=2, loss=1.0 / step)
+    time.sleep(0.05)
+print("step frozen at 5", flush=True)
+time.sleep(1000)
+"""
+
+
+def test_final_epoch_stall_completes_and_terminates(lam: Lambda) -> None:
+    (lam.project / "training" / "stall.py").write_text(STALL)
+    done = lam.cli(
+        "lambda",
+        "train",
+        "--instance-type",
+        TYPE,
+        "training/stall.py",
+        "--ssh-user",
+        "root",
+        "--wait",
+        "--poll-interval",
+        "0.3",
+        "--stall-polls",
+        "3",
+        "--stop-grace",
+        "1",
+    )
+    assert done.code == 0, done.err
+    run = lam.status(run_id_of(done))
+    assert (run["status"], run["termination_status"]) == ("completed", "auto_complete")
+    lam.all_terminated()
+
+
+def test_unproven_checkpoints_keep_the_instance_and_say_how_to_end_it(lam: Lambda, webhook: str) -> None:
+    done = lam.train("--wait", "--no-download-checkpoints", "--notify", webhook, script_args=("--epochs", "1", *QUICK))
+    assert done.code == 0, done.err
+    run_id = run_id_of(done)
+    (instance_id,) = lam.launched()
+    result = lam.end_result(run_id)
+    assert result["asked"] == "terminate" and result["action"] == "none"
+    assert "cannot be stopped" in result["reason"]
+    assert [i.id for i in lam.fake.live()] == [instance_id], "kept, not destroyed with its checkpoints"
+    run = lam.status(run_id)
+    assert "not terminated" in run["notice"] and "not pulled" in run["notice"]
+    assert any(h.get("event") == "release_skipped" for h in Hooks.received), Hooks.received
+    gone = lam.cli("lambda", "terminate", instance_id)
+    assert gone.code == 0, gone.err
+    lam.all_terminated()
+
+
+def test_terminate_failing_after_its_retries_exits_4_with_the_command(lam: Lambda, webhook: str) -> None:
+    lam.fake.fail_next("POST", "/instance-operations/terminate", 500, times=1000)
+    done = lam.train("--wait", "--notify", webhook, script_args=("--epochs", "1", *QUICK))
+    assert done.code == 4, done.err
+    (instance_id,) = lam.launched()
+    assert "runctl lambda terminate %s" % instance_id in done.err
+    assert any(h.get("event") == "release_failed" for h in Hooks.received), Hooks.received
+    listed = lam.cli("lambda", "list")
+    assert listed.code == 0 and "release-failed" in listed.out
+    lam.fake.faults.clear()
+    gone = lam.cli("lambda", "terminate", instance_id)
+    assert gone.code == 0, gone.err
+    lam.all_terminated()
+    again = lam.cli("lambda", "list")
+    assert instance_id not in again.out
 
 
 # ---- injected faults: never an instance left running ---------------------------------------------
@@ -329,3 +402,32 @@ def test_launch_list_terminate_commands(lam: Lambda) -> None:
     assert gone.code == 0, gone.err
     assert "terminated (confirmed)" in gone.err
     lam.all_terminated()
+
+
+def test_train_on_a_named_instance_keeps_it_unless_asked(lam: Lambda) -> None:
+    launched = lam.cli("lambda", "launch", "--instance-type", TYPE, "--wait", "-o", "json")
+    assert launched.code == 0, launched.err
+    instance_id = launched.json["id"]
+    kept = lam.cli(
+        "lambda", "train", instance_id, SCRIPT, "--ssh-user", "root", "--wait", "--", "--epochs", "1", *QUICK
+    )
+    assert kept.code == 0, kept.err
+    assert [i.id for i in lam.fake.live()] == [instance_id], "--on-end defaults to none on a named instance"
+    ended = lam.cli(
+        "lambda",
+        "train",
+        instance_id,
+        SCRIPT,
+        "--ssh-user",
+        "root",
+        "--wait",
+        "--on-end",
+        "terminate",
+        "--",
+        "--epochs",
+        "1",
+        *QUICK,
+    )
+    assert ended.code == 0, ended.err
+    lam.all_terminated()
+    assert pulled(lam.project, run_id_of(ended)) == ["checkpoint_epoch_1.json"]
