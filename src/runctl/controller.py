@@ -307,6 +307,18 @@ def host_gone(store: Store, row: dict[str, Any]) -> dict[str, Any] | None:
     return verdict
 
 
+def provider_says(store: Store, row: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's view once its provider explains an unreachable host (ended, or a notice); else None."""
+    verdict = host_gone(store, row)
+    if verdict is None:
+        return None
+    if verdict.get("status"):
+        return end_by_provider(store, row, verdict)
+    seen = view(store.get(row["run_id"]) or row)
+    seen["notice"] = verdict["message"]
+    return seen
+
+
 def end_by_provider(store: Store, row: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any]:
     """End a run whose host its provider reports gone (stopped or terminated from outside)."""
     if not st.is_terminal(row["status"]):
@@ -381,33 +393,36 @@ def follow(
     transport = transport_for(row)
     offset = 0 if (on_log is not None and from_start) else -1
     asked_at = 0.0
-    for kind, payload in transport.follow(row["run_dir"], offset, 0):
-        if kind == "log" and on_log is not None:
-            on_log(payload)
-        elif kind == "reconnecting":
-            if on_notice is not None:
-                on_notice("connection to %s lost; reconnecting..." % row["host"])
-            if time.monotonic() - asked_at >= HOST_ASK_SECONDS:
-                asked_at = time.monotonic()
-                verdict = host_gone(store, store.get(row["run_id"]) or row)
-                if verdict is not None and verdict.get("status"):
-                    return end_by_provider(store, store.get(row["run_id"]) or row, verdict)
-                if verdict is not None:
-                    ended = view(store.get(row["run_id"]) or row)
-                    ended["notice"] = verdict["message"]
-                    return ended
-        elif kind == "gone":
-            return record_gone(store, store.get(row["run_id"]) or row, payload, on_end_notice)
-        elif kind in ("status", "end"):
-            record_state(store, store.get(row["run_id"]) or row, payload, on_end_notice)
-            if kind == "end":
-                return view(store.get(row["run_id"]) or row)
-        if deadline is not None and time.monotonic() >= deadline:
-            raise WaitTimeout(
-                "timed out after %gs; run %s is still %s and keeps going"
-                % (timeout or 0, row["run_id"], (store.get(row["run_id"]) or row)["status"]),
-                "wait again with: runctl runs wait %s" % row["run_id"],
-            )
+    try:
+        for kind, payload in transport.follow(row["run_dir"], offset, 0):
+            if kind == "log" and on_log is not None:
+                on_log(payload)
+            elif kind == "reconnecting":
+                if on_notice is not None:
+                    on_notice("connection to %s lost; reconnecting..." % row["host"])
+                if time.monotonic() - asked_at >= HOST_ASK_SECONDS:
+                    asked_at = time.monotonic()
+                    gone = provider_says(store, store.get(row["run_id"]) or row)
+                    if gone is not None:
+                        return gone
+            elif kind == "gone":
+                return record_gone(store, store.get(row["run_id"]) or row, payload, on_end_notice)
+            elif kind in ("status", "end"):
+                record_state(store, store.get(row["run_id"]) or row, payload, on_end_notice)
+                if kind == "end":
+                    return view(store.get(row["run_id"]) or row)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(
+                    "timed out after %gs; run %s is still %s and keeps going"
+                    % (timeout or 0, row["run_id"], (store.get(row["run_id"]) or row)["status"]),
+                    "wait again with: runctl runs wait %s" % row["run_id"],
+                )
+    except HostError:
+        # The host cannot be reached at all: its provider may say why (stopped, terminated).
+        gone = provider_says(store, store.get(row["run_id"]) or row)
+        if gone is None:
+            raise
+        return gone
     return refresh(store, store.get(row["run_id"]) or row)
 
 

@@ -148,12 +148,16 @@ def release_proven(
     started = time.time()
     claim: dict[str, Any] = claim_step(row) if launched else {"claimed": False, "error": "never launched"}
     if not claim.get("claimed") and not claim.get("error"):
-        # The agent has it: the host powered itself off (or is doing so) after its own checks.
-        result = {"claimed_by": (claim.get("claim") or {}).get("by"), **claim}
-        store.add_event(row["run_id"], RESULT, result)
-        set_notice(store, row, agent_notice(claim.get("result") or {}))
-        record_metadata(provider, store, row)
-        return
+        theirs = claim.get("result") or {}
+        if not power_off_failed(theirs):
+            # The agent has it: the host powered itself off (or is doing so) after its own checks.
+            result = {"claimed_by": (claim.get("claim") or {}).get("by"), **claim}
+            store.add_event(row["run_id"], RESULT, result)
+            set_notice(store, row, agent_notice(theirs))
+            record_metadata(provider, store, row)
+            return
+        # The host's own power-off failed, so its bill still runs: the API releases it instead.
+        say("warning: %s; releasing it through the provider" % agent_notice(theirs))
     asked = provider.end_action(row)
     proof: dict[str, Any] = {}
     wants_pull = supports(provider, DOWNLOAD_CHECKPOINTS) and controller.owner_of(row).get("download_checkpoints", True)
@@ -228,12 +232,18 @@ def choose_action(
     return "terminate", None
 
 
+def power_off_failed(result: dict[str, Any]) -> bool:
+    """Whether the agent's end-of-run command finished and failed (one under way, or cut short by
+    the power-off it ran, has no `ended_at`: the host went down)."""
+    return bool(result.get("ended_at")) and (bool(result.get("error")) or result.get("exit_code") not in (None, 0))
+
+
 def agent_notice(result: dict[str, Any]) -> str:
     """What the host's own power-off did, for `runs status`."""
     if not result:
         return "the host took the end-of-run step itself"
     asked, becomes = result.get("action"), result.get("becomes")
-    if result.get("error") or (result.get("exit_code") not in (None, 0)):
+    if power_off_failed(result):
         return "the host's own power-off failed: %s" % (result.get("error") or result.get("output_tail") or "")[-200:]
     if asked == "terminate" and becomes == "stop":
         return (

@@ -339,6 +339,8 @@ def test_with_the_controller_killed_the_host_stops_itself_and_the_end_is_read_af
     assert seen["status"] == "running", "how the run ended is on the stopped instance's disk"
     assert "stopped itself after the run" in seen["notice"]
     assert "runctl aws start %s --wait" % instance in seen["notice"]
+    waited = aws.cli("runs", "wait", run_id)
+    assert waited.code == 1 and "stopped itself after the run" in waited.err
     aws.world.client().start_instances(InstanceIds=[instance])
     hypervisor(aws.world).wait_for(instance, "running")
     host.wait_reachable(20)

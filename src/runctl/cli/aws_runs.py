@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from enum import Enum
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -34,7 +33,7 @@ class AddressKind(str, Enum):
 def train(
     opts: TrainOptions,
     instance: InstanceArg,
-    script: Annotated[str, typer.Argument(help="Training script inside the project")],
+    script: o.ScriptArg,
     script_args: o.ScriptArgs = None,
     start: Annotated[bool, typer.Option("--start", help="Start the instance first if it is stopped")] = False,
     on_end: Annotated[
@@ -55,27 +54,15 @@ def train(
         AddressKind | None, typer.Option("--address", help="Reach it by its public or private address")
     ] = None,
     region: RegionOpt = None,
-    project_dir: Annotated[
-        str | None, typer.Option("--project-dir", help="Local project root (default: nearest .git/pyproject.toml)")
-    ] = None,
-    project_name: Annotated[str | None, typer.Option("--project-name", help="Name on the instance")] = None,
-    remote_dir: Annotated[
-        str | None, typer.Option("--remote-dir", help="Project dir on the instance (default ~/runctl/<project-name>)")
-    ] = None,
-    sync_code: Annotated[bool, typer.Option("--sync-code/--no-sync-code", help="rsync the project first")] = True,
-    include: Annotated[
-        list[str] | None, typer.Option("--include", help="Sync this pattern even if ignored (repeatable)")
-    ] = None,
-    data: Annotated[
-        list[str] | None, typer.Option("--data", help="Local file or dir staged to <remote>/data/ (repeatable)")
-    ] = None,
-    setup: Annotated[
-        str | None, typer.Option("--setup", help="Shell command run on the instance before the script")
-    ] = None,
-    download_checkpoints: Annotated[
-        bool,
-        typer.Option("--download-checkpoints/--no-download-checkpoints", help="Pull checkpoints when the run ends"),
-    ] = True,
+    project_dir: o.ProjectDirOpt = None,
+    project_name: o.ProjectNameOpt = None,
+    remote_dir: o.RemoteDirOpt = None,
+    adopt_remote_dir: o.AdoptRemoteDirOpt = False,
+    sync_code: o.SyncCodeOpt = True,
+    include: o.IncludeOpt = None,
+    data: o.DataOpt = None,
+    setup: o.SetupOpt = None,
+    download_checkpoints: o.DownloadCheckpointsOpt = True,
 ) -> None:
     """Sync the project to INSTANCE and start SCRIPT there detached (follow it with --wait)."""
     from ..ending import record_metadata
@@ -86,9 +73,10 @@ def train(
 
     own: dict[str, Any] = {
         "instance": instance, "start": start, "on_end": on_end.value, "identity": identity, "ssh_user": ssh_user,
-        "address": address.value if address else None, "region": region, "project_name": project_name,
-        "remote_dir": remote_dir, "sync": sync_code, "includes": include or [],
-        "data": [Path(p).expanduser().resolve() for p in data or []], "download_checkpoints": download_checkpoints,
+        "address": address.value if address else None, "region": region,
+        **o.synced_host_options(
+            project_name, remote_dir, adopt_remote_dir, sync_code, include, data, download_checkpoints
+        ),
     }  # fmt: skip
     request = StartRequest(
         "aws", script, project_dir, opts.name, opts.env, None, script_args or [], opts.notify, opts.metrics_regex,

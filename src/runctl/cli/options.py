@@ -5,7 +5,8 @@ No pydantic here: `runs` and `checkpoint` import this module.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,3 +19,55 @@ OUTPUT = ("--output", "-o")  # every command's, the train commands' too (TrainOp
 OUTPUT_HELP = "text or json"
 OutputOpt = Annotated[Output, typer.Option(*OUTPUT, help=OUTPUT_HELP)]
 ScriptArgs = Annotated[list[str] | None, typer.Argument(help="Arguments for the script, after --")]
+
+# ---- the flags of every train that ships the project to a host (`ssh train`, `aws train`) --------
+
+ScriptArg = Annotated[str, typer.Argument(help="Training script inside the project")]
+IdentityOpt = Annotated[str | None, typer.Option("--identity", "-i", help="Private key file")]
+ProjectDirOpt = Annotated[
+    str | None, typer.Option("--project-dir", help="Local project root (default: nearest .git/pyproject.toml)")
+]
+ProjectNameOpt = Annotated[str | None, typer.Option("--project-name", help="Name on the host")]
+RemoteDirOpt = Annotated[
+    str | None, typer.Option("--remote-dir", help="Project dir on the host (default ~/runctl/<project-name>)")
+]
+AdoptRemoteDirOpt = Annotated[
+    bool,
+    typer.Option(
+        "--adopt-remote-dir",
+        help="Sync into an existing non-empty --remote-dir runctl did not create; what is there is never deleted",
+    ),
+]
+SyncCodeOpt = Annotated[bool, typer.Option("--sync-code/--no-sync-code", help="rsync the project first")]
+IncludeOpt = Annotated[
+    list[str] | None, typer.Option("--include", help="Sync this pattern even if ignored (repeatable)")
+]
+DataOpt = Annotated[
+    list[str] | None, typer.Option("--data", help="Local file or dir staged to <remote>/data/ (repeatable)")
+]
+SetupOpt = Annotated[str | None, typer.Option("--setup", help="Shell command run on the host before the script")]
+DownloadCheckpointsOpt = Annotated[
+    bool,
+    typer.Option("--download-checkpoints/--no-download-checkpoints", help="Pull checkpoints when the run ends"),
+]
+
+
+def synced_host_options(
+    project_name: str | None,
+    remote_dir: str | None,
+    adopt_remote_dir: bool,
+    sync_code: bool,
+    include: list[str] | None,
+    data: list[str] | None,
+    download_checkpoints: bool,
+) -> dict[str, Any]:
+    """Those flags as the provider's StartRequest options (the names `SshProvider` reads)."""
+    return {
+        "project_name": project_name,
+        "remote_dir": remote_dir,
+        "adopt": adopt_remote_dir,
+        "sync": sync_code,
+        "includes": include or [],
+        "data": [Path(p).expanduser().resolve() for p in data or []],
+        "download_checkpoints": download_checkpoints,
+    }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,7 +15,7 @@ from .trainopts import train_command
 app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 
 DestArg = Annotated[str, typer.Argument(help="[user@]host[:port] or a Host alias from ~/.ssh/config")]
-IdentityOpt = Annotated[str | None, typer.Option("--identity", "-i", help="Private key file")]
+IdentityOpt = o.IdentityOpt
 InsecureOpt = Annotated[
     bool, typer.Option("--insecure-host-key", help="Skip host key checking (default: accept-new into known_hosts)")
 ]
@@ -32,47 +31,29 @@ def make_transport(dest: str, identity: str | None, insecure: bool):  # type: ig
 def train(
     opts: TrainOptions,
     dest: DestArg,
-    script: Annotated[str, typer.Argument(help="Training script inside the project")],
+    script: o.ScriptArg,
     script_args: o.ScriptArgs = None,
     identity: IdentityOpt = None,
     insecure_host_key: InsecureOpt = False,
-    project_dir: Annotated[
-        str | None, typer.Option("--project-dir", help="Local project root (default: nearest .git/pyproject.toml)")
-    ] = None,
-    project_name: Annotated[str | None, typer.Option("--project-name", help="Name on the host")] = None,
-    remote_dir: Annotated[
-        str | None, typer.Option("--remote-dir", help="Project dir on the host (default ~/runctl/<project-name>)")
-    ] = None,
-    adopt_remote_dir: Annotated[
-        bool,
-        typer.Option(
-            "--adopt-remote-dir",
-            help="Sync into an existing non-empty --remote-dir runctl did not create; what is there is never deleted",
-        ),
-    ] = False,
-    sync_code: Annotated[bool, typer.Option("--sync-code/--no-sync-code", help="rsync the project first")] = True,
-    include: Annotated[
-        list[str] | None, typer.Option("--include", help="Sync this pattern even if ignored (repeatable)")
-    ] = None,
-    data: Annotated[
-        list[str] | None, typer.Option("--data", help="Local file or dir staged to <remote>/data/ (repeatable)")
-    ] = None,
-    setup: Annotated[
-        str | None, typer.Option("--setup", help="Shell command run on the host before the script")
-    ] = None,
-    download_checkpoints: Annotated[
-        bool,
-        typer.Option("--download-checkpoints/--no-download-checkpoints", help="Pull checkpoints when the run ends"),
-    ] = True,
+    project_dir: o.ProjectDirOpt = None,
+    project_name: o.ProjectNameOpt = None,
+    remote_dir: o.RemoteDirOpt = None,
+    adopt_remote_dir: o.AdoptRemoteDirOpt = False,
+    sync_code: o.SyncCodeOpt = True,
+    include: o.IncludeOpt = None,
+    data: o.DataOpt = None,
+    setup: o.SetupOpt = None,
+    download_checkpoints: o.DownloadCheckpointsOpt = True,
 ) -> None:
     """Sync the project to DEST and start SCRIPT there detached (follow it with --wait)."""
     from ..pipeline import StartRequest
     from .starting import run_train
 
     own = {
-        "dest": dest, "identity": identity, "insecure_host_key": insecure_host_key, "project_name": project_name,
-        "remote_dir": remote_dir, "adopt": adopt_remote_dir, "sync": sync_code, "includes": include or [],
-        "data": [Path(p).expanduser().resolve() for p in data or []], "download_checkpoints": download_checkpoints,
+        "dest": dest, "identity": identity, "insecure_host_key": insecure_host_key,
+        **o.synced_host_options(
+            project_name, remote_dir, adopt_remote_dir, sync_code, include, data, download_checkpoints
+        ),
     }  # fmt: skip
     request = StartRequest(
         "ssh", script, project_dir, opts.name, opts.env, None, script_args or [], opts.notify, opts.metrics_regex,

@@ -24,7 +24,7 @@ only when the command line reaches them.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Optional, get_args, get_type_hints
 
 import typer
@@ -32,6 +32,7 @@ import typer
 from ..params import TrainOptions
 
 Body = Callable[..., None]
+Params = Sequence[inspect.Parameter]
 
 
 def _strip_optional(annotation: Any) -> Any:
@@ -62,20 +63,38 @@ def _as_keyword(param: inspect.Parameter, hints: dict[str, Any]) -> inspect.Para
     return param.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(param.name, param.annotation))
 
 
+def borrow(command: Callable[..., Any], drop: tuple[str, ...] = (), defaults: dict[str, Any] | None = None) -> Params:
+    """Another command's own parameters (a train body's: those after its options), to declare them
+    once and reuse them: `runctl workflow run` takes `aws create`'s and `aws train`'s flags this way.
+    `defaults` replaces the default of the named ones (a flag required there may be optional here)."""
+    hints = get_type_hints(command, include_extras=True)
+    params = list(inspect.signature(command).parameters.values())
+    if params and params[0].name == "opts":
+        params = params[1:]
+    kept = [_as_keyword(p, hints) for p in params if p.name not in drop and p.kind != inspect.Parameter.VAR_KEYWORD]
+    return [p.replace(default=(defaults or {}).get(p.name, p.default)) for p in kept]
+
+
 def train_command(
-    app: typer.Typer, name: str = "train", model: type[TrainOptions] = TrainOptions, **settings: Any
+    app: typer.Typer,
+    name: str = "train",
+    model: type[TrainOptions] = TrainOptions,
+    borrowed: Params = (),
+    **settings: Any,
 ) -> Callable[[Body], Body]:
     """Register the decorated function as `app`'s `name` command, with every shared train option.
 
     The function's first parameter receives the validated options (`model`, TrainOptions unless a
     command extends it); its other parameters are the command's own arguments and flags, declared with
-    `Annotated[..., typer.Argument/Option(...)]` as usual, and listed first in `--help`.
+    `Annotated[..., typer.Argument/Option(...)]` as usual, and listed first in `--help`. `borrowed`
+    parameters (see `borrow`) come after them and reach the body as keyword arguments (`**flags`).
     """
 
     def register(body: Body) -> Body:
         hints = get_type_hints(body, include_extras=True)
         _options, *own = inspect.signature(body).parameters.values()
-        own_params = [_as_keyword(param, hints) for param in own]
+        own = [p for p in own if p.kind != inspect.Parameter.VAR_KEYWORD]
+        own_params = [_as_keyword(param, hints) for param in own] + list(borrowed)
         shared = shared_parameters(model)
         clash = {p.name for p in own_params} & {p.name for p in shared}
         if clash:

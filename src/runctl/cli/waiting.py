@@ -76,4 +76,8 @@ def report_end(run: dict[str, Any], output: Output) -> None:
     if run.get("started_at") and run.get("ended_at"):
         took = " after %s" % format_duration(float(run["ended_at"]) - float(run["started_at"]))
     label = st.label(run["status"], run.get("termination_status"))
+    if not st.is_terminal(run["status"]) and run.get("notice"):
+        # Following ended without an end: its host went away (the notice says why and what to do).
+        say("run %s is still %s as last seen: %s" % (run["run_id"], run["status"], run["notice"]))
+        return
     say("run %s %s%s: %s" % (run["run_id"], label, took, run.get("termination_message") or ""))
