@@ -209,7 +209,7 @@ def test_final_epoch_stall_completes_and_terminates(lam: Lambda) -> None:
     lam.all_terminated()
 
 
-def test_unproven_checkpoints_keep_the_instance_and_say_how_to_end_it(lam: Lambda, webhook: str) -> None:
+def test_unproven_checkpoints_keep_the_instance_and_say_how_to_end_it(lam: Lambda, webhook: str) -> None:  # noqa: F811
     done = lam.train("--wait", "--no-download-checkpoints", "--notify", webhook, script_args=("--epochs", "1", *QUICK))
     assert done.code == 0, done.err
     run_id = run_id_of(done)
@@ -226,7 +226,7 @@ def test_unproven_checkpoints_keep_the_instance_and_say_how_to_end_it(lam: Lambd
     lam.all_terminated()
 
 
-def test_terminate_failing_after_its_retries_exits_4_with_the_command(lam: Lambda, webhook: str) -> None:
+def test_terminate_failing_after_its_retries_exits_4_with_the_command(lam: Lambda, webhook: str) -> None:  # noqa: F811
     lam.fake.fail_next("POST", "/instance-operations/terminate", 500, times=1000)
     done = lam.train("--wait", "--notify", webhook, script_args=("--epochs", "1", *QUICK))
     assert done.code == 4, done.err
@@ -431,3 +431,20 @@ def test_train_on_a_named_instance_keeps_it_unless_asked(lam: Lambda) -> None:
     assert ended.code == 0, ended.err
     lam.all_terminated()
     assert pulled(lam.project, run_id_of(ended)) == ["checkpoint_epoch_1.json"]
+
+
+def test_an_idle_instance_is_warned_of_first_by_any_command(lam: Lambda) -> None:
+    launched = lam.cli("lambda", "launch", "--instance-type", TYPE, "--wait", "-o", "json")
+    assert launched.code == 0, launched.err
+    instance_id = launched.json["id"]
+    later = lam.cli("runs", "list", env={"RUNCTL_IDLE_WARN": "0"})
+    assert later.code == 0, later.err
+    first = later.err.splitlines()[0]
+    assert first.startswith("runctl: warning: instance %s has been idle for 0 minutes at $0.75/hr" % instance_id)
+    assert first.endswith("terminate it: runctl lambda terminate %s" % instance_id)
+    quiet = lam.cli("runs", "list")
+    assert instance_id not in quiet.err, "idle for less than the default 5 minutes"
+    assert lam.cli("lambda", "terminate", instance_id).code == 0
+    after = lam.cli("runs", "list", env={"RUNCTL_IDLE_WARN": "0"})
+    assert instance_id not in after.err
+    lam.all_terminated()

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 
 InstanceArg = Annotated[str, typer.Argument(help="Lambda instance id", metavar="ID")]
-IdentityOpt = Annotated[str | None, typer.Option("--identity", "-i", help="Private key file for SSH")]
 SshUserOpt = Annotated[str, typer.Option("--ssh-user", help="SSH login user (Lambda's images: ubuntu)")]
 RegionOpt = Annotated[str, typer.Option("--region", help="Region, or any: the first with capacity now")]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait for the new state (active / terminated)")]
@@ -307,7 +306,12 @@ def ssh_keys(
 @train_command(app, context_settings={"allow_interspersed_args": True})
 def train(
     opts: TrainOptions,
-    args: Annotated[list[str], typer.Argument(help="ID SCRIPT (or SCRIPT with --instance-type), then -- ARGS")],
+    args: Annotated[
+        list[str],
+        typer.Argument(
+            help="ID SCRIPT (or SCRIPT with --instance-type), then -- ARGS", metavar="[ID] SCRIPT [-- ARGS]"
+        ),
+    ],
     instance_type: Annotated[
         str | None, typer.Option("--instance-type", help="Launch this type for the run (terminated at its end)")
     ] = None,
@@ -321,17 +325,17 @@ def train(
             "here) or none",
         ),
     ] = None,
-    identity: IdentityOpt = None,
+    identity: o.IdentityOpt = None,
     ssh_user: SshUserOpt = "ubuntu",
-    project_dir: Annotated[str | None, typer.Option("--project-dir", help="Local project root")] = None,
-    project_name: Annotated[str | None, typer.Option("--project-name", help="Name on the instance")] = None,
-    remote_dir: Annotated[str | None, typer.Option("--remote-dir", help="Project dir on the instance")] = None,
-    sync_code: Annotated[bool, typer.Option("--sync-code/--no-sync-code", help="rsync the project first")] = True,
-    data: Annotated[list[str] | None, typer.Option("--data", help="Local file or dir staged to <remote>/data/")] = None,
-    setup: Annotated[str | None, typer.Option("--setup", help="Shell command run before the script")] = None,
-    download_checkpoints: Annotated[
-        bool, typer.Option("--download-checkpoints/--no-download-checkpoints", help="Pull checkpoints at the end")
-    ] = True,
+    project_dir: o.ProjectDirOpt = None,
+    project_name: o.ProjectNameOpt = None,
+    remote_dir: o.RemoteDirOpt = None,
+    adopt_remote_dir: o.AdoptRemoteDirOpt = False,
+    sync_code: o.SyncCodeOpt = True,
+    include: o.IncludeOpt = None,
+    data: o.DataOpt = None,
+    setup: o.SetupOpt = None,
+    download_checkpoints: o.DownloadCheckpointsOpt = True,
 ) -> None:
     """Train on a Lambda instance: ID, or --instance-type to launch one (then terminated at the end)."""
     from ..core.errors import Detached
@@ -355,12 +359,10 @@ def train(
         "on_end": action,
         "identity": identity,
         "ssh_user": ssh_user,
-        "project_name": project_name,
-        "remote_dir": remote_dir,
-        "sync": sync_code,
         "name": opts.name,
-        "data": [Path(p).expanduser().resolve() for p in data or []],
-        "download_checkpoints": download_checkpoints,
+        **o.synced_host_options(
+            project_name, remote_dir, adopt_remote_dir, sync_code, include, data, download_checkpoints
+        ),
     }
     request = StartRequest(
         "lambda",

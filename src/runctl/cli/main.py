@@ -144,6 +144,10 @@ def run() -> None:
 
     no_args_is_help = getattr(click_errors, "NoArgsIsHelpError", ())  # Click < 8.2 just prints the help
     debug = os.environ.get("RUNCTL_DEBUG") == "1"
+    if len(sys.argv) > 1 and sys.argv[1] not in ("-h", "--help", "--version"):
+        from ..idle import warn
+
+        warn()  # an idle instance billing for nothing, first
     try:
         try:
             code = app(prog_name="runctl", standalone_mode=False)
