@@ -40,6 +40,9 @@ def end_of_run(store: Store, row: dict[str, Any], say: Callable[[str], None] | N
     if not st.is_terminal(row["status"]) or GUARD in kinds:
         return
     store.add_event(row["run_id"], GUARD, {"by": "controller"})
+    from .training_log import record_end
+
+    record_end(row)  # seed 004's training_output/training_log.json, in projects laid out that way
     provider = providers.get(row["provider"])
     started = time.time()
     proof: dict[str, Any] = {}

@@ -448,3 +448,24 @@ def test_an_idle_instance_is_warned_of_first_by_any_command(lam: Lambda) -> None
     after = lam.cli("runs", "list", env={"RUNCTL_IDLE_WARN": "0"})
     assert instance_id not in after.err
     lam.all_terminated()
+
+
+def test_seed_layout_keeps_the_termination_in_training_log_json(lam: Lambda) -> None:
+    output = lam.project / "training_output"
+    output.mkdir()
+    (output / "training_log.json").write_text(json.dumps({"losses": [1.0, 0.5]}))
+    done = lam.train(
+        "--wait",
+        "--auto-stop-loss",
+        "0.5",
+        "--auto-stop-patience",
+        "1",
+        script_args=("--epochs", "20", "--steps-per-epoch", "5", "--delay", "0.05"),
+    )
+    assert done.code == 0, done.err
+    log = json.loads((output / "training_log.json").read_text())
+    assert log["termination_status"] == "auto_low_loss" and "below threshold" in log["termination_message"]
+    assert log["losses"] == [1.0, 0.5] and log["run_id"] == run_id_of(done), "the file's own keys are kept"
+    assert sorted(p.name for p in (output / "checkpoints").glob("checkpoint_epoch_*.json"))
+    assert not (lam.project / "checkpoints").exists()
+    lam.all_terminated()
