@@ -184,6 +184,7 @@ class LambdaCloud:
         name: str | None,
         say: Callable[[str], None],
         info: Mapping[str, Any] | None = None,
+        key_known: bool = False,
     ) -> LambdaInstance:
         """One instance, recorded in the store the moment its id is known.
 
@@ -195,7 +196,7 @@ class LambdaCloud:
 
         if name is not None and (not name or len(name) > 64):
             raise UsageError("invalid --name %r" % name, "use 1 to 64 characters")
-        key = self.ssh_key_name(ssh_key)
+        key = ssh_key if ssh_key and key_known else self.ssh_key_name(ssh_key)
         types = self.types()
         chosen = self.choose_region(instance_type, region, types)
         tried: list[str] = []
@@ -500,6 +501,7 @@ class LambdaProvider(SshProvider):
                 options.get("name"),
                 say,
                 {"ssh_user": user, "identity": identity},
+                key_known=True,
             )
             options["launched_id"] = launched.id
             say("waiting for %s to become active ..." % launched.id)
