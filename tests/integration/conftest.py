@@ -112,7 +112,9 @@ def lambda_fake(ec2_hosts: SshHosts) -> Iterator[LambdaFake]:
     """The Lambda API fake for a module, its instances at the addresses of the sshd test hosts."""
     from tests.support.lambda_fake import LambdaFake
 
-    fake = LambdaFake([host.address for host in ec2_hosts], request_interval=0.02, launch_interval=0.2).start()
+    fake = LambdaFake([host.address for host in ec2_hosts], request_interval=0.02, launch_interval=0.2)
+    fake.bind = "0.0.0.0"  # the hosts call it themselves with --host-terminate
+    fake.start()
     try:
         yield fake
     finally:

@@ -46,7 +46,12 @@ class Lambda:
         self.sshenv, self.fake, self.project = sshenv, fake, project
 
     def cli(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> Result:
-        return self.sshenv.cli(*args, cwd=self.project, env={**self.fake.env(), **(env or {})}, timeout=timeout)
+        full = {**self.fake.env(), **self.host_url(), **(env or {})}
+        return self.sshenv.cli(*args, cwd=self.project, env=full, timeout=timeout)
+
+    def host_url(self) -> dict[str, str]:
+        gateway = self.sshenv.hosts[0].gateway
+        return {"RUNCTL_LAMBDA_HOST_API_URL": self.fake.url_from(gateway)} if gateway else {}
 
     def train(self, *args: str, script_args: tuple[str, ...] = (), timeout: float = 150) -> Result:
         return self.cli(
@@ -469,3 +474,57 @@ def test_seed_layout_keeps_the_termination_in_training_log_json(lam: Lambda) -> 
     assert sorted(p.name for p in (output / "checkpoints").glob("checkpoint_epoch_*.json"))
     assert not (lam.project / "checkpoints").exists()
     lam.all_terminated()
+
+
+def test_host_terminate_ends_the_bill_with_no_controller(lam: Lambda, tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("api_key = %s\n" % lam.fake.key)
+    gateway = lam.sshenv.hosts[0].gateway
+    assert gateway, "netns hosts reach the test machine at their gateway"
+    started = lam.train(
+        "--host-terminate",
+        str(key_file),
+        script_args=("--epochs", "1", *QUICK),
+    )
+    assert started.code == 0, started.err
+    run_id = started.out.strip()
+    assert "--host-terminate: your API key is on" in started.err and "(0600)" in started.err
+    (instance_id,) = lam.launched()
+    host = next(h for h in lam.sshenv.hosts if h.address == lam.fake.instances[instance_id].address)
+    key_on_host = host.home / "runctl" / "proj" / ".runctl" / "lambda_api_key"
+    assert oct(key_on_host.stat().st_mode & 0o777) == "0o600"
+    poll(lambda: not lam.fake.live(), 60, "the host's own terminate")
+    callers = {c[4] for c in lam.fake.calls if c[2].endswith("/terminate")}
+    assert callers == {host.address}, "the host asked, no controller did"
+    host.power_off_now()  # what a terminated instance is
+    try:
+        run = lam.status(run_id)
+        assert run["status"] == "lost" and "terminated itself after the run" in run["termination_message"]
+        db = sqlite3.connect(str(lam.sshenv.home / "runctl.db"))
+        stored = " ".join(str(r[0]) for r in db.execute("SELECT spec FROM runs WHERE run_id = ?", (run_id,)))
+        db.close()
+        assert "lambda_terminate.json" in stored and lam.fake.key not in stored, "the key is never in the spec"
+    finally:
+        host.start_sshd()
+        host.wait_reachable(20)
+
+
+def test_host_terminate_with_the_controller_present_is_the_controllers(lam: Lambda, tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(lam.fake.key + "\n")
+    done = lam.train("--host-terminate", str(key_file), "--wait", script_args=("--epochs", "1", *QUICK))
+    assert done.code == 0, done.err
+    lam.all_terminated()
+    callers = {c[4] for c in lam.fake.calls if c[2].endswith("/terminate")}
+    assert callers == {"127.0.0.1"}, "the controller claimed the step: pulled, verified, terminated"
+    assert lam.end_result(run_id_of(done))["proof"]["checkpoints_verified"]["held"] is True
+
+
+def test_host_terminate_needs_a_key_and_on_end_terminate(lam: Lambda, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    bad = lam.train("--host-terminate", str(empty))
+    assert bad.code == 2 and "no API key in --host-terminate" in bad.err
+    keep = lam.train("--host-terminate", str(empty), "--on-end", "none")
+    assert keep.code == 2
+    assert lam.launched() == []

@@ -100,13 +100,14 @@ class LambdaFake:
     ssh_keys: list[dict[str, str]] = field(default_factory=list)
     instances: dict[str, FakeInstance] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
-    calls: list[tuple[float, str, str, int]] = field(default_factory=list)
+    calls: list[tuple[float, str, str, int, str]] = field(default_factory=list)  # t, method, path, status, client
     after_types: list[str] = field(default_factory=list)  # types whose capacity goes after the next GET types
     get_failures_after_launch: int = 0
     lock: threading.RLock = field(default_factory=threading.RLock)
     last_request: float = 0.0
     last_launch: float = 0.0
     server: ThreadingHTTPServer | None = None
+    bind: str = "127.0.0.1"  # 0.0.0.0 so that hosts in network namespaces reach it (at their gateway)
 
     # ---- running -------------------------------------------------------------------------------
 
@@ -126,7 +127,7 @@ class LambdaFake:
             def do_DELETE(self) -> None:
                 fake.handle(self, "DELETE")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer((self.bind, 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
@@ -140,6 +141,11 @@ class LambdaFake:
     def url(self) -> str:
         assert self.server is not None
         return "http://127.0.0.1:%d%s" % (self.server.server_address[1], PREFIX)
+
+    def url_from(self, address: str) -> str:
+        """The API's URL as a host reaches it (its gateway address)."""
+        assert self.server is not None
+        return "http://%s:%d%s" % (address, self.server.server_address[1], PREFIX)
 
     def env(self, key: str | None = None) -> dict[str, str]:
         """What a CLI subprocess needs to use this account (short limits, quick backoff and polls)."""
@@ -246,7 +252,7 @@ class LambdaFake:
         status, body = self.answer(method, path, raw, request.headers.get("Authorization") or "")
         payload = json.dumps(body).encode()
         with self.lock:
-            self.calls.append((time.time(), method, path, status))
+            self.calls.append((time.time(), method, path, status, request.client_address[0]))
         request.send_response(status)
         request.send_header("Content-Type", "application/json")
         request.send_header("Content-Length", str(len(payload)))

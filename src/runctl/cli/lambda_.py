@@ -325,6 +325,14 @@ def train(
             "here) or none",
         ),
     ] = None,
+    host_terminate: Annotated[
+        str | None,
+        typer.Option(
+            "--host-terminate",
+            help="Copy the API key in this file to the host (0600) so the instance terminates itself after "
+            "the run when no controller is watching",
+        ),
+    ] = None,
     identity: o.IdentityOpt = None,
     ssh_user: SshUserOpt = "ubuntu",
     project_dir: o.ProjectDirOpt = None,
@@ -360,6 +368,7 @@ def train(
         "identity": identity,
         "ssh_user": ssh_user,
         "name": opts.name,
+        "host_terminate": host_terminate,
         **o.synced_host_options(
             project_name, remote_dir, adopt_remote_dir, sync_code, include, data, download_checkpoints
         ),

@@ -452,6 +452,12 @@ class LambdaProvider(SshProvider):
             if not Path(path).exists():
                 raise UsageError("--data %s does not exist" % path, "pass an existing local file or directory")
         identity_of(options)
+        if options.get("host_terminate"):
+            from .lambda_host_end import read_key
+
+            if options.get("on_end") != "terminate":
+                raise UsageError("--host-terminate needs --on-end terminate", "drop one of them")
+            options["host_key"] = read_key(str(options["host_terminate"]))
         if bool(options.get("instance")) == bool(options.get("instance_type")):
             problem = "no instance given"
             if options.get("instance"):
@@ -561,6 +567,26 @@ class LambdaProvider(SshProvider):
         transport: Transport = request.options["transport_obj"]
         return transport
 
+    def place(self, transport: Transport, spec: Any, request: StartRequest) -> None:
+        """SSH placement, then `--host-terminate`'s key and command on the host (said, never silent)."""
+        super().place(transport, spec, request)
+        options = request.options
+        if not options.get("host_terminate"):
+            return
+        from . import lambda_host_end
+
+        assert isinstance(transport, SshTransport)
+        cloud: LambdaCloud = options["cloud"]
+        instance_id = str(options.get("launched_id") or options["instance"])
+        command = lambda_host_end.install(transport, spec.project_dir, instance_id, options["host_key"], cloud.api.url)
+        spec.on_end = lambda_host_end.on_end(command)
+        say = request.say or (lambda message: None)
+        say(
+            "--host-terminate: your API key is on %s in %s/.runctl/%s (0600); with no controller watching, "
+            "the instance terminates itself after the run, and checkpoints not pulled by then are lost"
+            % (instance_id, spec.project_dir, lambda_host_end.KEY_NAME)
+        )
+
     def on_end(self, request: StartRequest) -> dict[str, Any]:
         action = request.options.get("on_end", "none")
         # No host command: the host has no API key, so its end is the controller's to do.
@@ -592,6 +618,14 @@ class LambdaProvider(SshProvider):
         if seen is not None and seen.status not in (*GONE_STATES, "terminating"):
             return None
         state = seen.status if seen is not None else "terminated"
+        if ((row.get("spec") or {}).get("on_end") or {}).get("host_terminate"):
+            return {
+                "state": "terminated" if state == "terminating" else state,
+                "status": "lost",
+                "termination_status": "lost",
+                "message": "instance %s terminated itself after the run (--host-terminate); how the run ended "
+                "cannot be read now" % stored["host_id"],
+            }
         return {
             "state": "terminated" if state == "terminating" else state,
             "status": "interrupted",
