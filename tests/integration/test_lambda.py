@@ -528,3 +528,43 @@ def test_host_terminate_needs_a_key_and_on_end_terminate(lam: Lambda, tmp_path: 
     keep = lam.train("--host-terminate", str(empty), "--on-end", "none")
     assert keep.code == 2
     assert lam.launched() == []
+
+
+def test_ctrl_c_of_wait_confirmed_on_the_terminal_stops_pulls_and_terminates(lam: Lambda) -> None:
+    import os
+    import pty
+    import signal
+    import subprocess
+    import threading
+
+    from tests.integration.test_ssh import RUNCTL
+
+    master, slave = pty.openpty()
+    argv = [*RUNCTL, "lambda", "train", "--instance-type", TYPE, SCRIPT, "--ssh-user", "root", "--wait", "--", *SLOW]
+    proc = subprocess.Popen(argv, cwd=str(lam.project), stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=lam.sshenv.environ({**lam.fake.env(), **lam.host_url()}))  # fmt: skip
+    os.close(slave)
+    err: list[str] = []  # stderr as it comes, character by character (the question ends no line)
+    reader = threading.Thread(target=lambda: err.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        poll(lambda: "Ctrl-C detaches" in "".join(err), 60, "the run to start")
+        run_id = next(line.split()[1] for line in "".join(err).splitlines() if "Ctrl-C detaches" in line)
+        poll(lambda: (lam.status(run_id).get("step") or 0) >= 1, 60, "the first step", interval=0.3)
+        proc.send_signal(signal.SIGINT)
+        poll(lambda: "[y/N] " in "".join(err), 30, "the question")
+        os.write(master, b"y\n")
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    reader.join(5)
+    from runctl.core import status as st
+
+    assert proc.returncode == st.exit_code_for("stopped"), "".join(err)  # as `runs wait` exits for it
+    assert "terminated (confirmed)" in "".join(err)
+    run = lam.status(run_id)
+    assert run["termination_status"] == "user_stop", run
+    assert pulled(lam.project, run_id)
+    lam.all_terminated()

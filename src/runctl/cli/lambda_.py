@@ -5,6 +5,7 @@ seen goes into the store's usage through `lambda_labs.observe`, so $/hr and cost
 
 from __future__ import annotations
 
+import sys
 import time
 from enum import Enum
 from pathlib import Path
@@ -402,9 +403,39 @@ def train(
     try:
         announce_and_follow(db, spec, state, opts.output, opts.wait, opts.timeout, "on Lambda instance %s" % target)
     except Detached as exc:
-        if action == "terminate":
-            exc.hint = (
-                "%s; %s is terminated at the run's end once runctl sees it (runctl runs wait %s), or now: "
-                "runctl lambda terminate %s" % (exc.hint, target, spec.run_id, target)
-            )
+        if action != "terminate":
+            raise
+        if sys.stdin.isatty() and confirm("stop run %s and terminate %s now (checkpoints pulled first)? [y/N] "
+                                          % (spec.run_id, target)):  # fmt: skip
+            end_now(db, spec.run_id)
+            return
+        exc.hint = "%s; %s is terminated at the run's end once runctl sees it (runctl runs wait %s), or now: " \
+            "runctl lambda terminate %s" % (exc.hint, target, spec.run_id, target)  # fmt: skip
         raise
+
+
+def confirm(question: str) -> bool:
+    """The user's yes on the terminal; anything else (or Ctrl-C, or end of input) is no."""
+    try:
+        sys.stderr.write(question)
+        sys.stderr.flush()
+        return sys.stdin.readline().strip().lower() in ("y", "yes")
+    except (KeyboardInterrupt, OSError):
+        return False
+
+
+def end_now(db: Store, run_id: str) -> None:
+    """Ctrl-C of a `train --wait` the user confirmed: a graceful stop, followed to the proven end."""
+    from .. import controller
+    from ..core import status as st
+    from .common import exit_with
+    from .waiting import release_failed
+
+    row = db.get(run_id)
+    assert row is not None
+    if not st.is_terminal(controller.refresh(db, row)["status"]):
+        controller.stop(db, row, None)
+    ended = controller.follow(db, db.get(run_id) or row, None, None, on_end_notice=say)
+    say("run %s %s" % (run_id, ended["status"]))
+    release_failed(db, ended)
+    exit_with(st.exit_code_for(ended["status"]))
