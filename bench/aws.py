@@ -158,6 +158,9 @@ class Bench:
                 raise SystemExit("no stop request within 120 s (controller %s)" % ("present" if wait else "gone"))
             requested = done[0] if wait else done[0][0]
             values.append(float(requested) - float(exit_file.read_text()))
+            # The host's power-off becomes a stop on the hypervisor's next tick: wait for it, or
+            # the next boot() may see the instance still running and train on a host going down.
+            self.hypervisor.wait_for(self.instance, "stopped", 60)
         self.boot()
         return values
 
@@ -212,7 +215,7 @@ class Bench:
 
 
 def main() -> int:
-    args = arguments(__doc__, "repetitions of each measurement (default 5)")
+    args = arguments(__doc__, "repetitions of each measurement (default 5)").parse_args()
     require_runctl()
     sys.path.insert(0, str(REPO))
     started = time.monotonic()

@@ -2,6 +2,8 @@
 
 `runctl.core`, `runctl.agent` and `runctl.training` are standard-library only; zipped with a
 `__main__.py` they run as `python3 runctl-agent-<hash>.pyz ...` on any host with Python >= 3.8.
+`runctl.storage` travels too, for the checkpoint uploader that the agent runs in runctl's tool
+environment on the host (boto3, imported only there).
 The name carries a hash of the content, so a host keeps the artifact until the code changes.
 """
 
@@ -16,7 +18,7 @@ from pathlib import Path
 from . import paths
 from .core.fsutil import temp_path
 
-TRAVELLING_PACKAGES = ("core", "agent", "training")
+TRAVELLING_PACKAGES = ("core", "agent", "training", "storage")
 _FIXED_DATE = (2020, 1, 1, 0, 0, 0)
 
 

@@ -182,9 +182,9 @@ def release_proven(
             )
         except (RunctlError, OSError):
             pass
-    record_metadata(provider, store, row)
     result = release(store, provider, row, say, action)
     result.update(decided, by="controller", started_at=started, ended_at=time.time())
+    record_metadata(provider, store, row)  # after the release: tags outlast a stop and a terminate
     if claim.get("error"):
         result["claim_error"] = claim["error"]
     elif getattr(provider, "host_gone", None) is None:

@@ -230,6 +230,13 @@ class Start:
             "launched",
             {"pid": result.get("pid"), "agent_pid": result.get("agent_pid"), "host": transport.host},
         )
+        if result.get("checkpoint_s3_error"):
+            # The host cannot use the bucket its checkpoints go to: nothing was trained (exit 4).
+            raise HostError(
+                "run %s did not start on %s: %s" % (spec.run_id, transport.host, result.get("error")),
+                result.get("checkpoint_s3_hint")
+                or "fix the host's access to the bucket (credentials, AWS_ENDPOINT_URL), then start again",
+            )
         if not result.get("ok") and not result.get("setup_failed"):
             raise RunctlError(
                 "run %s could not start on %s: %s" % (spec.run_id, transport.host, result.get("error")),

@@ -1,7 +1,8 @@
 """Fixtures shared by the integration tests.
 
 The EC2 fixtures (``moto_emulator``, ``ec2_hosts``, ``ec2_sshenv``, ``ec2_world``, ``fault_proxy``)
-import boto3 and moto only when a test asks for them; see tests/support/aws.py.
+import boto3 and moto only when a test asks for them; see tests/support/aws.py. Likewise ``s3_server``
+(SeaweedFS, tests/support/s3server.py) and ``imds`` (the instance metadata fake, tests/support/imds.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import pytest
 if TYPE_CHECKING:
     from tests.integration.test_ssh import SshEnv
     from tests.support.aws import Ec2World, FaultProxy, MotoEmulator
+    from tests.support.imds import Imds
     from tests.support.lambda_fake import LambdaFake
+    from tests.support.s3server import S3Server
     from tests.support.sshhosts import SshHosts
 
 
@@ -105,6 +108,31 @@ def fault_proxy(moto_emulator: MotoEmulator) -> Iterator[FaultProxy]:
         yield proxy
     finally:
         proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """SeaweedFS for the whole session, on an address the network-namespace test hosts reach
+    (127.0.0.1 without namespaces); ``make_bucket()`` gives each test a bucket of its own."""
+    from tests.support.s3server import S3Server
+
+    server = S3Server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def imds(s3_server: S3Server) -> Iterator[Imds]:
+    """The instance metadata fake, on the S3 server's address (reachable from the test hosts)."""
+    from tests.support.imds import Imds
+
+    fake = Imds(address=s3_server.address)
+    try:
+        yield fake
+    finally:
+        fake.stop()
 
 
 @pytest.fixture(scope="module")

@@ -212,6 +212,12 @@ def test_workflow_13_bad_script_and_stopped_instance(aws: Aws) -> None:
     assert "is stopped" in stopped.err and "start it: runctl aws start %s --wait" % instance in stopped.err
     nothing = aws.cli("aws", "monitor", instance)
     assert nothing.code == 2 and "no runs on %s" % instance in nothing.err, "no run was recorded"
+    none_listed = aws.cli("checkpoint", "list", "--instance-id", instance)
+    assert none_listed.code == 2 and "no runs on" in none_listed.err
+    unknown = aws.train("no-such-box", script_args=("--epochs", "1"))
+    assert unknown.code == 2 and "no instance named 'no-such-box'" in unknown.err
+    bad = aws.train(instance, "--on-end", "explode")
+    assert bad.code == 2 and "--on-end" in bad.err
     assert aws.state(instance) == "stopped", "nothing changed"
     went = aws.train(instance, "--start", "--wait", script_args=("--epochs", "1", *QUICK))
     assert went.code == 0, went.err

@@ -66,6 +66,12 @@ def dispatch(argv: Optional[List[str]] = None) -> int:
     p.add_argument("project_dir")
     sub.add_parser("version")
     watchdog.add_parser(sub)
+    if (argv if argv is not None else sys.argv[1:])[:1] == ["s3-upload"]:
+        # The checkpoint uploader, run by the agent in runctl's tool environment (boto3): not a command
+        # with one JSON answer, and its imports are paid only there.
+        from ..storage.uploader import main as s3_upload
+
+        return s3_upload(list(argv if argv is not None else sys.argv[1:])[1:])
     args = parser.parse_args(argv)
 
     if args.command == "launch":

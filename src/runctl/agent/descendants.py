@@ -244,6 +244,19 @@ class Tracker:
         self.cgroup: Optional[RunCgroup] = None
         self.on_new = on_new
         self.last_table: Dict[int, ProcInfo] = {}
+        self.exempt: Dict[int, str] = {}  # pid -> start time: the agent's own helpers, not the run's
+
+    def exempt_process(self, pid: int) -> None:
+        """A child of the agent that is not part of the run (the checkpoint uploader): never recorded,
+        signalled or reaped with the run's processes, so it outlives the script's end."""
+        start = procs.start_time(pid)
+        if start is not None:
+            self.exempt[pid] = start
+
+    def _exempt_tree(self, table: Dict[int, ProcInfo]) -> Set[int]:
+        """Exempt processes still running as recorded, and their descendants."""
+        live = [pid for pid, start in self.exempt.items() if getattr(table.get(pid), "start", None) == start]
+        return set(live) | set(descendants_of(live, table)) if live else set()
 
     @classmethod
     def from_records(cls, run_id: str, records: List[Dict[str, Any]], cgroup: Optional[str]) -> "Tracker":
@@ -311,7 +324,10 @@ class Tracker:
         candidates += [pid for pid, info in table.items() if info.pgrp in self.groups and pid != self.root]
         if self.cgroup is not None:
             candidates += self.cgroup.members()
+        exempt = self._exempt_tree(table) if self.exempt else set()
         for pid in candidates:
+            if pid in exempt:
+                continue
             info = table.get(pid)
             if info is None or info.state == "Z":
                 continue
@@ -330,7 +346,7 @@ class Tracker:
 
         With `fresh=False` the table of the last scan is used (one /proc pass per poll, not two).
         """
-        kept = set(keep)
+        kept = set(keep) | set(self.exempt)  # an exempt child's exit is collected by its own Popen
         for pid, info in (snapshot() if fresh else self.last_table).items():
             if info.ppid == self.root and info.state == "Z" and pid not in kept:
                 try:
@@ -358,7 +374,7 @@ class Tracker:
         if group:
             procs.signal_group(group, sig)
         self.scan()
-        skip = {self.root, os.getpid()}
+        skip = {self.root, os.getpid()} | self._exempt_tree(self.last_table)
         targets = {r.pid: r.start for r in self.alive() if r.pid not in skip}
         for pid in procs.tagged_processes(self.run_id):
             if pid not in skip and pid not in targets:

@@ -26,7 +26,10 @@ from ..core import checkpoints, layout, policies, stopping
 from ..core.fsutil import PRIVATE_FILE, append_json, atomic_write_json, is_partial, read_json
 
 DEFAULT: Dict[str, Any] = {"command": None, "after": ["checkpoints_in_place"], "controller_grace": 0}
-PROOFS = ("checkpoints_in_place",)
+# checkpoints_in_place: the run's checkpoint files are on the host's disk, complete and unchanging.
+# checkpoints_in_s3: the uploader (agent/uploads.py) verified every one of them in S3, the final too;
+# it lets a terminate go ahead with no controller at all.
+PROOFS = ("checkpoints_in_place", "checkpoints_in_s3")
 CLAIMANTS = ("agent", "controller")
 STABLE_SECONDS = 0.5  # a checkpoint's size must not change across two looks this far apart
 PROOF_TIMEOUT = 300.0
@@ -269,8 +272,33 @@ class EndStep:
     def prove(self, cfg: Dict[str, Any], state: Dict[str, Any]) -> Tuple[Dict[str, Any], str]:
         """(the proof, why it does not hold: "" when it does, "claimed" when a controller took over)."""
         proof: Dict[str, Any] = {}
-        if "checkpoints_in_place" not in cfg["after"]:
-            return proof, ""
+        if "checkpoints_in_place" in cfg["after"]:
+            proof, reason = self.prove_in_place(cfg, state)
+            if reason:
+                return proof, reason
+        if "checkpoints_in_s3" in cfg["after"]:
+            return proof, self.prove_in_s3(cfg, proof)
+        return proof, ""
+
+    def prove_in_s3(self, cfg: Dict[str, Any], proof: Dict[str, Any]) -> str:
+        """Wait (up to proof_timeout) for the uploader's record that every checkpoint is verified in S3."""
+        from . import uploads
+
+        globs = self.spec.get("checkpoint_globs") or None
+        deadline = time.monotonic() + cfg["proof_timeout"]
+        while True:
+            found, reason = uploads.proof(self.run_dir, self.project_dir, self.checkpoint_dir, globs)
+            proof["checkpoints_in_s3"] = found
+            if not reason:
+                return ""
+            if self.claimed_by_other() is not None:
+                return "claimed"
+            if time.monotonic() >= deadline:
+                return reason
+            self.sleep(STABLE_SECONDS)
+
+    def prove_in_place(self, cfg: Dict[str, Any], state: Dict[str, Any]) -> Tuple[Dict[str, Any], str]:
+        proof: Dict[str, Any] = {}
         since = float(state.get("started_at") or 0)
         globs = self.spec.get("checkpoint_globs") or None
         expected = self.reported(state)

@@ -6,7 +6,7 @@ run directory, which stays the source of truth.
 
 The Supervisor only coordinates; each duty has its module: the run dir's record (record.py),
 metrics intake (intake.py), the stop sequence (stopper.py over the pure core.stopping), the end of
-the run (ending.py) and the host's end-of-run step (onend.py).
+the run (ending.py), checkpoint uploads to S3 (uploads.py) and the host's end-of-run step (onend.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 from ..core import completion, layout, policies
 from ..core import status as st
 from ..core.fsutil import PRIVATE_FILE, atomic_write, atomic_write_json, read_json, release_space, write_failed
-from . import descendants, ending, ops, procs, pyenv, starting
+from . import descendants, ending, ops, procs, pyenv, starting, uploads
 from .intake import Intake
 from .notify import Notifier
 from .onend import EndStep
@@ -77,6 +77,7 @@ class Supervisor:
         self.subreaper = False
         self.start_refused = False  # the command could not start: the controller that asked cleans up
         self.marker_path = os.path.join(self.project_dir, layout.MARKER)
+        self.uploads: Optional[uploads.Uploads] = None
 
     # ---- small helpers -------------------------------------------------------------------
 
@@ -206,6 +207,7 @@ class Supervisor:
         setup_code = self.run_setup(env)
         if setup_code:
             raise SetupFailed(setup_code, "setup command exited with code %d" % setup_code)
+        self.start_uploads(env)
         os.lseek(self.intake.tail_fd, 0, os.SEEK_END)  # setup output is not the script's: no metrics from it
         started = time.time()
         if self.spec.get("tty"):
@@ -237,6 +239,68 @@ class Supervisor:
         self.event("started", pid=self.proc.pid, command=self.spec["command"], **tracking)
         self.notify("started")
 
+    def start_uploads(self, env: Dict[str, str]) -> None:
+        """With checkpoint_s3 in the spec: the uploader, running and past its bucket check, before
+        the script starts; a bucket it cannot use fails the run before anything is trained."""
+        cfg = self.spec.get("checkpoint_s3")
+        if not cfg:
+            return
+        from ..storage.objects import BadUri, parse_uri  # pure, standard library only
+
+        uri = cfg.get("uri") if isinstance(cfg, dict) else None
+        try:
+            parse_uri(uri or "")
+        except BadUri as exc:
+            raise SetupFailed(1, "checkpoint_s3: %s" % exc, checkpoint_s3_error=True) from None
+        self.write_status(status=st.SETTING_UP)
+        self.event("checkpoint_s3_starting", uri=uri)
+        try:
+            python = uploads.tool_python(self.project_dir, self.log_fd, lambda argv: self.run_setup_step(argv, env))
+        except pyenv.EnvSetupFailed as exc:
+            hint = (
+                "the uploader needs boto3 on the host: check its package index (pip or uv configuration) and"
+                " network, or install boto3 for its python3; the build's output is in the run log"
+            )
+            raise SetupFailed(
+                1, "checkpoint uploads to %s: %s" % (uri, exc), checkpoint_s3_error=True, checkpoint_s3_hint=hint
+            ) from None
+        self.uploads = uploads.Uploads(self.run_dir, python, self.event, self.tracker.exempt_process)
+        try:
+            self.uploads.start(since=time.time())
+        except uploads.UploaderFailed as exc:
+            os.write(self.log_fd, ("[runctl] %s\n" % exc).encode())
+            raise SetupFailed(1, str(exc), checkpoint_s3_error=True) from None
+        os.write(self.log_fd, ("[runctl] checkpoints go to %s (verified uploads)\n" % uri).encode())
+        self.state["checkpoint_s3"] = uploads.summary(self.uploads.state)
+
+    def poll_uploads(self, mono: float) -> None:
+        if self.uploads is None:
+            return
+        changed = self.uploads.poll(mono)
+        if changed is not None:
+            self.state["checkpoint_s3"] = changed
+            self.record.dirty = True
+
+    def finish_uploads(self) -> None:
+        """The uploader's final pass (the last checkpoint verified in S3), waited for after the
+        script's exit and before the end-of-run step, which may need it as its proof."""
+        if self.uploads is None:
+            return
+        cfg = self.spec.get("checkpoint_s3") or {}
+        try:
+            timeout = float(cfg.get("final_timeout") or 600.0) + uploads.FINISH_MARGIN
+        except (TypeError, ValueError):
+            timeout = 600.0 + uploads.FINISH_MARGIN
+        final = self.uploads.finish(timeout)
+        if final is not None:
+            self.record.try_event(
+                "checkpoint_uploads_finished", **{k: final.get(k) for k in ("phase", "uploaded", "last", "error")}
+            )
+            try:
+                self.write_status(fsync=True, checkpoint_s3=final)
+            except OSError:
+                pass  # a full disk: the uploader's state file and the manifest still say it
+
     # ---- the loop ------------------------------------------------------------------------
 
     def run(self) -> int:
@@ -244,6 +308,8 @@ class Supervisor:
             code = self.supervise()
         finally:
             self.tracker.close()  # the run's cgroup goes with it
+        if self.record.ended and not self.start_refused:
+            self.finish_uploads()
         self.end_step()
         return code
 
@@ -261,7 +327,7 @@ class Supervisor:
                 self.ready({"ok": True, "run_id": self.run_id, "agent_pid": os.getpid(), "state": self.state})
             self.spawn()
         except SetupFailed as exc:
-            return self.fail_before_start(exc.message, started_setup=True)
+            return self.fail_before_start(exc.message, started_setup=True, **exc.extra)
         except StoppedDuringSetup as exc:
             self.event("stopped_during_setup", message=str(exc))
             self.record.write_end(st.STOPPED, st.T_USER_STOP, "%s during setup; the script was not started" % exc)
@@ -350,6 +416,7 @@ class Supervisor:
                 self.intake.scan_checkpoints(self.checkpoint_dir())
                 self.apply(self.engine.on_poll())
             self.stopper.advance(mono, self.send_signal, "process group %d" % self.pgid)
+            self.poll_uploads(mono)
             self.track(mono, keep=(self.proc.pid,))
             if self.record.dirty and mono - self.record.last_status_write >= STATUS_MIN_INTERVAL:
                 self.write_status()
@@ -506,10 +573,11 @@ class StoppedDuringSetup(Exception):
 
 
 class SetupFailed(Exception):
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.extra = extra  # fields for the run's end record and the launcher's answer
 
 
 def main_supervise(run_dir: str, ready_fd: Optional[int]) -> int:

@@ -106,3 +106,30 @@ def newest(files: List[Dict[str, Any]], since: float) -> Optional[Dict[str, Any]
     typed = [f for f in recent if f["path"].lower().endswith(SUFFIXES)]
     pool = typed or recent
     return max(pool, key=lambda f: f["mtime"]) if pool else None
+
+
+def units(files: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """The checkpoints among `find`'s files, each saved as a whole: a file, or a directory of the
+    checkpoint dir (`checkpoint-500/` as written by save_pretrained) with every file in it.
+
+    name -> {"name", "base", "files": [entries], "size": total, "mtime": newest}. A file found by a
+    glob outside the checkpoint dir is a checkpoint of its own, named by its project-relative path.
+    """
+    found: Dict[str, Dict[str, Any]] = {}
+    for entry in files:
+        path = entry["path"].replace("\\", "/")
+        top = path.split("/", 1)[0] if entry.get("base", BASE_CHECKPOINT_DIR) == BASE_CHECKPOINT_DIR else path
+        unit = found.setdefault(top, {"name": top, "base": entry.get("base", BASE_CHECKPOINT_DIR), "files": []})
+        unit["files"].append(entry)
+    for unit in found.values():
+        unit["files"].sort(key=lambda f: f["path"])
+        unit["size"] = sum(int(f["size"]) for f in unit["files"])
+        unit["mtime"] = max(float(f["mtime"]) for f in unit["files"])
+        unit["is_dir"] = any("/" in f["path"].replace("\\", "/")[len(unit["name"]) :] for f in unit["files"])
+    return found
+
+
+def unit_signature(unit: Dict[str, Any]) -> Dict[str, List[float]]:
+    """What a checkpoint unit looks like on disk: file -> [size, mtime]. The same signature later
+    means the same files, unchanged (the uploader and the end-of-run proof compare them)."""
+    return {f["path"]: [int(f["size"]), float(f["mtime"])] for f in unit["files"]}

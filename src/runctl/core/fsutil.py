@@ -49,9 +49,14 @@ def temp_path(path: str) -> str:
     return os.path.join(directory, ".%s%s-%s%s" % (stem, TEMP_MARK, token, suffix))
 
 
+# What other writers name a file until it is complete (downloaders, Lightning's `.part` before its rename).
+PARTIAL_SUFFIXES = (".part", ".partial")
+
+
 def is_partial(name: str) -> bool:
-    """Whether a file (or directory) name may be half written: hidden, or a temp name (see TEMP_MARK)."""
-    return name.startswith(".") or TEMP_MARK in name
+    """Whether a file (or directory) name may be half written: hidden, a temp name (see TEMP_MARK),
+    or a name other writers use until they rename the finished file (PARTIAL_SUFFIXES)."""
+    return name.startswith(".") or TEMP_MARK in name or name.lower().endswith(PARTIAL_SUFFIXES)
 
 
 def atomic_write(path: str, data: bytes, fsync: bool = True, mode: int = PRIVATE_FILE) -> None:

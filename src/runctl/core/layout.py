@@ -28,6 +28,7 @@ SUMMARY = "training_log.json"
 STALE_MARKER = "stale_training_complete.txt"
 ON_END_CLAIM = "on_end.claim"  # created O_EXCL by whoever performs the end-of-run step (agent or controller)
 ON_END_RESULT = "on_end.json"  # what that step did
+S3_STATE = "checkpoint_s3.json"  # the checkpoint uploader's state: what is verified in S3, what waits
 SPACE_RESERVE = ".space_reserve"  # freed on a full disk so the run's end can still be recorded
 ON_END_CLAIM = "on_end.claim"  # who performs the end-of-run step (agent or controller), created O_EXCL
 ON_END_RESULT = "on_end.json"  # what that step did, written by whoever claimed it

@@ -43,6 +43,11 @@ class RunSpec:
     # The host watchdog's settings for hosts runctl provisioned (agent/watchdog.before_launch):
     # {"idle_stop": "15m" | seconds | "off", ...}; None leaves the host's watchdog as it is.
     watchdog: Optional[Dict[str, Any]] = None
+    # Checkpoints uploaded to S3 while the run goes, verified (agent/uploads.py, storage/uploader.py):
+    # {"uri": "s3://bucket/prefix", "multipart_threshold": bytes, "part_size": bytes, "threads": n,
+    #  "stable_seconds": s, "final_timeout": s, "region": name, "endpoint_url": url,
+    #  "credentials_file": a 0600 AWS credentials file on the host (forwarded credentials)}; None: no uploads.
+    checkpoint_s3: Optional[Dict[str, Any]] = None
     created_at: float = field(default_factory=time.time)
 
     @property
