@@ -568,3 +568,21 @@ def test_ctrl_c_of_wait_confirmed_on_the_terminal_stops_pulls_and_terminates(lam
     assert run["termination_status"] == "user_stop", run
     assert pulled(lam.project, run_id)
     lam.all_terminated()
+
+
+def test_ssh_keys_list_and_add(lam: Lambda, tmp_path: Path) -> None:
+    public = tmp_path / "id.pub"
+    public.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample me@laptop\n")
+    added = lam.cli("lambda", "ssh-keys", "--add", str(public), "--name", "laptop", "-o", "json")
+    assert added.code == 0, added.err
+    assert {k["name"] for k in added.json} == {"runctl-test", "laptop"}
+    again = lam.cli("lambda", "ssh-keys", "--add", str(public), "--name", "laptop")
+    assert again.code == 2 and "already exists" in again.err
+    private = tmp_path / "id"
+    private.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nxxx\n")
+    refused = lam.cli("lambda", "ssh-keys", "--add", str(private), "--name", "oops")
+    assert refused.code == 2 and "not an OpenSSH public key" in refused.err
+    # Two keys now: a launch must name one.
+    two = lam.cli("lambda", "launch", "--instance-type", TYPE)
+    assert two.code == 2 and "--ssh-key" in two.err
+    assert lam.launched() == []

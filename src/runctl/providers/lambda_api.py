@@ -159,6 +159,8 @@ def error_for(status: int, body: Any) -> CloudError | UsageError:
         return UsageError("Lambda refused the request: %s" % message, suggestion or "check the flags given")
     if code == "global/object-does-not-exist":
         return UsageError(message, suggestion or "list what exists: runctl lambda list (or lambda ssh-keys)")
+    if code == "global/duplicate":
+        return UsageError(message, suggestion or "pick another name")
     if code == "instance-operations/launch/insufficient-capacity":
         return CloudError("no capacity: %s" % message, suggestion or "try another region or type", code)
     hint = suggestion or "try again in a minute"

@@ -3,7 +3,8 @@
 Opt-in, because it needs the API key on the host: the key the user names is copied to
 `<project>/.runctl/lambda_api_key` (0600, never in argv or the spec) beside a small config (API URL
 and instance id), and the spec's `on_end` gets a command the agent runs once the run has ended, no
-controller has claimed the step within `controller_grace`, and the checkpoints are in place: a
+controller has claimed the step within `controller_grace`, and the checkpoints are in place (and,
+with checkpoint uploads, verified in S3: then nothing is lost when the host goes): a
 stdlib-only POST to `/instance-operations/terminate`, retried with backoff on 429, 5xx and network
 errors. A controller that is present claims the step first and terminates with its proof instead.
 """
@@ -85,11 +86,12 @@ def install(transport: SshTransport, project_dir: str, instance_id: str, key: st
     return ["python3", "-c", TERMINATE, config]
 
 
-def on_end(command: list[str]) -> dict[str, Any]:
+def on_end(command: list[str], uploads_to_s3: bool) -> dict[str, Any]:
+    """The spec's on_end block; with checkpoint uploads, the terminate waits for them verified in S3."""
     return {
         "command": command,
         "action": "terminate",
         "host_terminate": True,
-        "after": ["checkpoints_in_place"],
+        "after": ["checkpoints_in_place", *(["checkpoints_in_s3"] if uploads_to_s3 else [])],
         "controller_grace": CONTROLLER_GRACE,
     }

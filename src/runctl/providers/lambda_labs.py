@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import CloudError, HostError, RunctlError, UsageError
+from ..core.spec import RunSpec
 from ..transport.base import Transport
 from ..transport.ssh import Dest, SshTransport
 from .base import STOP_HOST, Host, Missing, StartRequest
@@ -567,7 +568,7 @@ class LambdaProvider(SshProvider):
         transport: Transport = request.options["transport_obj"]
         return transport
 
-    def place(self, transport: Transport, spec: Any, request: StartRequest) -> None:
+    def place(self, transport: Transport, spec: RunSpec, request: StartRequest) -> None:
         """SSH placement, then `--host-terminate`'s key and command on the host (said, never silent)."""
         super().place(transport, spec, request)
         options = request.options
@@ -579,7 +580,7 @@ class LambdaProvider(SshProvider):
         cloud: LambdaCloud = options["cloud"]
         instance_id = str(options.get("launched_id") or options["instance"])
         command = lambda_host_end.install(transport, spec.project_dir, instance_id, options["host_key"], cloud.api.url)
-        spec.on_end = lambda_host_end.on_end(command)
+        spec.on_end = lambda_host_end.on_end(command, bool(spec.checkpoint_s3))
         say = request.say or (lambda message: None)
         say(
             "--host-terminate: your API key is on %s in %s/.runctl/%s (0600); with no controller watching, "
