@@ -586,3 +586,13 @@ def test_ssh_keys_list_and_add(lam: Lambda, tmp_path: Path) -> None:
     two = lam.cli("lambda", "launch", "--instance-type", TYPE)
     assert two.code == 2 and "--ssh-key" in two.err
     assert lam.launched() == []
+
+
+def test_a_launch_whose_answer_is_lost_is_found_by_its_token_and_terminated(lam: Lambda) -> None:
+    lam.fake.lose_launch_answer()
+    done = lam.train("--wait", script_args=("--epochs", "1", *QUICK))
+    assert done.code == 0, done.err
+    launches = [c for c in lam.fake.calls if c[2].endswith("/launch")]
+    assert [c[3] for c in launches] == [500], "never launched twice"
+    assert len(lam.launched()) == 1
+    lam.all_terminated()

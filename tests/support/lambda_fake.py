@@ -10,7 +10,8 @@ instances stay listed for a while, then are gone (404). Capacity is counted per 
 Requests faster than the rate limits get 429.
 
 Fault injection (each consumed as it fires): `burst_429(n)`, `fail_next("POST", "/instance-
-operations/terminate", 500)`, `fail_get_after_launch(n)`, `capacity_gone_after_types(type)`.
+operations/terminate", 500)`, `fail_get_after_launch(n)`, `capacity_gone_after_types(type)`,
+`lose_launch_answer()` (the instance is made, the answer is a 500).
 `calls` records every request (time, method, path, status) for assertions and the benchmark.
 """
 
@@ -103,6 +104,7 @@ class LambdaFake:
     calls: list[tuple[float, str, str, int, str]] = field(default_factory=list)  # t, method, path, status, client
     after_types: list[str] = field(default_factory=list)  # types whose capacity goes after the next GET types
     get_failures_after_launch: int = 0
+    lost_launch_answers: int = 0  # launches that happen but answer 500 (the SkyPilot #2261 case)
     lock: threading.RLock = field(default_factory=threading.RLock)
     last_request: float = 0.0
     last_launch: float = 0.0
@@ -164,6 +166,7 @@ class LambdaFake:
             self.calls.clear()
             self.after_types.clear()
             self.get_failures_after_launch = 0
+            self.lost_launch_answers = 0
             self.account_inactive = False
             self.boot_seconds = 1.0
             self.capacity = {(t, r): 2 for t in TYPES for r in REGIONS}
@@ -177,6 +180,10 @@ class LambdaFake:
 
     def burst_429(self, times: int) -> None:
         self.fail_next("*", "/", 429, times)
+
+    def lose_launch_answer(self, times: int = 1) -> None:
+        """The next launch creates its instance, then answers 500 as if it had failed."""
+        self.lost_launch_answers = times
 
     def fail_get_after_launch(self, times: int) -> None:
         self.get_failures_after_launch = times
@@ -395,6 +402,9 @@ class LambdaFake:
             secrets.token_hex(16), kind, region, name, keys[0], list(body.get("tags") or []), free[0], now
         )
         self.instances[instance.id] = instance
+        if self.lost_launch_answers > 0:
+            self.lost_launch_answers -= 1
+            return 500, error("global/internal-error", "Internal error", "Try again shortly")
         return 200, {"data": {"instance_ids": [instance.id]}}
 
     def terminate(self, body: Any, now: float) -> tuple[int, dict[str, Any]]:

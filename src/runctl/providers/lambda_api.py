@@ -127,6 +127,14 @@ class Transient(CloudError):
         self.sent = sent
 
 
+class Unanswered(CloudError):
+    """A call that failed transiently until its attempts ran out; `sent`: it may have been carried out."""
+
+    def __init__(self, message: str, hint: str | None, code: str, sent: bool) -> None:
+        super().__init__(message, hint, code)
+        self.sent = sent
+
+
 # ---- errors by code -----------------------------------------------------------------------------
 
 
@@ -235,7 +243,7 @@ class LambdaApi:
         try:
             return retry(lambda: self.send(method, path, body, launch), retry_if, attempts, base, cap)
         except Transient as exc:
-            raise CloudError(exc.message + " (after %d attempts)" % attempts, exc.hint, exc.code) from None
+            raise Unanswered(exc.message + " (after %d attempts)" % attempts, exc.hint, exc.code, exc.sent) from None
 
     # ---- the endpoints runctl uses --------------------------------------------------------------
 

@@ -266,14 +266,20 @@ class LambdaCloud:
 
     def launch_once(self, body: dict[str, Any], token: str) -> list[str]:
         """The launch call; when its answer was lost (5xx, dropped connection) the instance is looked for."""
+        from .lambda_api import Unanswered
+
         try:
             return self.api.launch(body)
-        except CloudError as exc:
-            if exc.code.startswith(("instance-operations/", "global/")):
+        except Unanswered as exc:
+            if not exc.sent:
                 raise
             found = self.find_launched(token)
             if found is None:
-                raise
+                raise CloudError(
+                    exc.message,
+                    "it may have launched anyway: check runctl lambda list, and terminate what you do not want",
+                    exc.code,
+                ) from None
             return [found.id]
 
     def find_launched(self, token: str) -> LambdaInstance | None:
