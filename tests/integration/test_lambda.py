@@ -596,3 +596,17 @@ def test_a_launch_whose_answer_is_lost_is_found_by_its_token_and_terminated(lam:
     assert [c[3] for c in launches] == [500], "never launched twice"
     assert len(lam.launched()) == 1
     lam.all_terminated()
+
+
+def test_account_inactive_quota_and_an_unreachable_api(lam: Lambda) -> None:
+    lam.fake.account_inactive = True
+    inactive = lam.cli("lambda", "list")
+    assert inactive.code == 4 and "account is inactive" in inactive.err
+    lam.fake.account_inactive = False
+    lam.fake.quota = 0
+    quota = lam.cli("lambda", "launch", "--instance-type", TYPE)
+    assert quota.code == 4 and "quota exceeded" in quota.err and "runctl lambda list" in quota.err
+    assert quota.err.strip().splitlines()[-2] == "runctl: Lambda quota exceeded"
+    down = lam.cli("lambda", "list", env={"RUNCTL_LAMBDA_API_URL": "http://127.0.0.1:9/api/v1"})
+    assert down.code == 4 and "cannot reach http://127.0.0.1:9/api/v1" in down.err
+    assert lam.launched() == []

@@ -97,6 +97,7 @@ class LambdaFake:
     launch_interval: float = 0.0
     key: str = API_KEY
     account_inactive: bool = False
+    quota: int | None = None  # instances the account may have at once (global/quota-exceeded past it)
     capacity: dict[tuple[str, str], int] = field(default_factory=dict)
     ssh_keys: list[dict[str, str]] = field(default_factory=list)
     instances: dict[str, FakeInstance] = field(default_factory=dict)
@@ -168,6 +169,7 @@ class LambdaFake:
             self.get_failures_after_launch = 0
             self.lost_launch_answers = 0
             self.account_inactive = False
+            self.quota = None
             self.boot_seconds = 1.0
             self.capacity = {(t, r): 2 for t in TYPES for r in REGIONS}
             self.ssh_keys = [{"id": secrets.token_hex(16), "name": "runctl-test", "public_key": "ssh-ed25519 AAAA x"}]
@@ -390,6 +392,8 @@ class LambdaFake:
                 "Not enough capacity to fulfill launch request.",
                 "Choose an instance type with more availability, or try again later.",
             )
+        if self.quota is not None and len(self.live()) >= self.quota:
+            return 400, error("global/quota-exceeded", "Quota exceeded.", "Contact Support to increase your quota.")
         used = {i.address for i in self.live()}
         free = [a for a in self.addresses if a not in used]
         if not free:

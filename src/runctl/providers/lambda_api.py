@@ -159,7 +159,7 @@ def error_for(status: int, body: Any) -> CloudError | UsageError:
         )
     if code == "global/quota-exceeded":
         return CloudError(
-            "Lambda quota exceeded: %s" % message,
+            "Lambda quota exceeded" + ("" if "quota exceeded" in message.lower() else ": %s" % message),
             "terminate instances you do not need (runctl lambda list), or ask Lambda support to raise it",
             code,
         )
