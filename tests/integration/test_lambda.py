@@ -610,3 +610,21 @@ def test_account_inactive_quota_and_an_unreachable_api(lam: Lambda) -> None:
     down = lam.cli("lambda", "list", env={"RUNCTL_LAMBDA_API_URL": "http://127.0.0.1:9/api/v1"})
     assert down.code == 4 and "cannot reach http://127.0.0.1:9/api/v1" in down.err
     assert lam.launched() == []
+
+
+def test_terminate_stops_the_live_run_first_and_pulls_its_checkpoints(lam: Lambda) -> None:
+    launched = lam.cli("lambda", "launch", "--instance-type", TYPE, "--wait", "-o", "json")
+    assert launched.code == 0, launched.err
+    instance_id = launched.json["id"]
+    started = lam.cli("lambda", "train", instance_id, SCRIPT, "--ssh-user", "root", "--", *SLOW)
+    assert started.code == 0, started.err
+    run_id = started.out.strip()
+    poll(lambda: (lam.status(run_id).get("step") or 0) >= 1, 60, "the run's first step", interval=0.3)
+    shown = lam.cli("lambda", "status", instance_id)
+    assert shown.code == 0 and run_id in shown.out and "$0.75/hr" in shown.out
+    gone = lam.cli("lambda", "terminate", instance_id)
+    assert gone.code == 0, gone.err
+    assert "stopping run %s" % run_id in gone.err
+    assert lam.status(run_id)["termination_status"] == "user_stop"
+    assert pulled(lam.project, run_id)
+    lam.all_terminated()
