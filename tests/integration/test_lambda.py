@@ -628,3 +628,14 @@ def test_terminate_stops_the_live_run_first_and_pulls_its_checkpoints(lam: Lambd
     assert lam.status(run_id)["termination_status"] == "user_stop"
     assert pulled(lam.project, run_id)
     lam.all_terminated()
+
+
+def test_an_unknown_instance_is_a_usage_error(lam: Lambda) -> None:
+    for command in ("status", "terminate"):
+        done = lam.cli("lambda", command, "0123456789abcdef")
+        assert done.code == 2 and done.err.strip().splitlines() == [
+            "runctl: no Lambda instance 0123456789abcdef",
+            "  list them: runctl lambda list",
+        ]
+    bad = lam.cli("lambda", "status", "../etc")
+    assert bad.code == 2 and "invalid Lambda instance id" in bad.err

@@ -144,8 +144,12 @@ class LambdaCloud:
         return self.api.instance_types()
 
     def get(self, instance_id: str) -> LambdaInstance:
+        """The instance; UsageError when Lambda has none by that id (never made, or gone a while)."""
         check_id(instance_id)
-        return LambdaInstance.from_api(self.api.instance(instance_id))
+        try:
+            return LambdaInstance.from_api(self.api.instance(instance_id))
+        except UsageError:
+            raise UsageError("no Lambda instance %s" % instance_id, "list them: runctl lambda list") from None
 
     def instances(self) -> list[LambdaInstance]:
         return [LambdaInstance.from_api(i) for i in self.api.instances()]
