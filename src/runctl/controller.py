@@ -195,14 +195,10 @@ def refresh(store: Store, row: dict[str, Any]) -> dict[str, Any]:
         state = transport_for(row).probe(row["run_dir"])
     except HostError as exc:
         # The host is out of reach: its provider may know why (stopped, terminated, interrupted).
-        verdict = host_gone(store, row)
-        if verdict is not None and verdict.get("status"):
-            return end_by_provider(store, row, verdict)
-        stale = view(row)
-        stale["warning"] = "last known state; %s" % exc.message
-        if verdict is not None:
-            stale["notice"] = verdict["message"]
-        return stale
+        seen = provider_says(store, row) or view(row)
+        if not st.is_terminal(seen["status"]):
+            seen["warning"] = "last known state; %s" % exc.message
+        return seen
     if state.get("unreadable"):
         # status.json could not be read, yet the run dir is there: keep what was last known.
         stale = view(row)
@@ -307,19 +303,21 @@ def host_gone(store: Store, row: dict[str, Any]) -> dict[str, Any] | None:
     return verdict
 
 
-def provider_says(store: Store, row: dict[str, Any]) -> dict[str, Any] | None:
+def provider_says(store: Store, row: dict[str, Any], say: Callable[[str], None] | None = None) -> dict[str, Any] | None:
     """The run's view once its provider explains an unreachable host (ended, or a notice); else None."""
     verdict = host_gone(store, row)
     if verdict is None:
         return None
     if verdict.get("status"):
-        return end_by_provider(store, row, verdict)
+        return end_by_provider(store, row, verdict, say)
     seen = view(store.get(row["run_id"]) or row)
     seen["notice"] = verdict["message"]
     return seen
 
 
-def end_by_provider(store: Store, row: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any]:
+def end_by_provider(
+    store: Store, row: dict[str, Any], verdict: dict[str, Any], say: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """End a run whose host its provider reports gone (stopped or terminated from outside)."""
     if not st.is_terminal(row["status"]):
         store.update_state(
@@ -336,7 +334,7 @@ def end_by_provider(store: Store, row: dict[str, Any], verdict: dict[str, Any]) 
         store.add_event(row["run_id"], "host_gone", {"state": verdict.get("state"), "message": verdict["message"]})
     from .ending import end_of_run
 
-    end_of_run(store, store.get(row["run_id"]) or row)
+    end_of_run(store, store.get(row["run_id"]) or row, say)
     return view(store.get(row["run_id"]) or row)
 
 
@@ -402,7 +400,7 @@ def follow(
                     on_notice("connection to %s lost; reconnecting..." % row["host"])
                 if time.monotonic() - asked_at >= HOST_ASK_SECONDS:
                     asked_at = time.monotonic()
-                    gone = provider_says(store, store.get(row["run_id"]) or row)
+                    gone = provider_says(store, store.get(row["run_id"]) or row, on_end_notice)
                     if gone is not None:
                         return gone
             elif kind == "gone":
@@ -419,7 +417,7 @@ def follow(
                 )
     except HostError:
         # The host cannot be reached at all: its provider may say why (stopped, terminated).
-        gone = provider_says(store, store.get(row["run_id"]) or row)
+        gone = provider_says(store, store.get(row["run_id"]) or row, on_end_notice)
         if gone is None:
             raise
         return gone

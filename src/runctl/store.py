@@ -8,6 +8,7 @@ usage is a list of intervals (state, from, to, hourly price), one per observed s
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -172,7 +173,8 @@ class Store:
         try:
             os.close(os.open(str(self.path), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE))
         except FileExistsError:
-            pass
+            if os.statvfs(self.path).f_flag & os.ST_RDONLY:  # what opening it for writing would say
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self.path)) from None
         self.db = sqlite3.connect(str(self.path), timeout=BUSY_SECONDS, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA busy_timeout = %d" % (BUSY_SECONDS * 1000))

@@ -197,13 +197,9 @@ class SshTransport:
     @property
     def control_path(self) -> Path:
         """One socket per destination and credentials: a strict and an insecure session never share one."""
-        key = "%s|%s|%s|%s|%s" % (
-            self.dest,
-            self.identity,
-            self.insecure_host_key,
-            os.environ.get("RUNCTL_SSH_CONFIG"),
-            self.host_key_alias,
-        )
+        key = "%s|%s|%s|%s" % (self.dest, self.identity, self.insecure_host_key, os.environ.get("RUNCTL_SSH_CONFIG"))
+        if self.host_key_alias:  # another host key name: another connection (none of plain SSH changes)
+            key += "|" + self.host_key_alias
         return control_dir() / hashlib.sha256(key.encode()).hexdigest()[:20]
 
     def user_sets_host_key_policy(self) -> bool:
