@@ -45,8 +45,14 @@ def download_checkpoints(
 
 
 def default_target(row: dict[str, Any]) -> Path:
-    """Where a run's checkpoints are pulled to: ./checkpoints/<run_id>/ of the project it started from."""
+    """Where a run's checkpoints are pulled to: ./checkpoints/<run_id>/ of the project it started from
+    (training_output/checkpoints/ in a project laid out as seed 004's)."""
+    from .training_log import output_dir
+
     local_root = Path(controller.owner_of(row).get("local_root") or Path.cwd())
+    seed_layout = output_dir(local_root)
+    if seed_layout is not None:  # training_output/ at the root: seed 004's training_output/checkpoints/
+        return seed_layout / "checkpoints"
     return local_root / layout.DEFAULT_CHECKPOINT_DIR / row["run_id"]
 
 

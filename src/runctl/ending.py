@@ -26,7 +26,7 @@ from typing import Any
 from . import controller, providers
 from .core import status as st
 from .core.errors import HostError, RunctlError, UsageError
-from .providers.base import DOWNLOAD_CHECKPOINTS, Host, Provider, supports
+from .providers.base import DOWNLOAD_CHECKPOINTS, STOP_HOST, Host, Provider, supports
 from .store import Store
 
 GUARD = "on_end"
@@ -40,6 +40,9 @@ def end_of_run(store: Store, row: dict[str, Any], say: Callable[[str], None] | N
     if not st.is_terminal(row["status"]) or GUARD in kinds:
         return
     store.add_event(row["run_id"], GUARD, {"by": "controller"})
+    from .training_log import record_end
+
+    record_end(row)  # seed 004's training_output/training_log.json, in projects laid out that way
     provider = providers.get(row["provider"])
     started = time.time()
     proof: dict[str, Any] = {}
@@ -165,6 +168,10 @@ def release_proven(
         proof["checkpoints_downloaded"] = pull_checkpoints(store, row, say)
         proof["checkpoints_verified"] = verify(row)
     action, reason = choose_action(asked, proof, launched, bool(wants_pull), claim.get("error"))
+    if action == "stop" and not supports(provider, STOP_HOST):
+        # A host that cannot be stopped (Lambda) is left running rather than destroyed unproven.
+        action = "none"
+        reason = "%s; it cannot be stopped, so it keeps running until you terminate it" % reason
     decided = {"asked": asked, "action": action, "reason": reason, "proof": proof}
     if not claim.get("error"):
         # On the host before the release: once stopped or terminated, it can no longer be written.
@@ -193,8 +200,10 @@ def release_proven(
         return
     state = (result.get("release") or {}).get("state")
     if action != asked:
-        set_notice(store, row, "host %s %s, not %sd: %s" % (host_id(row), state or action, asked, reason))
+        set_notice(store, row, "host %s %s, not %sd: %s" % (host_id(row), state or "kept", asked, reason))
         say("%s: %s instead of %s: %s" % (host_id(row), action, asked, reason))
+        if action == "none":
+            notify(row, "release_skipped", "host %s kept running: %s" % (host_id(row), reason))
     elif state:
         say("%s: %s (confirmed)" % (host_id(row), state))
 

@@ -40,6 +40,19 @@ def database() -> Path:
     return home() / "runctl.db"
 
 
+def database_if_exists() -> Path | None:
+    """The store's file when there is one, found without creating RUNCTL_HOME (for read-only looks)."""
+    override = os.environ.get("RUNCTL_HOME")
+    if override:
+        base = Path(override).expanduser()
+    else:
+        from platformdirs import user_data_dir
+
+        base = Path(user_data_dir("runctl", appauthor=False))
+    path = base / "runctl.db"
+    return path if path.is_file() else None
+
+
 def agent_cache() -> Path:
     return Path(private_dir(str(home() / "agent")))
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from tests.integration.test_ssh import SshEnv
     from tests.support.aws import Ec2World, FaultProxy, MotoEmulator
     from tests.support.imds import Imds
+    from tests.support.lambda_fake import LambdaFake
     from tests.support.s3server import S3Server
     from tests.support.sshhosts import SshHosts
 
@@ -132,3 +133,24 @@ def imds(s3_server: S3Server) -> Iterator[Imds]:
         yield fake
     finally:
         fake.stop()
+
+
+@pytest.fixture(scope="module")
+def lambda_fake(ec2_hosts: SshHosts) -> Iterator[LambdaFake]:
+    """The Lambda API fake for a module, its instances at the addresses of the sshd test hosts."""
+    from tests.support.lambda_fake import LambdaFake
+
+    fake = LambdaFake([host.address for host in ec2_hosts], request_interval=0.02, launch_interval=0.2)
+    fake.bind = "0.0.0.0"  # the hosts call it themselves with --host-terminate
+    fake.start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+@pytest.fixture
+def lambda_world(lambda_fake: LambdaFake) -> Iterator[LambdaFake]:
+    """A fresh account per test (capacity, one SSH key, no instances, no faults)."""
+    lambda_fake.reset()
+    yield lambda_fake

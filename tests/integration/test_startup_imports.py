@@ -34,7 +34,7 @@ def test_top_level_help_imports_nothing_heavy(runctl_home: object) -> None:
     assert loaded_modules("--help") == set()
 
 
-@pytest.mark.parametrize("group", ["local", "runs", "ssh", "checkpoint"])
+@pytest.mark.parametrize("group", ["local", "runs", "ssh", "checkpoint", "lambda"])
 def test_group_help_imports_no_cloud_sdk_or_rendering(group: str, runctl_home: object) -> None:
     assert not loaded_modules(group, "--help") & CLOUD_AND_RENDERING
 

@@ -397,17 +397,21 @@ def show(instance: Instance, prices: Prices, db: Store, output: Output) -> None:
 
 def stop_runs(db: Store, instance: Instance) -> None:
     """Stop the runs live on the instance gracefully and follow each to its end (checkpoints pulled)."""
+    stop_runs_on(db, "aws:" + instance.id, instance.id)
+
+
+def stop_runs_on(db: Store, key: str, label: str) -> None:
+    """Stop the runs live on the host `key` gracefully and follow each to its end (any provider's)."""
     from .. import controller
     from ..core import status as st
     from ..core.errors import RunctlError
 
-    key = "aws:" + instance.id
     for row in live([r for r in db.list(include_all=False) if r.get("host_key") == key]):
         try:
             current = controller.refresh(db, row)
             if st.is_terminal(current["status"]):
                 continue
-            say("stopping run %s on %s first (checkpoint, then pull) ..." % (row["run_id"], instance.id))
+            say("stopping run %s on %s first (checkpoint, then pull) ..." % (row["run_id"], label))
             controller.stop(db, row, None)
             ended = controller.follow(db, db.get(row["run_id"]) or row, None, RUN_STOP_TIMEOUT, on_end_notice=say)
             say("run %s %s" % (row["run_id"], ended["status"]))

@@ -22,6 +22,7 @@ GROUPS = {
     "runs": ("runctl.cli.runs", "Inspect, follow, wait for and stop runs."),
     "ssh": ("runctl.cli.ssh", "Run training on any SSH host (OpenSSH + rsync)."),
     "aws": ("runctl.cli.aws", "Create, train on, stop and terminate AWS EC2 instances."),
+    "lambda": ("runctl.cli.lambda_", "Launch, train on and terminate Lambda Labs instances (proven gone)."),
     "workflow": ("runctl.cli.workflow", "Create or start an instance, train, pull checkpoints, release it."),
     "checkpoint": ("runctl.cli.checkpoint", "List and download run checkpoints."),
 }
@@ -143,6 +144,10 @@ def run() -> None:
 
     no_args_is_help = getattr(click_errors, "NoArgsIsHelpError", ())  # Click < 8.2 just prints the help
     debug = os.environ.get("RUNCTL_DEBUG") == "1"
+    if len(sys.argv) > 1 and sys.argv[1] not in ("-h", "--help", "--version"):
+        from ..idle import warn
+
+        warn()  # an idle instance billing for nothing, first
     try:
         try:
             code = app(prog_name="runctl", standalone_mode=False)

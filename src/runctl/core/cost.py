@@ -11,7 +11,8 @@ from typing import Any, Collection, Iterable, Mapping, NamedTuple, Optional
 
 # A provider bills compute while its host runs; one that also bills booting or stopping hosts
 # (or stopped ones, for their disks) passes its own set.
-DEFAULT_BILLING_STATES = frozenset({"running"})
+# Lambda bills from launch to termination: booting, active, unhealthy and terminating.
+DEFAULT_BILLING_STATES = frozenset({"running", "booting", "active", "unhealthy", "terminating"})
 
 
 class Cost(NamedTuple):

@@ -16,6 +16,7 @@ REGISTRY: dict[str, str] = {
     "local": "runctl.providers.local:LocalProvider",
     "ssh": "runctl.providers.ssh:SshProvider",
     "aws": "runctl.providers.aws:AwsProvider",
+    "lambda": "runctl.providers.lambda_labs:LambdaProvider",
 }
 _LOADED: dict[str, Provider] = {}
 
