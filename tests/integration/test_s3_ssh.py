@@ -33,8 +33,10 @@ START_SSH = START_SSH.replace('providers.get("local")', 'providers.get("ssh")')
 
 SAVES = {
     "train.py": """
+        import time
         from runctl import training as rt
         for epoch in (1, 2):
+            time.sleep(0.2)  # an epoch's work: a checkpoint is dated by the last step reported before it
             rt.report(step=epoch * 50, epoch=epoch, loss=1.0 / epoch)
             with rt.atomic_path(rt.checkpoint_dir() / ("checkpoint_epoch_%d.pt" % epoch)) as tmp:
                 tmp.write_bytes(b"%d" % epoch * 4096)

@@ -10,8 +10,8 @@ import typer
 from ..params import TrainOptions
 from . import options as o
 from .aws_app import app
-from .common import Output, emit_json, exit_with, say, store
-from .trainopts import train_command
+from .common import Output, emit_json, exit_with, store
+from .trainopts import borrow, train_command
 
 InstanceArg = Annotated[str, typer.Argument(help="Instance id (i-...) or its Name tag")]
 RegionOpt = Annotated[str | None, typer.Option("--region", help="AWS region (default: AWS_REGION or the profile's)")]
@@ -29,7 +29,7 @@ class AddressKind(str, Enum):
     private = "private"
 
 
-@train_command(app)
+@train_command(app, borrowed=borrow(o.synced_host_options))
 def train(
     opts: TrainOptions,
     instance: InstanceArg,
@@ -54,15 +54,7 @@ def train(
         AddressKind | None, typer.Option("--address", help="Reach it by its public or private address")
     ] = None,
     region: RegionOpt = None,
-    project_dir: o.ProjectDirOpt = None,
-    project_name: o.ProjectNameOpt = None,
-    remote_dir: o.RemoteDirOpt = None,
-    adopt_remote_dir: o.AdoptRemoteDirOpt = False,
-    sync_code: o.SyncCodeOpt = True,
-    include: o.IncludeOpt = None,
-    data: o.DataOpt = None,
-    setup: o.SetupOpt = None,
-    download_checkpoints: o.DownloadCheckpointsOpt = True,
+    **synced: Any,
 ) -> None:
     """Sync the project to INSTANCE and start SCRIPT there detached (follow it with --wait)."""
     from ..ending import record_metadata
@@ -72,9 +64,7 @@ def train(
 
     request = aws_request(
         opts, instance, script, script_args, start=start, on_end=on_end, identity=identity, ssh_user=ssh_user,
-        address=address, region=region, project_dir=project_dir, project_name=project_name, remote_dir=remote_dir,
-        adopt_remote_dir=adopt_remote_dir, sync_code=sync_code, include=include, data=data, setup=setup,
-        download_checkpoints=download_checkpoints,
+        address=address, region=region, synced=synced,
     )  # fmt: skip
     db = store()
     spec, state = start_run(db, request)
@@ -98,34 +88,19 @@ def aws_request(
     ssh_user: str | None,
     address: AddressKind | str | None,
     region: str | None,
-    project_dir: str | None,
-    project_name: str | None,
-    remote_dir: str | None,
-    adopt_remote_dir: bool,
-    sync_code: bool,
-    include: list[str] | None,
-    data: list[str] | None,
-    setup: str | None,
-    download_checkpoints: bool,
+    synced: dict[str, Any],
     created: bool = False,
 ) -> Any:
     """The pipeline's StartRequest for a run on an instance (`aws train`, `workflow run`).
 
     `created`: the instance was made for this run, so a start that fails releases it."""
-    from ..pipeline import StartRequest
+    from .starting import train_request
 
     own: dict[str, Any] = {
         "instance": instance, "start": start, "on_end": getattr(on_end, "value", on_end), "identity": identity,
         "ssh_user": ssh_user, "address": getattr(address, "value", address), "region": region, "created": created,
-        **o.synced_host_options(
-            project_name, remote_dir, adopt_remote_dir, sync_code, include, data, download_checkpoints
-        ),
     }  # fmt: skip
-    return StartRequest(
-        "aws", script, project_dir, opts.name, opts.env, None, script_args or [], opts.notify, opts.metrics_regex,
-        opts.checkpoint_dir, opts.resume_from, setup, opts.tty, list(opts.checkpoint_glob), opts.policies(), own,
-        say=None if opts.output == Output.json else say,
-    )  # fmt: skip
+    return train_request("aws", opts, script, script_args, own, synced)
 
 
 @app.command()

@@ -17,7 +17,7 @@ from ..core.errors import UsageError
 from ..params import TrainOptions
 from . import options as o
 from .common import Output, emit_json, say, store
-from .trainopts import train_command
+from .trainopts import borrow, train_command
 
 if TYPE_CHECKING:
     from ..providers.lambda_labs import LambdaInstance
@@ -304,7 +304,7 @@ def ssh_keys(
     table(["ID", "NAME"], [[str(k["id"]), str(k["name"])] for k in keys])
 
 
-@train_command(app, context_settings={"allow_interspersed_args": True})
+@train_command(app, borrowed=borrow(o.synced_host_options), context_settings={"allow_interspersed_args": True})
 def train(
     opts: TrainOptions,
     args: Annotated[
@@ -336,20 +336,11 @@ def train(
     ] = None,
     identity: o.IdentityOpt = None,
     ssh_user: SshUserOpt = "ubuntu",
-    project_dir: o.ProjectDirOpt = None,
-    project_name: o.ProjectNameOpt = None,
-    remote_dir: o.RemoteDirOpt = None,
-    adopt_remote_dir: o.AdoptRemoteDirOpt = False,
-    sync_code: o.SyncCodeOpt = True,
-    include: o.IncludeOpt = None,
-    data: o.DataOpt = None,
-    setup: o.SetupOpt = None,
-    download_checkpoints: o.DownloadCheckpointsOpt = True,
+    **synced: Any,
 ) -> None:
     """Train on a Lambda instance: ID, or --instance-type to launch one (then terminated at the end)."""
     from ..core.errors import Detached
-    from ..pipeline import StartRequest
-    from .starting import announce_and_follow
+    from .starting import announce_and_follow, train_request
 
     needed = 1 if instance_type else 2
     if len(args) < needed:
@@ -370,29 +361,8 @@ def train(
         "ssh_user": ssh_user,
         "name": opts.name,
         "host_terminate": host_terminate,
-        **o.synced_host_options(
-            project_name, remote_dir, adopt_remote_dir, sync_code, include, data, download_checkpoints
-        ),
     }
-    request = StartRequest(
-        "lambda",
-        script,
-        project_dir,
-        opts.name,
-        opts.env,
-        None,
-        script_args,
-        opts.notify,
-        opts.metrics_regex,
-        opts.checkpoint_dir,
-        opts.resume_from,
-        setup,
-        opts.tty,
-        list(opts.checkpoint_glob),
-        opts.policies(),
-        own,
-        say=None if opts.output == Output.json else say,
-    )
+    request = train_request("lambda", opts, script, script_args, own, synced)
     from ..pipeline import start as start_run
 
     db = store()

@@ -53,16 +53,22 @@ DownloadCheckpointsOpt = Annotated[
 
 
 def synced_host_options(
-    project_name: str | None,
-    remote_dir: str | None,
-    adopt_remote_dir: bool,
-    sync_code: bool,
-    include: list[str] | None,
-    data: list[str] | None,
-    download_checkpoints: bool,
+    project_dir: ProjectDirOpt = None,
+    project_name: ProjectNameOpt = None,
+    remote_dir: RemoteDirOpt = None,
+    adopt_remote_dir: AdoptRemoteDirOpt = False,
+    sync_code: SyncCodeOpt = True,
+    include: IncludeOpt = None,
+    data: DataOpt = None,
+    setup: SetupOpt = None,
+    download_checkpoints: DownloadCheckpointsOpt = True,
 ) -> dict[str, Any]:
-    """Those flags as the provider's StartRequest options (the names `SshProvider` reads)."""
+    """The flags of every train that ships the project to a host, declared once: a train command
+    takes them with `train_command(app, borrowed=borrow(synced_host_options))` and hands what it got
+    back here, for the StartRequest (`starting.train_request`; the option names `SshProvider` reads)."""
     return {
+        "project_dir": project_dir,
+        "setup": setup,
         "project_name": project_name,
         "remote_dir": remote_dir,
         "adopt": adopt_remote_dir,

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from ..core.errors import UsageError
 from ..params import TrainOptions
 from . import options as o
-from .common import Output, emit_json, exit_with, say, store
-from .trainopts import train_command
+from .common import Output, emit_json, exit_with, store
+from .trainopts import borrow, train_command
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 
@@ -27,7 +27,7 @@ def make_transport(dest: str, identity: str | None, insecure: bool):  # type: ig
     return SshProvider.make_transport({"dest": dest, "identity": identity, "insecure_host_key": insecure})
 
 
-@train_command(app)
+@train_command(app, borrowed=borrow(o.synced_host_options))
 def train(
     opts: TrainOptions,
     dest: DestArg,
@@ -35,32 +35,13 @@ def train(
     script_args: o.ScriptArgs = None,
     identity: IdentityOpt = None,
     insecure_host_key: InsecureOpt = False,
-    project_dir: o.ProjectDirOpt = None,
-    project_name: o.ProjectNameOpt = None,
-    remote_dir: o.RemoteDirOpt = None,
-    adopt_remote_dir: o.AdoptRemoteDirOpt = False,
-    sync_code: o.SyncCodeOpt = True,
-    include: o.IncludeOpt = None,
-    data: o.DataOpt = None,
-    setup: o.SetupOpt = None,
-    download_checkpoints: o.DownloadCheckpointsOpt = True,
+    **synced: Any,
 ) -> None:
     """Sync the project to DEST and start SCRIPT there detached (follow it with --wait)."""
-    from ..pipeline import StartRequest
-    from .starting import run_train
+    from .starting import run_train, train_request
 
-    own = {
-        "dest": dest, "identity": identity, "insecure_host_key": insecure_host_key,
-        **o.synced_host_options(
-            project_name, remote_dir, adopt_remote_dir, sync_code, include, data, download_checkpoints
-        ),
-    }  # fmt: skip
-    request = StartRequest(
-        "ssh", script, project_dir, opts.name, opts.env, None, script_args or [], opts.notify, opts.metrics_regex,
-        opts.checkpoint_dir, opts.resume_from, setup, opts.tty, list(opts.checkpoint_glob), opts.policies(), own,
-        say=None if opts.output == Output.json else say,
-    )  # fmt: skip
-    run_train(request, opts.output, opts.wait, opts.timeout)
+    own = {"dest": dest, "identity": identity, "insecure_host_key": insecure_host_key}
+    run_train(train_request("ssh", opts, script, script_args, own, synced), opts.output, opts.wait, opts.timeout)
 
 
 @app.command("exec", context_settings={"allow_interspersed_args": False})

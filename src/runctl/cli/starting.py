@@ -40,6 +40,23 @@ def announce_and_follow(
     exit_with(code)
 
 
+def train_request(
+    provider: str, opts: Any, script: str, script_args: list[str] | None, own: dict[str, Any], synced: dict[str, Any]
+) -> Any:
+    """The pipeline's StartRequest of a `<provider> train`: the shared options, the synced-host flags
+    (`options.synced_host_options(**synced)`) and the provider's own options."""
+    from ..pipeline import StartRequest
+    from .options import synced_host_options
+
+    options = synced_host_options(**synced)
+    project_dir, setup = options.pop("project_dir"), options.pop("setup")
+    return StartRequest(
+        provider, script, project_dir, opts.name, opts.env, None, list(script_args or []), opts.notify,
+        opts.metrics_regex, opts.checkpoint_dir, opts.resume_from, setup, opts.tty, list(opts.checkpoint_glob),
+        opts.policies(), {**own, **options}, say=None if opts.output == Output.json else say,
+    )  # fmt: skip
+
+
 def run_train(request: Any, output: Output, wait: bool, timeout: float | None, where: str | None = None) -> None:
     """The end of every `<provider> train`: start the request through the pipeline, then announce or follow."""
     from ..pipeline import start

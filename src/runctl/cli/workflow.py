@@ -33,7 +33,11 @@ CREATE_FLAGS = borrow(
     drop=("wait", "output", "name", "identity", "ssh_user", "address", "region"),
     defaults={"instance_type": None},
 )
-TRAIN_FLAGS = borrow(train_body, drop=("instance", "script", "script_args", "start", "on_end"), defaults={})
+TRAIN_FLAGS = [
+    *borrow(train_body, drop=("instance", "script", "script_args", "start", "on_end")),
+    *borrow(o.synced_host_options),
+]
+SYNCED_NAMES = tuple(p.name for p in borrow(o.synced_host_options))
 CREATE_NAMES = tuple(p.name for p in CREATE_FLAGS)
 
 
@@ -101,9 +105,11 @@ class Flow:
         controller.locate(self.script, self.train_flags.get("project_dir"))  # a typo costs no instance
         try:
             instance = self.acquire()
+            flags = dict(self.train_flags)
+            synced = {name: flags.pop(name) for name in SYNCED_NAMES}
             request = aws_request(
-                self.opts, instance.id, self.script, self.script_args,
-                start=False, on_end=self.end_action(instance), created=self.made is not None, **self.train_flags,
+                self.opts, instance.id, self.script, self.script_args, start=False, on_end=self.end_action(instance),
+                created=self.made is not None, synced=synced, **flags,
             )  # fmt: skip
             code = self.train(request)
         except KeyboardInterrupt:
