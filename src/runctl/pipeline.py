@@ -88,6 +88,15 @@ def apply_config(spec: RunSpec, root: Path, flags: dict[str, Any]) -> None:
     spec.policies = merge_policies(config, flags)
 
 
+def check_budget(spec: RunSpec) -> None:
+    """A budget needs a price: without one the agent could not tell what the run costs (exit 2)."""
+    if spec.policies.get("max_cost") is not None and spec.hourly_price is None:
+        raise UsageError(
+            "no hourly price known for this host: --max-cost needs one",
+            "state it with --hourly-price USD (local and SSH hosts), or drop --max-cost",
+        )
+
+
 def host_owned_paths(spec: RunSpec) -> tuple[str, ...]:
     """Project-relative paths the host writes and a code sync must never delete (custom checkpoint dir, resume file)."""
     owned = []
@@ -149,6 +158,8 @@ class Start:
         self.store.add_event(self.spec.run_id, "provisioning", {"provider": self.provider.name})
         host, self.acquired = self.provider.acquire(self.request)
         self.host = host
+        self.spec.hourly_price = host.hourly_price
+        check_budget(self.spec)
         key = self.store.upsert_host(
             host.provider,
             host.id,

@@ -93,7 +93,10 @@ class Stopper:
             self.record.write_status(notice=decision.message)
             self.notify("policy")
             return
-        self.initiate(decision, mono, grace=0.0 if decision.action == policies.STOP_NOW else None)
+        grace = 0.0 if decision.action == policies.STOP_NOW else decision.grace
+        if grace is not None and self.engine is not None:
+            grace = min(grace, float(self.engine.cfg["stop_grace"]))  # a deadline only ever shortens it
+        self.initiate(decision, mono, grace=grace)
 
     def initiate(self, decision: policies.Decision, mono: float, grace: Optional[float] = None) -> None:
         """Graceful first: STOP_TRAINING for the script, then SIGTERM to the group, then SIGKILL."""
@@ -112,7 +115,10 @@ class Stopper:
         grace = stopping.clamp_grace(grace, float(self.engine.cfg["stop_grace"]))
         if not os.path.exists(self.stop_file):
             atomic_write(self.stop_file, (decision.message + "\n").encode())
-        self.sequence = stopping.Sequence(float(self.engine.cfg["term_grace"]))
+        term_grace = float(self.engine.cfg["term_grace"])
+        if decision.term_grace is not None:
+            term_grace = min(term_grace, max(0.0, decision.term_grace))
+        self.sequence = stopping.Sequence(term_grace)
         self.sequence.add(mono, grace)
         self.record.event(
             "stop_initiated",

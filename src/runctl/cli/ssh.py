@@ -44,13 +44,14 @@ def train(
     data: o.DataOpt = None,
     setup: o.SetupOpt = None,
     download_checkpoints: o.DownloadCheckpointsOpt = True,
+    hourly_price: o.HourlyPriceOpt = None,
 ) -> None:
     """Sync the project to DEST and start SCRIPT there detached (follow it with --wait)."""
     from ..pipeline import StartRequest
     from .starting import run_train
 
     own = {
-        "dest": dest, "identity": identity, "insecure_host_key": insecure_host_key,
+        "dest": dest, "identity": identity, "insecure_host_key": insecure_host_key, "hourly_price": hourly_price,
         **o.synced_host_options(
             project_name, remote_dir, adopt_remote_dir, sync_code, include, data, download_checkpoints
         ),
