@@ -7,6 +7,7 @@ and its own clock), so these runs are started without --wait where the controlle
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,3 +183,34 @@ def test_a_run_without_a_budget_carries_no_budget(cli, project: Path) -> None:
     assert run["status"] == "completed" and "budget" not in run
     assert "budget" not in status_file(project, run_id)
     assert run_dir(project, run_id).exists()
+
+
+# ---- over SSH: the agent on the host counts the money ------------------------------------------
+
+
+def test_a_budget_over_ssh_stops_on_the_host_and_brings_the_checkpoint_home(sshenv, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.integration.test_ssh import make_project, remote_project
+
+    host = sshenv.hosts[0]
+    project = make_project(tmp_path, "s-budget")
+    price, max_cost, poll_seconds = 720.0, 3.0, 2.0  # $0.20 a second: 15 s of budget
+    args = ["--epochs", "3", "--steps-per-epoch", "500", "--delay", "0.05", "--checkpoint-interval", "1000"]
+    started = sshenv.cli(
+        "ssh", "train", sshenv.dest(host), "train_stub.py", "--hourly-price", "720", "--max-cost", "3",
+        "--poll-interval", "2s", "--", *args, cwd=project,
+    )  # fmt: skip
+    assert started.code == 0, started.err
+    run_id = started.out.strip()
+    waited = sshenv.cli("runs", "wait", run_id, "--timeout", "60s", cwd=project)
+    assert waited.code == 1, waited.err  # stopped, not completed
+    run = sshenv.status(run_id, project)
+    assert run["status"] == "stopped" and run["termination_status"] == "budget", run
+    assert FIGURES.search(run["termination_message"]), run["termination_message"]
+    log = sshenv.cli("runs", "logs", run_id, cwd=project).out
+    saved = re.search(r"Stop requested: saved checkpoint \S*/(checkpoint_epoch_\d+\.json)", log)
+    assert saved, log[-500:]
+    assert (project / "checkpoints" / run_id / saved.group(1)).is_file()
+    remote = json.loads((remote_project(host, "s-budget") / ".runctl" / "runs" / run_id / "status.json").read_text())
+    spent_at_end = (remote["ended_at"] - remote["budget"]["since"]) * price / 3600.0
+    assert spent_at_end <= max_cost + poll_seconds * price / 3600.0
+    assert run["budget"]["max_cost"] == max_cost and run["budget"]["spent"] <= max_cost + 0.4
