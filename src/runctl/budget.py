@@ -12,7 +12,7 @@ from typing import Any
 
 from .core import status as st
 from .core.durations import format_duration
-from .core.policies import finite, money
+from .core.policies import finite, money, rate
 
 
 def current(run: dict[str, Any], now: float | None = None) -> dict[str, Any] | None:
@@ -31,10 +31,10 @@ def current(run: dict[str, Any], now: float | None = None) -> dict[str, Any] | N
     left = max(0.0, cap - spent)
     seconds_left = left / price * 3600.0 if price > 0 else None
     return {
-        "spent": round(spent, 6),
+        "spent": round(spent, 9),
         "max_cost": cap,
         "hourly_price": price,
-        "left": round(left, 6),
+        "left": round(left, 9),
         "seconds_left": None if seconds_left is None else round(seconds_left, 1),
         "at": at,
     }
@@ -42,7 +42,7 @@ def current(run: dict[str, Any], now: float | None = None) -> dict[str, Any] | N
 
 def describe(view: dict[str, Any], running: bool) -> str:
     """`$4.10 of $25.00 at $3.06/hr; 6h 13m left at this rate` (no time left once the run ended)."""
-    text = "$%s of $%s at $%s/hr" % (money(view["spent"]), money(view["max_cost"]), money(view["hourly_price"]))
+    text = "$%s of $%s at $%s/hr" % (money(view["spent"]), money(view["max_cost"]), rate(view["hourly_price"]))
     if running and view.get("seconds_left") is not None:
         text += "; %s left at this rate" % format_duration(float(view["seconds_left"]))
     return text

@@ -78,7 +78,7 @@ def test_a_budget_stop_saves_the_checkpoint_and_ends_stopped_budget(cli, project
     assert run["status"] == "stopped" and run["termination_status"] == "budget"
     figures = FIGURES.search(run["termination_message"])
     assert figures, run["termination_message"]
-    assert figures.group(2) == "3.00" and figures.group(3) == "3600.00"
+    assert figures.group(2) == "3.00" and figures.group(3) == "3600"
     saved = list((project / "checkpoints").glob("checkpoint_step_*.json"))
     assert saved, "the script's checkpoint was not saved on the budget stop"
     assert run["last_checkpoint"] and Path(run["last_checkpoint"]).name == saved[-1].name
@@ -108,7 +108,7 @@ def test_runs_status_shows_spend_against_the_budget_and_the_time_left(cli, proje
     assert 0 < shown["spent"] < 900 and shown["left"] == pytest.approx(900 - shown["spent"], abs=1e-3)
     assert 0 < shown["seconds_left"] < 900
     text = cli("runs", "status", run_id)
-    assert re.search(r"budget\s+\$[\d.]+ of \$900\.00 at \$3600\.00/hr; \S+ left at this rate", text.out), text.out
+    assert re.search(r"budget\s+\$[\d.]+ of \$900\.00 at \$3600/hr; \S+ left at this rate", text.out), text.out
     assert cli("runs", "stop", run_id).code == 0
     final = cli("runs", "status", run_id, "-o", "json").json
     assert final["termination_status"] == "user_stop" and final["budget"]["spent"] < 900
@@ -214,3 +214,37 @@ def test_a_budget_over_ssh_stops_on_the_host_and_brings_the_checkpoint_home(sshe
     spent_at_end = (remote["ended_at"] - remote["budget"]["since"]) * price / 3600.0
     assert spent_at_end <= max_cost + poll_seconds * price / 3600.0
     assert run["budget"]["max_cost"] == max_cost and run["budget"]["spent"] <= max_cost + 0.4
+
+
+# ---- on EC2: the price comes from runctl's own pricing -------------------------------------------
+
+
+def test_a_budget_on_ec2_is_counted_at_the_instances_price(ec2_sshenv, ec2_world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from runctl.providers.ec2prices import on_demand_price
+    from tests.integration.test_aws_train import EXAMPLE, SCRIPT, Aws
+    from tests.support.aws import DEFAULT_INSTANCE_TYPE, REGION
+
+    root = tmp_path / "ec2proj"
+    (root / "training").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("[project]\nname = 'ec2proj'\nversion = '0'\n")
+    shutil.copy(EXAMPLE, root / SCRIPT)
+    aws = Aws(ec2_sshenv, ec2_world, root)
+    price, _ = on_demand_price(DEFAULT_INSTANCE_TYPE, REGION)
+    assert price
+    max_cost = price * 8 / 3600.0  # eight seconds of the instance
+    instance = aws.world.launch_for(aws.world.hosts[0])
+    started = aws.train(
+        instance, "--sync-code", "--max-cost", "%.9f" % max_cost, "--poll-interval", "1s",
+        script_args=("--epochs", "3", "--steps-per-epoch", "100", "--delay", "0.1"),
+    )  # fmt: skip
+    assert started.code == 0, started.err
+    run_id = started.out.strip()
+    assert aws.cli("runs", "wait", run_id, "--timeout", "90s").code == 1
+    run = aws.status(run_id)
+    assert run["status"] == "stopped" and run["termination_status"] == "budget", run
+    assert "at $%.4g/hr" % price in run["termination_message"], run["termination_message"]
+    assert run["budget"]["hourly_price"] == price
+    assert run["budget"]["spent"] <= max_cost + price / 3600.0  # within one poll interval's cost
+    assert list((root / "checkpoints" / run_id).glob("checkpoint_epoch_*.json")), "the checkpoint came home"

@@ -25,7 +25,7 @@ def test_fires_one_poll_interval_before_the_budget_is_spent() -> None:
     assert decision is not None
     assert decision.termination_status == st.T_BUDGET
     assert st.STATUS_FOR_TERMINATION[decision.termination_status] == st.STOPPED
-    assert decision.message.startswith("spent $5.00 of $10.00 budget at $3600.00/hr after 5.0 s")
+    assert decision.message.startswith("spent $5.00 of $10.00 budget at $3600/hr after 5.0 s")
 
 
 @pytest.mark.parametrize(("poll", "fired_at"), [(5.0, 5.0), (1.0, 9.0), (2.0, 8.5), (0.5, 9.6)])
@@ -80,10 +80,10 @@ def test_status_view_runs_on_at_the_hourly_price_while_the_run_goes() -> None:
     assert live is not None
     assert live["spent"] == pytest.approx(5.0) and live["left"] == pytest.approx(5.0)
     assert live["seconds_left"] == pytest.approx(5.0)
-    assert budget.describe(live, running=True) == "$5.00 of $10.00 at $3600.00/hr; 5.0s left at this rate"
+    assert budget.describe(live, running=True) == "$5.00 of $10.00 at $3600/hr; 5.0s left at this rate"
     ended = budget.current({"status": st.STOPPED, "budget": written}, now=1e9)
     assert ended is not None and ended["spent"] == 2.0
-    assert budget.describe(ended, running=False) == "$2.00 of $10.00 at $3600.00/hr"
+    assert budget.describe(ended, running=False) == "$2.00 of $10.00 at $3600/hr"
     assert budget.current({"status": st.RUNNING}) is None
     assert budget.current({"status": st.RUNNING, "budget": {"spent": "x"}}) is None
 
@@ -91,4 +91,6 @@ def test_status_view_runs_on_at_the_hourly_price_while_the_run_goes() -> None:
 def test_small_amounts_keep_their_cents_fractions() -> None:
     assert policies.money(0.01234) == "0.0123"
     assert policies.money(12.345) == "12.35"
+    assert policies.money(0.0000234) == "0.0000234"
+    assert policies.money(0) == "0.0000"
     assert math.isinf(policies.Spend(0.0, 1.0, 0.0, 0.0).seconds_left)

@@ -62,13 +62,13 @@ class Spend(NamedTuple):
         return "spent $%s of $%s budget at $%s/hr after %.1f s" % (
             money(self.spent),
             money(self.budget),
-            money(self.hourly_price),
+            rate(self.hourly_price),
             self.elapsed,
         )
 
     def as_dict(self) -> Dict[str, Any]:
         return {
-            "spent": round(self.spent, 6),
+            "spent": round(self.spent, 9),
             "max_cost": self.budget,
             "hourly_price": self.hourly_price,
             "elapsed": round(self.elapsed, 3),
@@ -77,8 +77,19 @@ class Spend(NamedTuple):
 
 
 def money(amount: float) -> str:
-    """Dollars to the cent, or to four places under a dollar (a few seconds of a GPU)."""
-    return "%.2f" % amount if abs(amount) >= 1 else "%.4f" % amount
+    """Dollars to the cent, to four places under a dollar (a few seconds of a GPU), and to three
+    significant digits under a cent (a few seconds of a small instance)."""
+    if abs(amount) >= 1:
+        return "%.2f" % amount
+    if abs(amount) >= 0.01 or amount == 0:
+        return "%.4f" % amount
+    decimals = min(12, 2 - int(math.floor(math.log10(abs(amount)))))
+    return "%.*f" % (decimals, amount)
+
+
+def rate(hourly_price: float) -> str:
+    """An hourly price as price lists write it: `1.006`, `0.0104`, `32.77`."""
+    return "%.4g" % hourly_price
 
 
 def spend(max_cost: float, hourly_price: float, since: float, now: float) -> Spend:
