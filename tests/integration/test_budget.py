@@ -248,3 +248,28 @@ def test_a_budget_on_ec2_is_counted_at_the_instances_price(ec2_sshenv, ec2_world
     assert run["budget"]["hourly_price"] == price
     assert run["budget"]["spent"] <= max_cost + price / 3600.0  # within one poll interval's cost
     assert list((root / "checkpoints" / run_id).glob("checkpoint_epoch_*.json")), "the checkpoint came home"
+
+
+def test_a_budget_smaller_than_one_poll_is_refused(cli, project: Path) -> None:
+    result = cli("local", "train", "train_stub.py", "--hourly-price", PRICE, "--max-cost", "4", "--poll-interval", "5s")
+    assert result.code == 2, result.err
+    assert "--max-cost $4.00 is no more than one poll interval's cost ($5.00: 5s at $3600/hr)" in result.err
+    assert "shorten --poll-interval" in result.err
+    nothing_recorded(cli, project)
+
+
+def test_a_budget_spent_during_setup_stops_before_the_script_starts(sshenv, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.integration.test_ssh import make_project
+
+    project = make_project(tmp_path, "s-budget-setup")
+    started = sshenv.cli(
+        "ssh", "train", sshenv.dest(sshenv.hosts[1]), "train_stub.py", "--setup", "sleep 60",
+        "--hourly-price", PRICE, "--max-cost", "3", "--poll-interval", "1s", cwd=project,
+    )  # fmt: skip
+    assert started.code == 0, started.err
+    run_id = started.out.strip()
+    assert sshenv.cli("runs", "wait", run_id, "--timeout", "40s", cwd=project).code == 1
+    run = sshenv.status(run_id, project)
+    assert run["status"] == "stopped" and run["termination_status"] == "budget", run
+    assert "during setup; the script was not started" in run["termination_message"]
+    assert FIGURES.search(run["termination_message"]), run["termination_message"]
