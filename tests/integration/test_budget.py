@@ -273,3 +273,36 @@ def test_a_budget_spent_during_setup_stops_before_the_script_starts(sshenv, tmp_
     assert run["status"] == "stopped" and run["termination_status"] == "budget", run
     assert "during setup; the script was not started" in run["termination_message"]
     assert FIGURES.search(run["termination_message"]), run["termination_message"]
+
+
+# ---- on Lambda Labs: the price comes from the Cloud API ------------------------------------------
+
+
+def test_a_budget_on_lambda_stops_the_run_and_terminates_the_instance(ec2_sshenv, lambda_world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from tests.integration.test_lambda import EXAMPLE, SCRIPT, Lambda, pulled, run_id_of
+
+    root = tmp_path / "lproj"
+    (root / "training").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("[project]\nname = 'lproj'\nversion = '0'\n")
+    shutil.copy(EXAMPLE, root / SCRIPT)
+    lam = Lambda(ec2_sshenv, lambda_world, root)
+    price = 0.75  # the fake's gpu_1x_a10, in dollars an hour
+    max_cost = price * 8 / 3600.0
+    try:
+        done = lam.train(
+            "--wait", "--max-cost", "%.9f" % max_cost, "--poll-interval", "1s",
+            script_args=("--epochs", "3", "--steps-per-epoch", "100", "--delay", "0.1"),
+        )  # fmt: skip
+        assert done.code == 1, done.err
+        run_id = run_id_of(done)
+        run = lam.status(run_id)
+        assert run["status"] == "stopped" and run["termination_status"] == "budget", run
+        assert "at $0.75/hr" in run["termination_message"], run["termination_message"]
+        assert run["budget"]["spent"] <= max_cost + price / 3600.0
+        assert pulled(root, run_id), "the checkpoint came home before the terminate"
+        lam.all_terminated()
+    finally:
+        for instance in lambda_world.live():
+            lambda_world.instances[instance.id].terminate_at = 0.0
