@@ -94,3 +94,31 @@ def test_small_amounts_keep_their_cents_fractions() -> None:
     assert policies.money(0.0000234) == "0.0000234"
     assert policies.money(0) == "0.0000"
     assert math.isinf(policies.Spend(0.0, 1.0, 0.0, 0.0).seconds_left)
+
+
+def test_a_long_user_stop_under_way_is_hurried_when_the_budget_runs_out(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from runctl.agent.record import RunRecord
+    from runctl.agent.stopper import Stopper
+
+    run = tmp_path / "run"
+    run.mkdir()
+    stopper = Stopper(RunRecord(str(run), str(tmp_path), {"status": st.RUNNING, "seq": 1}), str(tmp_path), print)
+    stopper.engine = policies.PolicyEngine({"stop_grace": 30, "term_grace": 10, "poll_interval": 5}, 0.0)
+    sent: list[str] = []
+
+    def send(name: str) -> list[dict[str, object]]:
+        sent.append(name)
+        return []
+
+    stopper.initiate(policies.Decision(st.T_USER_STOP, "stopped by the user"), 0.0, grace=3600.0)
+    decision = policies.budget_decision(10.0, PRICE, 0.0, 5.0, 5.0, 0.1)
+    assert decision is not None and decision.grace is not None and decision.term_grace is not None
+    stopper.apply(decision, 5.0)
+    stopper.apply(decision, 5.1)  # every tick says so again: hurried once
+    assert stopper.advance(5.0 + decision.grace, send, "group") == "SIGTERM"
+    assert stopper.advance(5.0 + decision.grace + decision.term_grace, send, "group") == "SIGKILL"
+    assert stopper.reason is not None and stopper.reason.termination_status == st.T_USER_STOP  # the user asked first
+    names = [json.loads(line)["event"] for line in (run / "events.jsonl").read_text().splitlines()]
+    assert names.count("stop_hurried_by_budget") == 1
