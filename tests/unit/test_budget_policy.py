@@ -60,17 +60,18 @@ def test_a_stop_grace_shorter_than_the_window_is_kept(tmp_path) -> None:  # type
 
 def test_the_engine_counts_from_when_the_agent_took_the_run() -> None:
     engine = policies.PolicyEngine({"max_cost": 10.0, "poll_interval": 1.0}, 50.0, PRICE, cost_since=45.0, tick=0.1)
-    assert engine.on_tick(53.9, False) is None
-    fired = engine.on_tick(54.0, False)
+    assert engine.on_budget(53.9) is None
+    fired = engine.on_budget(54.0)
     assert fired is not None and fired.termination_status == st.T_BUDGET
     spent = engine.spend(54.0)
     assert spent is not None and spent.spent == pytest.approx(9.0) and spent.seconds_left == pytest.approx(1.0)
     assert policies.PolicyEngine({"max_cost": 10.0}, 0.0).spend(1e6) is None  # no price: no figures
 
 
-def test_a_budget_comes_before_max_duration() -> None:
-    engine = policies.PolicyEngine({"max_cost": 1.0, "max_duration": 1.0, "poll_interval": 1.0}, 0.0, PRICE)
-    fired = engine.on_tick(5.0, False)
+def test_the_budget_is_its_own_rule_on_its_own_clock() -> None:
+    engine = policies.PolicyEngine({"max_cost": 3.0, "poll_interval": 1.0}, 1e9, PRICE, cost_since=10.0)
+    assert engine.on_tick(1e9 + 100, False) is None  # the wall clock plays no part
+    fired = engine.on_budget(12.0)
     assert fired is not None and fired.termination_status == st.T_BUDGET
 
 

@@ -44,7 +44,8 @@ PTY_INTERVAL = 0.01
 class Supervisor:
     def __init__(self, run_dir: str, ready_fd: Optional[int] = None) -> None:
         self.run_dir = os.path.abspath(run_dir)
-        self.taken_at = time.time()  # a budget counts from here: setup time is billed too
+        # A budget counts from here (setup time is billed too), on the monotonic clock.
+        self.taken_at, self.taken_mono = time.time(), time.monotonic()
         spec = read_json(os.path.join(self.run_dir, layout.SPEC))
         if spec is None:
             raise RuntimeError("no readable %s in %s" % (layout.SPEC, self.run_dir))
@@ -181,7 +182,7 @@ class Supervisor:
             self.track(time.monotonic(), keep=(proc.pid,))
             reason, _ = self.stopper.asked()
             termination = st.T_USER_STOP
-            over = self.budget_during_setup(time.time())
+            over = self.budget_during_setup(time.monotonic())
             if over is not None and not reason:
                 reason, termination = over.message, st.T_BUDGET
             if reason:
@@ -189,20 +190,21 @@ class Supervisor:
                 proc.wait()
                 raise StoppedDuringSetup(reason, termination)
 
-    def budget_during_setup(self, now: float) -> Optional[policies.Decision]:
+    def budget_during_setup(self, mono: float) -> Optional[policies.Decision]:
         """The budget rule before the script runs (a long environment build costs money too)."""
         cfg = policies.normalize(self.spec.get("policies"))
         return policies.budget_decision(
-            cfg["max_cost"], self.spec.get("hourly_price"), self.taken_at, now, float(cfg["poll_interval"]), 0.0
+            cfg["max_cost"], self.spec.get("hourly_price"), self.taken_mono, mono, float(cfg["poll_interval"]), 0.0
         )
 
-    def write_spend(self, now: float, fsync: bool = False) -> None:
-        """The run's cost against its budget in status.json (`runs status` shows it), when it has one."""
+    def write_spend(self, now: float) -> None:
+        """The run's cost against its budget in status.json (`runs status` shows it), when it has one;
+        `since` and `at` are wall times, for the controller to carry the spend on to its own now."""
         if self.engine is None:
             return
-        spent = self.engine.spend(now)
+        spent = self.engine.spend(time.monotonic())
         if spent is not None:
-            self.write_status(fsync=fsync, budget={**spent.as_dict(), "since": self.taken_at, "at": now})
+            self.write_status(budget={**spent.as_dict(), "since": self.taken_at, "at": now})
 
     def python_env(self, env: Dict[str, str]) -> None:
         """Build or reuse the project's venv; its python then runs the .py script."""
@@ -241,7 +243,7 @@ class Supervisor:
             self.proc = self.start_logged(self.spec["command"], env)
         self.pgid = self.proc.pid
         self.engine = self.intake.engine = self.stopper.engine = policies.PolicyEngine(
-            self.spec.get("policies"), started, self.spec.get("hourly_price"), self.taken_at, TICK_SECONDS
+            self.spec.get("policies"), started, self.spec.get("hourly_price"), self.taken_mono, TICK_SECONDS
         )
         self.write_spend(started)
         self.record.mirror(layout.PID, ("%d\n" % self.proc.pid).encode())
@@ -430,6 +432,7 @@ class Supervisor:
             marker_ready = self.marker_ready(now)
             if marker_ready and not self.record.ended and self.stopper.reason is None:
                 self.complete_by_marker(now)
+            self.apply(self.engine.on_budget(mono))
             self.apply(self.engine.on_tick(now, marker_ready))
             if mono >= next_poll:
                 next_poll = mono + float(self.engine.cfg["poll_interval"])
@@ -556,7 +559,7 @@ class Supervisor:
                 ended,
                 ending.log_tail(self.path(layout.LOG)),
             )
-            final_spend = self.engine.spend(ended) if self.engine is not None else None
+            final_spend = self.engine.spend(time.monotonic()) if self.engine is not None else None
             if termination == st.T_BUDGET and final_spend is not None:
                 message = final_spend.describe() + "; stopped by --max-cost"
             self.write_status(

@@ -163,6 +163,8 @@ class PolicyEngine:
         self.cfg = normalize(policies)
         self.started_at = started_at
         self.hourly_price = finite(hourly_price)
+        # When the host began working on the run, on the clock `on_budget` is given (the agent's
+        # monotonic clock: a wall clock stepped by NTP must not make the money look spent or unspent).
         self.cost_since = started_at if cost_since is None else cost_since
         self.tick = tick
         self.below_count = 0
@@ -212,20 +214,22 @@ class PolicyEngine:
             )
         return None
 
-    def spend(self, now: float) -> Optional[Spend]:
+    def spend(self, clock: float) -> Optional[Spend]:
         """The run's cost against its budget, when it has one (and its host a price)."""
         if self.cfg["max_cost"] is None or self.hourly_price is None:
             return None
-        return spend(float(self.cfg["max_cost"]), self.hourly_price, self.cost_since, now)
+        return spend(float(self.cfg["max_cost"]), self.hourly_price, self.cost_since, clock)
+
+    def on_budget(self, clock: float) -> Optional[Decision]:
+        """Every agent tick, before the other rules: the budget (`clock` as for `cost_since`)."""
+        cfg = self.cfg
+        return budget_decision(
+            cfg["max_cost"], self.hourly_price, self.cost_since, clock, float(cfg["poll_interval"]), self.tick
+        )
 
     def on_tick(self, now: float, marker_ready: bool) -> Optional[Decision]:
-        """Cheap checks done every agent tick: budget, max duration, hang, a lingering process after the marker."""
+        """Cheap checks done every agent tick: max duration, hang, a lingering process after the marker."""
         cfg = self.cfg
-        over = budget_decision(
-            cfg["max_cost"], self.hourly_price, self.cost_since, now, float(cfg["poll_interval"]), self.tick
-        )
-        if over is not None:
-            return over
         if cfg["max_duration"] is not None and now - self.started_at >= float(cfg["max_duration"]):
             return Decision(st.T_MAX_DURATION, "ran for the maximum duration of %gs" % cfg["max_duration"])
         if marker_ready:
