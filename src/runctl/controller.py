@@ -368,7 +368,7 @@ def view(row: dict[str, Any]) -> dict[str, Any]:
         "last_checkpoint": state.get("last_checkpoint"),
         "duration": state.get("duration"),
     }
-    for key in ("val_loss", "eval_loss", "agent_alive", "warning", "notice", "exit_signal", "disk_full"):
+    for key in ("val_loss", "eval_loss", "agent_alive", "warning", "notice", "exit_signal", "disk_full", "budget"):
         if state.get(key) is not None:
             out[key] = state[key]
     return out

@@ -160,6 +160,14 @@ def _globs(value: Any) -> list[str]:
     return list(value)
 
 
+def _dollars(value: Any) -> float:
+    """A budget in USD: a finite number above 0 (there is no "off" value; leave the flag out)."""
+    number = _number(value)
+    if number <= 0:
+        raise _refuse("must be more than 0 dollars, got %s" % shown(value))
+    return number
+
+
 Number = BeforeValidator(_number)  # 0 or negative is a valid loss threshold: it turns the threshold off
 Count = BeforeValidator(_count)
 Grace = BeforeValidator(lambda value: _seconds(value, allow_zero=True))
@@ -231,6 +239,15 @@ class PolicyParams(BaseModel):
         Policy("--on-nan", "NaN/inf loss: stop (default) or ignore", "ignore", text=True),
         _choice(STOP, IGNORE),
     ] = DEFAULTS["on_nan"]
+    max_cost: Annotated[
+        Optional[float],
+        Policy(
+            "--max-cost",
+            "Stop gracefully before the run costs USD (host's $/hr x time; local/SSH: with --hourly-price)",
+            "25",
+        ),
+        BeforeValidator(_dollars),
+    ] = DEFAULTS["max_cost"]
     stop_grace: Annotated[
         float,
         Policy(

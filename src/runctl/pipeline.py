@@ -88,6 +88,29 @@ def apply_config(spec: RunSpec, root: Path, flags: dict[str, Any]) -> None:
     spec.policies = merge_policies(config, flags)
 
 
+def check_budget(spec: RunSpec) -> None:
+    """A budget needs a price (else the agent could not tell what the run costs), and must buy more
+    than the one poll interval the agent keeps in hand, or the run would be stopped at once (exit 2)."""
+    from .core.policies import DEFAULTS, money, rate
+
+    max_cost = spec.policies.get("max_cost")
+    if max_cost is None:
+        return
+    if spec.hourly_price is None:
+        raise UsageError(
+            "no hourly price known for this host: --max-cost needs one",
+            "state it with --hourly-price USD (local and SSH hosts), or drop --max-cost",
+        )
+    poll = float(spec.policies.get("poll_interval") or DEFAULTS["poll_interval"])
+    poll_cost = spec.hourly_price * poll / 3600.0
+    if float(max_cost) <= poll_cost:
+        raise UsageError(
+            "--max-cost $%s is no more than one poll interval's cost ($%s: %gs at $%s/hr); the run would stop at once"
+            % (money(float(max_cost)), money(poll_cost), poll, rate(spec.hourly_price)),
+            "raise --max-cost, or shorten --poll-interval",
+        )
+
+
 def host_owned_paths(spec: RunSpec) -> tuple[str, ...]:
     """Project-relative paths the host writes and a code sync must never delete (custom checkpoint dir, resume file)."""
     owned = []
@@ -149,6 +172,8 @@ class Start:
         self.store.add_event(self.spec.run_id, "provisioning", {"provider": self.provider.name})
         host, self.acquired = self.provider.acquire(self.request)
         self.host = host
+        self.spec.hourly_price = host.hourly_price
+        check_budget(self.spec)
         key = self.store.upsert_host(
             host.provider,
             host.id,

@@ -47,6 +47,11 @@ def test_the_maximum_duration_itself_is_accepted() -> None:
         ("poll_interval", "soon", "soon", "must be a duration like 90s, 15m or 2h, got 'soon'"),
         ("on_hang", "maybe", "maybe", "must be stop or notify, got 'maybe'"),
         ("on_nan", "", "", "must be stop or ignore, got ''"),
+        ("max_cost", 0, 0, "must be more than 0 dollars, got 0"),
+        ("max_cost", -5.0, -5.0, "must be more than 0 dollars, got -5.0"),
+        ("max_cost", float("nan"), float("nan"), "must be a finite number, got nan"),
+        ("max_cost", float("inf"), float("inf"), "must be a finite number, got inf"),
+        ("max_cost", "10", "10", "must be a number, got '10'"),
     ],
 )
 def test_flags_and_config_refuse_alike(key: str, flag_value: object, toml_value: object, problem: str) -> None:

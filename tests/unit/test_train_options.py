@@ -15,10 +15,10 @@ from runctl.core.errors import UsageError
 from runctl.core.policies import DEFAULTS
 from runctl.params import POLICY_KEYS, POLICY_PANEL, Number, Policy, TrainOptions, flag_of, from_config
 
-LOCAL_OWN = {"script", "script_args", "project_dir", "python"}
+LOCAL_OWN = {"script", "script_args", "project_dir", "python", "hourly_price"}
 SSH_OWN = {
     "dest", "script", "script_args", "identity", "insecure_host_key", "project_dir", "project_name",
-    "remote_dir", "adopt_remote_dir", "sync_code", "include", "data", "setup", "download_checkpoints",
+    "remote_dir", "adopt_remote_dir", "sync_code", "include", "data", "setup", "download_checkpoints", "hourly_price",
 }  # fmt: skip
 
 

@@ -33,6 +33,7 @@ class Stopper:
         self.signal_name = ""
         self.signal_at: Optional[float] = None
         self.exited_at: Optional[float] = None  # once set, nothing can stop the process any more
+        self.budget_hurried = False
 
     @property
     def term_sent(self) -> bool:
@@ -93,7 +94,26 @@ class Stopper:
             self.record.write_status(notice=decision.message)
             self.notify("policy")
             return
-        self.initiate(decision, mono, grace=0.0 if decision.action == policies.STOP_NOW else None)
+        if self.reason is not None and decision.termination_status == st.T_BUDGET:
+            self.hurry_for_budget(decision, mono)
+            return
+        grace = 0.0 if decision.action == policies.STOP_NOW else decision.grace
+        if grace is not None and self.engine is not None:
+            grace = min(grace, float(self.engine.cfg["stop_grace"]))  # a deadline only ever shortens it
+        self.initiate(decision, mono, grace=grace)
+
+    def hurry_for_budget(self, decision: policies.Decision, mono: float) -> None:
+        """The budget runs out while a stop is under way (say `runs stop --grace 1h`): the stop keeps
+        its reason but must end within the budget's window, like a stop the budget began."""
+        if self.budget_hurried or self.sequence is None or decision.grace is None or decision.term_grace is None:
+            return
+        self.budget_hurried = True
+        if self.sequence.term_sent_at is None:
+            self.sequence.add(mono, decision.grace)
+            self.sequence.term_grace = min(self.sequence.term_grace, max(0.0, decision.term_grace))
+        else:
+            self.sequence.add(mono, decision.grace + decision.term_grace)  # brings SIGKILL forward
+        self.record.event("stop_hurried_by_budget", message=decision.message)
 
     def initiate(self, decision: policies.Decision, mono: float, grace: Optional[float] = None) -> None:
         """Graceful first: STOP_TRAINING for the script, then SIGTERM to the group, then SIGKILL."""
@@ -112,7 +132,10 @@ class Stopper:
         grace = stopping.clamp_grace(grace, float(self.engine.cfg["stop_grace"]))
         if not os.path.exists(self.stop_file):
             atomic_write(self.stop_file, (decision.message + "\n").encode())
-        self.sequence = stopping.Sequence(float(self.engine.cfg["term_grace"]))
+        term_grace = float(self.engine.cfg["term_grace"])
+        if decision.term_grace is not None:
+            term_grace = min(term_grace, max(0.0, decision.term_grace))
+        self.sequence = stopping.Sequence(term_grace)
         self.sequence.add(mono, grace)
         self.record.event(
             "stop_initiated",

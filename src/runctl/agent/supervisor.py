@@ -44,6 +44,8 @@ PTY_INTERVAL = 0.01
 class Supervisor:
     def __init__(self, run_dir: str, ready_fd: Optional[int] = None) -> None:
         self.run_dir = os.path.abspath(run_dir)
+        # A budget counts from here (setup time is billed too), on the monotonic clock.
+        self.taken_at, self.taken_mono = time.time(), time.monotonic()
         spec = read_json(os.path.join(self.run_dir, layout.SPEC))
         if spec is None:
             raise RuntimeError("no readable %s in %s" % (layout.SPEC, self.run_dir))
@@ -179,10 +181,30 @@ class Supervisor:
                 pass
             self.track(time.monotonic(), keep=(proc.pid,))
             reason, _ = self.stopper.asked()
+            termination = st.T_USER_STOP
+            over = self.budget_during_setup(time.monotonic())
+            if over is not None and not reason:
+                reason, termination = over.message, st.T_BUDGET
             if reason:
                 self.kill_everything(5.0, proc.pid, keep=(proc.pid,))
                 proc.wait()
-                raise StoppedDuringSetup(reason)
+                raise StoppedDuringSetup(reason, termination)
+
+    def budget_during_setup(self, mono: float) -> Optional[policies.Decision]:
+        """The budget rule before the script runs (a long environment build costs money too)."""
+        cfg = policies.normalize(self.spec.get("policies"))
+        return policies.budget_decision(
+            cfg["max_cost"], self.spec.get("hourly_price"), self.taken_mono, mono, float(cfg["poll_interval"]), 0.0
+        )
+
+    def write_spend(self, now: float) -> None:
+        """The run's cost against its budget in status.json (`runs status` shows it), when it has one;
+        `since` and `at` are wall times, for the controller to carry the spend on to its own now."""
+        if self.engine is None:
+            return
+        spent = self.engine.spend(time.monotonic())
+        if spent is not None:
+            self.write_status(budget={**spent.as_dict(), "since": self.taken_at, "at": now})
 
     def python_env(self, env: Dict[str, str]) -> None:
         """Build or reuse the project's venv; its python then runs the .py script."""
@@ -221,8 +243,9 @@ class Supervisor:
             self.proc = self.start_logged(self.spec["command"], env)
         self.pgid = self.proc.pid
         self.engine = self.intake.engine = self.stopper.engine = policies.PolicyEngine(
-            self.spec.get("policies"), started
+            self.spec.get("policies"), started, self.spec.get("hourly_price"), self.taken_mono, TICK_SECONDS
         )
+        self.write_spend(started)
         self.record.mirror(layout.PID, ("%d\n" % self.proc.pid).encode())
         self.write_status(
             fsync=True,
@@ -329,8 +352,8 @@ class Supervisor:
         except SetupFailed as exc:
             return self.fail_before_start(exc.message, started_setup=True, **exc.extra)
         except StoppedDuringSetup as exc:
-            self.event("stopped_during_setup", message=str(exc))
-            self.record.write_end(st.STOPPED, st.T_USER_STOP, "%s during setup; the script was not started" % exc)
+            self.event("stopped_during_setup", message=str(exc), termination_status=exc.termination)
+            self.record.write_end(st.STOPPED, exc.termination, "%s during setup; the script was not started" % exc)
             self.ready({"ok": False, "error": str(exc), "setup_failed": True, "state": self.state})
             self.notify("ended")
             self.notifier.flush()
@@ -409,12 +432,14 @@ class Supervisor:
             marker_ready = self.marker_ready(now)
             if marker_ready and not self.record.ended and self.stopper.reason is None:
                 self.complete_by_marker(now)
+            self.apply(self.engine.on_budget(mono))
             self.apply(self.engine.on_tick(now, marker_ready))
             if mono >= next_poll:
                 next_poll = mono + float(self.engine.cfg["poll_interval"])
                 self.intake.read_training_log(now)
                 self.intake.scan_checkpoints(self.checkpoint_dir())
                 self.apply(self.engine.on_poll())
+                self.write_spend(now)
             self.stopper.advance(mono, self.send_signal, "process group %d" % self.pgid)
             self.poll_uploads(mono)
             self.track(mono, keep=(self.proc.pid,))
@@ -517,6 +542,7 @@ class Supervisor:
         self.intake.flush_log_metrics(ended, final=True)
         self.intake.scan_checkpoints(self.checkpoint_dir())
         self.stopper.at_exit(ended)
+        self.write_spend(ended)
         exit_info: Dict[str, Any] = {"exit_code": exit_code, "exit_signal": exit_signal, "exited_at": ended}
         if self.record.ended:
             # Completed by its marker earlier; a terminal status never changes, the exit is still recorded.
@@ -533,6 +559,9 @@ class Supervisor:
                 ended,
                 ending.log_tail(self.path(layout.LOG)),
             )
+            final_spend = self.engine.spend(time.monotonic()) if self.engine is not None else None
+            if termination == st.T_BUDGET and final_spend is not None:
+                message = final_spend.describe() + "; stopped by --max-cost"
             self.write_status(
                 fsync=True,
                 status=status,
@@ -569,7 +598,11 @@ class Supervisor:
 
 
 class StoppedDuringSetup(Exception):
-    """A stop was asked for while the environment or --setup was still being prepared."""
+    """A stop was asked for (or the budget ran out) while the environment or --setup was being prepared."""
+
+    def __init__(self, message: str, termination: str = st.T_USER_STOP) -> None:
+        super().__init__(message)
+        self.termination = termination
 
 
 class SetupFailed(Exception):

@@ -24,6 +24,7 @@ def train(
         str | None, typer.Option("--project-dir", help="Project root (default: nearest .git/pyproject.toml)")
     ] = None,
     python: Annotated[str | None, typer.Option("--python", help="Python for .py scripts")] = None,
+    hourly_price: o.HourlyPriceOpt = None,
 ) -> None:
     """Start SCRIPT detached on this machine; print its run id (or follow it with --wait)."""
     from ..pipeline import StartRequest
@@ -32,6 +33,7 @@ def train(
     request = StartRequest(
         "local", script, project_dir, opts.name, opts.env, python, script_args or [], opts.notify, opts.metrics_regex,
         opts.checkpoint_dir, opts.resume_from, None, opts.tty, list(opts.checkpoint_glob), opts.policies(),
+        {"hourly_price": hourly_price},
     )  # fmt: skip
     run_train(request, opts.output, opts.wait, opts.timeout, "here")
 

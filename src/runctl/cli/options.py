@@ -45,6 +45,14 @@ IncludeOpt = Annotated[
 DataOpt = Annotated[
     list[str] | None, typer.Option("--data", help="Local file or dir staged to <remote>/data/ (repeatable)")
 ]
+HourlyPriceOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--hourly-price",
+        metavar="USD",
+        help="What this host costs per hour, for --max-cost (runctl prices cloud hosts itself)",
+    ),
+]
 SetupOpt = Annotated[str | None, typer.Option("--setup", help="Shell command run on the host before the script")]
 DownloadCheckpointsOpt = Annotated[
     bool,

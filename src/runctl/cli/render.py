@@ -107,6 +107,10 @@ def run_detail(run: dict[str, Any]) -> None:
         from ..usage import describe
 
         table.add_row("cost", describe(run["cost"]))
+    if run.get("budget"):
+        from .. import budget
+
+        table.add_row("budget", budget.describe(run["budget"], not st.is_terminal(run["status"])))
     console.print(table)
 
 

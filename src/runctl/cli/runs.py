@@ -61,6 +61,7 @@ def _listed(db: Store, row: dict[str, Any]) -> dict[str, Any]:
 def status(run_id: RunId, output: o.OutputOpt = Output.text) -> None:
     """Status, progress, and how the run ended."""
     from .. import controller
+    from ..budget import current
     from ..usage import run_cost
     from .render import run_detail
 
@@ -70,6 +71,9 @@ def status(run_id: RunId, output: o.OutputOpt = Output.text) -> None:
     cost = run_cost(db, db.get(row["run_id"]) or row)
     if cost is not None:
         run["cost"] = cost
+    budget = current(run)
+    if budget is not None:
+        run["budget"] = budget
     if output == Output.json:
         emit_json(run)
     else:

@@ -35,12 +35,13 @@ def train(
     script_args: o.ScriptArgs = None,
     identity: IdentityOpt = None,
     insecure_host_key: InsecureOpt = False,
+    hourly_price: o.HourlyPriceOpt = None,
     **synced: Any,
 ) -> None:
     """Sync the project to DEST and start SCRIPT there detached (follow it with --wait)."""
     from .starting import run_train, train_request
 
-    own = {"dest": dest, "identity": identity, "insecure_host_key": insecure_host_key}
+    own = {"dest": dest, "identity": identity, "insecure_host_key": insecure_host_key, "hourly_price": hourly_price}
     run_train(train_request("ssh", opts, script, script_args, own, synced), opts.output, opts.wait, opts.timeout)
 
 

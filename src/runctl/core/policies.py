@@ -27,6 +27,7 @@ DEFAULTS: Dict[str, Any] = {
     "on_nan": STOP,
     "stop_grace": 30.0,
     "term_grace": 10.0,
+    "max_cost": None,
 }
 
 
@@ -34,6 +35,93 @@ class Decision(NamedTuple):
     termination_status: str
     message: str
     action: str = STOP
+    # A stop that must end by a deadline (a budget) carries its own graces: seconds before SIGTERM,
+    # then before SIGKILL. None: the run's --stop-grace and term grace.
+    grace: Optional[float] = None
+    term_grace: Optional[float] = None
+
+
+class Spend(NamedTuple):
+    """What a run has cost so far at its host's hourly price, against its budget."""
+
+    spent: float
+    budget: float
+    hourly_price: float
+    elapsed: float
+
+    @property
+    def per_second(self) -> float:
+        return self.hourly_price / 3600.0
+
+    @property
+    def seconds_left(self) -> float:
+        """Time until the budget is spent at the current rate (0 once it is)."""
+        return max(0.0, (self.budget - self.spent) / self.per_second) if self.per_second > 0 else math.inf
+
+    def describe(self) -> str:
+        return "spent $%s of $%s budget at $%s/hr after %.1f s" % (
+            money(self.spent),
+            money(self.budget),
+            rate(self.hourly_price),
+            self.elapsed,
+        )
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {
+            "spent": round(self.spent, 9),
+            "max_cost": self.budget,
+            "hourly_price": self.hourly_price,
+            "elapsed": round(self.elapsed, 3),
+            "seconds_left": round(self.seconds_left, 3),
+        }
+
+
+def money(amount: float) -> str:
+    """Dollars to the cent, to four places under a dollar (a few seconds of a GPU), and to three
+    significant digits under a cent (a few seconds of a small instance)."""
+    if abs(amount) >= 1:
+        return "%.2f" % amount
+    if abs(amount) >= 0.01 or amount == 0:
+        return "%.4f" % amount
+    decimals = min(12, 2 - int(math.floor(math.log10(abs(amount)))))
+    return "%.*f" % (decimals, amount)
+
+
+def rate(hourly_price: float) -> str:
+    """An hourly price as price lists write it: `1.006`, `0.0104`, `32.77`."""
+    return "%.4g" % hourly_price
+
+
+def spend(max_cost: float, hourly_price: float, since: float, now: float) -> Spend:
+    elapsed = max(0.0, now - since)
+    return Spend(hourly_price * elapsed / 3600.0, float(max_cost), float(hourly_price), elapsed)
+
+
+def budget_decision(
+    max_cost: Optional[float], hourly_price: Optional[float], since: float, now: float, poll: float, tick: float
+) -> Optional[Decision]:
+    """The budget rule, pure: stop once the run's cost is within one poll interval's cost of `max_cost`.
+
+    Cost is `hourly_price` times the time since `since` (when the agent took the run on), so it holds
+    on the host alone. Firing one poll early leaves the stop sequence two poll intervals before the
+    run has overshot by one poll's cost; its graces are cut to fit that window (less `tick`s of slack
+    for the agent's own loop), so even a script that ignores STOP_TRAINING is killed in time.
+    """
+    if max_cost is None or hourly_price is None or hourly_price <= 0:
+        return None
+    now_spend = spend(max_cost, hourly_price, since, now)
+    poll_cost = now_spend.per_second * poll
+    if now_spend.spent < now_spend.budget - poll_cost:
+        return None
+    slack = 3 * tick + 0.1 * poll  # the loop's own latency: signals go out at the next tick, exits are seen after
+    window = max(0.0, (now_spend.budget + poll_cost - now_spend.spent) / now_spend.per_second - slack)
+    term = window / 4.0
+    return Decision(
+        st.T_BUDGET,
+        now_spend.describe() + "; stopping within one poll interval ($%s)" % money(poll_cost),
+        grace=window - term,
+        term_grace=term,
+    )
 
 
 def normalize(policies: Optional[Dict[str, Any]]) -> Dict[str, Any]:
@@ -64,9 +152,21 @@ def finite(value: Any) -> Optional[float]:
 class PolicyEngine:
     """Tracks what the policies need across observations and says when one fires."""
 
-    def __init__(self, policies: Optional[Dict[str, Any]], started_at: float) -> None:
+    def __init__(
+        self,
+        policies: Optional[Dict[str, Any]],
+        started_at: float,
+        hourly_price: Optional[float] = None,
+        cost_since: Optional[float] = None,
+        tick: float = 0.0,
+    ) -> None:
         self.cfg = normalize(policies)
         self.started_at = started_at
+        self.hourly_price = finite(hourly_price)
+        # When the host began working on the run, on the clock `on_budget` is given (the agent's
+        # monotonic clock: a wall clock stepped by NTP must not make the money look spent or unspent).
+        self.cost_since = started_at if cost_since is None else cost_since
+        self.tick = tick
         self.below_count = 0
         self.last_activity = started_at
         self.last_polled_step: Optional[float] = None
@@ -113,6 +213,19 @@ class PolicyEngine:
                 "loss %.4g below threshold %.4g%s" % (loss, float(threshold), reports),
             )
         return None
+
+    def spend(self, clock: float) -> Optional[Spend]:
+        """The run's cost against its budget, when it has one (and its host a price)."""
+        if self.cfg["max_cost"] is None or self.hourly_price is None:
+            return None
+        return spend(float(self.cfg["max_cost"]), self.hourly_price, self.cost_since, clock)
+
+    def on_budget(self, clock: float) -> Optional[Decision]:
+        """Every agent tick, before the other rules: the budget (`clock` as for `cost_since`)."""
+        cfg = self.cfg
+        return budget_decision(
+            cfg["max_cost"], self.hourly_price, self.cost_since, clock, float(cfg["poll_interval"]), self.tick
+        )
 
     def on_tick(self, now: float, marker_ready: bool) -> Optional[Decision]:
         """Cheap checks done every agent tick: max duration, hang, a lingering process after the marker."""

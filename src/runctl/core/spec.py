@@ -48,6 +48,9 @@ class RunSpec:
     #  "stable_seconds": s, "final_timeout": s, "region": name, "endpoint_url": url,
     #  "credentials_file": a 0600 AWS credentials file on the host (forwarded credentials)}; None: no uploads.
     checkpoint_s3: Optional[Dict[str, Any]] = None
+    # The host's price in USD per hour, set once the host is known: the agent enforces `max_cost`
+    # from it and its own clock, so a budget holds with the controller gone.
+    hourly_price: Optional[float] = None
     created_at: float = field(default_factory=time.time)
 
     @property

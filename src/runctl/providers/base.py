@@ -141,6 +141,23 @@ def require(provider: Provider, capability: str, **names: Any) -> None:
         raise UsageError(missing.message.format(**names), missing.instead.format(**names))
 
 
+def stated_price(options: Mapping[str, Any]) -> float | None:
+    """The `--hourly-price` a user states for a host runctl cannot price (local, SSH), checked (exit 2).
+
+    It is what a budget (`--max-cost`) is counted against on such a host."""
+    import math
+
+    price = options.get("hourly_price")
+    if price is None:
+        return None
+    if isinstance(price, bool) or not isinstance(price, (int, float)) or not math.isfinite(price) or price <= 0:
+        raise UsageError(
+            "--hourly-price must be a finite number of dollars above 0, got %s" % price,
+            "for example: --hourly-price 1.20",
+        )
+    return float(price)
+
+
 def default_on_end() -> dict[str, Any]:
     """The `on_end` block when nothing is to be done on the host (the agent's default too)."""
     return {"command": None, "after": ["checkpoints_in_place"], "controller_grace": 0}

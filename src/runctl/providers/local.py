@@ -21,6 +21,7 @@ from .base import (
     StartRequest,
     default_on_end,
     require,
+    stated_price,
 )
 
 _NOT_OURS = Missing(
@@ -45,7 +46,8 @@ class LocalProvider:
     )
 
     def check(self, request: StartRequest) -> None:
-        """Local runs take no provider flags."""
+        """Local runs take one provider flag: the price this machine is counted at (--hourly-price)."""
+        stated_price(request.options)
 
     def placement(self, request: StartRequest, root: Path, script: Path) -> Placement:
         from ..controller import resolve_python
@@ -54,7 +56,11 @@ class LocalProvider:
         return Placement(python=python, project_dir=str(root))
 
     def acquire(self, request: StartRequest) -> tuple[Host, bool]:
-        return Host(self.name, socket.gethostname() or "localhost", "localhost"), False
+        price = stated_price(request.options)
+        host = Host(self.name, socket.gethostname() or "localhost", "localhost", hourly_price=price)
+        if host.hourly_price is not None:
+            host.info["price_source"] = "--hourly-price"
+        return host, False
 
     def transport(self, host: Host, request: StartRequest) -> Transport:
         from ..transport.local import LocalTransport

@@ -17,7 +17,17 @@ from ..core.errors import UsageError
 from ..core.spec import RunSpec
 from ..transport.base import Transport
 from ..transport.ssh import Dest, SshTransport
-from .base import STOP_HOST, TERMINATE_HOST, Host, Missing, Placement, StartRequest, default_on_end, require
+from .base import (
+    STOP_HOST,
+    TERMINATE_HOST,
+    Host,
+    Missing,
+    Placement,
+    StartRequest,
+    default_on_end,
+    require,
+    stated_price,
+)
 
 _NOT_OURS = Missing(
     "an SSH host is not runctl's to power off or release (runctl did not provision it)",
@@ -31,6 +41,7 @@ class SshProvider:
     missing: Mapping[str, Missing] = MappingProxyType({STOP_HOST: _NOT_OURS, TERMINATE_HOST: _NOT_OURS})
 
     def check(self, request: StartRequest) -> None:
+        stated_price(request.options)
         for path in request.options.get("data") or []:
             if not Path(path).exists():
                 raise UsageError("--data %s does not exist" % path, "pass an existing local file or directory")
@@ -59,7 +70,10 @@ class SshProvider:
 
     def acquire(self, request: StartRequest) -> tuple[Host, bool]:
         dest = Dest.parse(request.options["dest"])
-        return Host(self.name, str(dest), dest.host), False
+        host = Host(self.name, str(dest), dest.host, hourly_price=stated_price(request.options))
+        if host.hourly_price is not None:
+            host.info["price_source"] = "--hourly-price"
+        return host, False
 
     def transport(self, host: Host, request: StartRequest) -> Transport:
         return self.make_transport(request.options)
