@@ -79,6 +79,16 @@ def new_session(profile: str | None = None) -> Any:
     return session
 
 
+def has_credentials(profile: str | None = None) -> bool:
+    """Whether boto3 finds credentials (environment, profile, SSO, role) without calling AWS."""
+    import botocore.exceptions
+
+    try:
+        return new_session(profile).get_credentials() is not None
+    except (botocore.exceptions.BotoCoreError, UsageError):
+        return False
+
+
 def parse_timestamp(value: Any) -> Any:
     """An ISO 8601 timestamp as EC2 sends it (`2026-12-02T06:35:23.000Z`), else botocore's parser."""
     from datetime import datetime, timezone

@@ -35,6 +35,7 @@ NAME = "lambda"
 LIVE_STATES = ("booting", "active", "unhealthy", "terminating")
 GONE_STATES = ("terminated", "preempted")
 MANAGED_TAG = "runctl-managed"  # on instances runctl launched: only those are terminated unasked
+PROTECT_TAG = "runctl-protect"  # "true": never swept, whoever launched it
 LAUNCH_TAG = "runctl-launch"  # a token per launch, to find an instance whose launch answer was lost
 DEFAULT_SSH_USER = "ubuntu"
 ACTIVE_SECONDS = 900.0  # booting -> active takes minutes on Lambda
@@ -104,6 +105,10 @@ class LambdaInstance:
     @property
     def managed(self) -> bool:
         return self.tags.get(MANAGED_TAG) == "true"
+
+    @property
+    def protected(self) -> bool:
+        return self.tags.get(PROTECT_TAG) == "true"
 
     @property
     def label(self) -> str:
