@@ -19,6 +19,8 @@ import pytest
 
 from tests.conftest import RUNCTL, Result
 from tests.integration.test_aws_instances import Aws, ok, refused
+from tests.integration.test_aws_train import QUICK, REACH, SCRIPT, run_id_of
+from tests.integration.test_aws_train import project as project  # the fixture
 from tests.integration.test_lambda import TYPE as LAMBDA_TYPE
 from tests.integration.test_lambda import Lambda
 from tests.support.lambda_fake import LambdaFake
@@ -109,6 +111,36 @@ def test_cost_over_a_stop_start_cycle_is_the_sum_of_running_intervals_and_csv_ma
         sorted(rows, key=lambda r: r["id"]), sorted(parsed, key=lambda r: r["id"]), strict=True
     ):
         assert {k: cell(v) for k, v in json_row.items()} == csv_row
+
+
+def test_a_run_is_charged_its_share_of_its_hosts_time_and_the_rest_shows_as_no_run(aws: Aws, project: Path) -> None:
+    instance_id = launch(aws, 0, **MANAGED)
+    listing(aws, "--platform", "aws")  # seen running before the run: time no run is charged for
+    trained = aws.sshenv.cli(
+        "aws", "train", instance_id, SCRIPT, *REACH, "--sync-code", "--wait", "--", "--epochs", "1", *QUICK,
+        cwd=project, env=aws.env(), timeout=150,
+    )  # fmt: skip
+    assert trained.code == 0, trained.err
+    run_id = run_id_of(trained)
+    time.sleep(0.5)  # idle after the run
+    ok(aws.cli("aws", "stop", instance_id))
+    by_run = [
+        r for r in ok(aws.cli("cost", "--by", "run", "-o", "json", env=no_lambda(aws))) if r["host_id"] == instance_id
+    ]
+    by_host = ok(aws.cli("cost", "--by", "host", "-o", "json", env=no_lambda(aws)))
+    total = next(r for r in by_host if r["host_id"] == instance_id)
+    run = next(r for r in by_run if r["run_id"] == run_id)
+    rest = next(r for r in by_run if r["run_id"] is None)
+    assert run["status"] == "completed" and run["amount"] > 0 and rest["amount"] > 0
+    assert run["amount"] + rest["amount"] == pytest.approx(total["amount"], abs=2e-6)
+    from runctl.store import Store
+
+    store = Store(aws.home / "runctl.db")
+    row = store.get(run_id)
+    store.close()
+    assert row is not None
+    assert run["billed_seconds"] <= row["ended_at"] - row["created_at"] + 0.01, "charged only while the run lived"
+    assert run["price_source"] == total["price_source"]
 
 
 def test_csv_of_nothing_still_has_its_header(aws: Aws) -> None:
