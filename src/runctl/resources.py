@@ -80,7 +80,7 @@ def aws_seen(db: Store, region: str | None, all_regions: bool) -> list[Seen]:
 
 def lambda_seen(db: Store) -> list[Seen]:
     """Every Lambda instance of the account not gone."""
-    from .providers.lambda_labs import GONE_STATES, PRICE_SOURCE, LambdaCloud, observe
+    from .providers.lambda_labs import GONE_STATES, PRICE_SOURCE, LambdaCloud, launched_here, observe
 
     instances = [i for i in LambdaCloud().instances() if i.status not in GONE_STATES]
     with db.transaction():
@@ -94,7 +94,7 @@ def lambda_seen(db: Store) -> list[Seen]:
             i.region,
             i.type,
             i.status,
-            i.managed,
+            launched_here(db, i),
             i.protected,
             i.hourly_price,
             PRICE_SOURCE if i.price_cents is not None else None,

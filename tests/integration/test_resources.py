@@ -22,7 +22,6 @@ from tests.integration.test_aws_instances import Aws, ok, refused
 from tests.integration.test_aws_train import QUICK, REACH, SCRIPT, run_id_of
 from tests.integration.test_aws_train import project as project  # the fixture
 from tests.integration.test_lambda import TYPE as LAMBDA_TYPE
-from tests.integration.test_lambda import Lambda
 from tests.support.lambda_fake import LambdaFake
 
 pytestmark = pytest.mark.timeout(180)
@@ -202,18 +201,22 @@ def test_missing_lambda_credentials_skip_lambda_unless_it_is_named(aws: Aws) -> 
     refused(aws.cli("resources", "list", "--platform", "lambda", env=no_lambda(aws)), 4, "no Lambda API key")
 
 
-def test_both_platforms_listed_and_an_idle_lambda_instance_swept(
-    aws: Aws, lambda_world: LambdaFake, ec2_sshenv: Any
-) -> None:
-    lam = Lambda(ec2_sshenv, lambda_world, aws.cwd)
+def test_both_platforms_listed_and_only_runctls_idle_lambda_instance_swept(aws: Aws, lambda_world: LambdaFake) -> None:
     env = {**aws.env(), **lambda_world.env()}
     instance_id = launch(aws, 0, **MANAGED)
     launched = aws.cli("lambda", "launch", "--instance-type", LAMBDA_TYPE, "--wait", "-o", "json", env=env)
     lambda_id = ok(launched)["id"]
+    from runctl.providers.lambda_api import LambdaApi
+
+    theirs = LambdaApi(lambda_world.key, lambda_world.url)  # another tool of the user's, no runctl tags
+    body = {"region_name": "us-east-1", "instance_type_name": LAMBDA_TYPE, "ssh_key_names": ["runctl-test"]}
+    foreign = theirs.launch(body)[0]
+    theirs.close()
     try:
         rows = {r["id"]: r for r in listing(aws, env=env)}
         assert rows[instance_id]["platform"] == "aws"
         assert rows[lambda_id]["platform"] == "lambda" and rows[lambda_id]["managed"] is True
+        assert rows[foreign]["managed"] is False and rows[foreign]["idle_seconds"] is None
         assert rows[lambda_id]["hourly_price"] == pytest.approx(0.75)
         swept = ok(
             aws.cli("resources", "sweep", "--platform", "lambda", "--idle", "0s", "--yes", "-o", "json", env=env)
@@ -222,7 +225,7 @@ def test_both_platforms_listed_and_an_idle_lambda_instance_swept(
             (lambda_id, "terminate", "terminated")
         ]
         assert state_of(aws, instance_id) == "running", "--platform lambda leaves EC2 alone"
-        lam.all_terminated()
+        assert [i.id for i in lambda_world.live()] == [foreign], "not runctl's: never swept"
     finally:
         for left in lambda_world.live():
             lambda_world.instances[left.id].terminate_at = 0.0

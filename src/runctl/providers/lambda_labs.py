@@ -115,9 +115,18 @@ class LambdaInstance:
         return "%s (%s)" % (self.id, self.name) if self.name else self.id
 
 
+def launched_here(store: Any, instance: LambdaInstance) -> bool:
+    """Whether runctl launched it: its tag, or the store's record of the launch (its token), in
+    case the tags are lost; only such an instance is terminated unasked (sweep, idle warning)."""
+    if instance.managed:
+        return True
+    stored = store.host("%s:%s" % (NAME, instance.id)) if store is not None else None
+    return bool(stored and (stored.get("info") or {}).get("launch_token"))
+
+
 def observe(store: Any, instance: LambdaInstance, info: Mapping[str, Any] | None = None) -> str:
     """Record the instance as seen now: its status opens a usage interval at its hourly price."""
-    known = {"name": instance.name, "managed": instance.managed, "gpus": instance.gpus}
+    known = {"name": instance.name, "managed": launched_here(store, instance), "gpus": instance.gpus}
     return str(
         store.upsert_host(
             NAME,
