@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,11 +66,12 @@ def aws_seen(db: Store, region: str | None, all_regions: bool) -> list[Seen]:
 
     first = Ec2Instances(region)
     clouds = [first]
-    if all_regions:
-        clouds += [Ec2Instances(name) for name in first.regions() if name != first.region]
+    if all_regions:  # clients made here (a session is not thread-safe), regions read in parallel
+        clouds += [Ec2Instances(name, session=first.ec2.session) for name in first.regions() if name != first.region]
+    with ThreadPoolExecutor(max_workers=min(8, len(clouds))) as pool:
+        described = list(pool.map(lambda cloud: cloud.managed(include_all=True), clouds))
     found: list[Seen] = []
-    for cloud in clouds:
-        instances = cloud.managed(include_all=True)
+    for cloud, instances in zip(clouds, described, strict=True):
         prices = Prices(cloud, ask_api=False)  # the table or the day's cache: no Pricing API call per listing
         observe_all(db, instances, prices)
         for i in instances:

@@ -196,6 +196,9 @@ def test_missing_lambda_credentials_skip_lambda_unless_it_is_named(aws: Aws) -> 
     instance_id = launch(aws, 0, **MANAGED)
     listed = aws.cli("resources", "list", "--platform", "all", "-o", "json", env=no_lambda(aws))
     assert [r["id"] for r in ok(listed)] == [instance_id]
+    text = aws.cli("resources", "list", env=no_lambda(aws))
+    assert instance_id in ok(text) and "COST $" in text.out and "g5.xlarge" in text.out
+    assert "1 instances" in text.err and "$1.006/hr now" in text.err
     assert [line for line in listed.err.splitlines() if "lambda" in line.lower()] == [listed.err.strip()]
     assert "skipping lambda" in listed.err and "LAMBDA_API_KEY" in listed.err
     refused(aws.cli("resources", "list", "--platform", "lambda", env=no_lambda(aws)), 4, "no Lambda API key")
@@ -229,6 +232,22 @@ def test_both_platforms_listed_and_only_runctls_idle_lambda_instance_swept(aws: 
     finally:
         for left in lambda_world.live():
             lambda_world.instances[left.id].terminate_at = 0.0
+
+
+def test_all_regions_finds_an_instance_outside_the_default_region(aws: Aws) -> None:
+    import boto3
+
+    west = boto3.client(
+        "ec2", region_name="us-west-2", endpoint_url=aws.world.emulator.url,
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )  # fmt: skip
+    image = west.describe_images(Owners=["amazon"], MaxResults=5)["Images"][0]["ImageId"]
+    far = west.run_instances(ImageId=image, InstanceType="t3.micro", MinCount=1, MaxCount=1)["Instances"][0]
+    here = launch(aws, 0, **MANAGED)
+    assert [r["id"] for r in listing(aws, "--platform", "aws")] == [here]
+    rows = {r["id"]: r for r in listing(aws, "--platform", "aws", "--all-regions")}
+    assert set(rows) == {here, far["InstanceId"]}
+    assert rows[far["InstanceId"]]["region"] == "us-west-2" and rows[far["InstanceId"]]["managed"] is False
 
 
 @pytest.mark.parametrize(

@@ -114,10 +114,10 @@ def is_instance_id(ref: str) -> bool:
 class Ec2Instances:
     """Instances of one region: look up, start, stop, terminate (retried, confirmed), wait."""
 
-    def __init__(self, region: str | None = None, profile: str | None = None) -> None:
+    def __init__(self, region: str | None = None, profile: str | None = None, session: Any = None) -> None:
         from .ec2api import Ec2
 
-        self.ec2 = Ec2(region, profile)
+        self.ec2 = Ec2(region, profile, session)
         self.region = self.ec2.region
 
     # ---- finding -------------------------------------------------------------------------

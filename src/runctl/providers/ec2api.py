@@ -214,8 +214,10 @@ def _short(message: str) -> str:
 class Ec2:
     """EC2 in one region: `call` runs an operation with retries and turns failures into RunctlErrors."""
 
-    def __init__(self, region: str | None = None, profile: str | None = None) -> None:
-        session = new_session(profile)
+    def __init__(self, region: str | None = None, profile: str | None = None, session: Any = None) -> None:
+        """`session`: another Ec2's (one per command: making one costs tens of milliseconds)."""
+        session = session or new_session(profile)
+        self.session = session
         self.region = resolve_region(region, profile, session)
         if profile:
             os.environ["AWS_PROFILE"] = profile
