@@ -157,6 +157,12 @@ def test_sweep_stops_only_an_idle_managed_instance_and_dry_run_changes_nothing(a
         ImageId=next(iter(aws.world.amis.values())), InstanceType="t3.micro", MinCount=1, MaxCount=1,
         SubnetId=aws.world.subnets[beside],
     )["Instances"][0]["InstanceId"]  # fmt: skip
+    ec2 = aws.world.client()
+    mine = [{"ResourceType": "volume", "Tags": [{"Key": "runctl:managed", "Value": "true"}]}]
+    volume = ec2.create_volume(Size=8, AvailabilityZone="us-east-1a", TagSpecifications=mine)["VolumeId"]
+    ec2.create_volume(Size=9, AvailabilityZone="us-east-1a")  # not runctl's: not listed
+    pair = [{"ResourceType": "key-pair", "Tags": [{"Key": "runctl:managed", "Value": "true"}]}]
+    ec2.create_key_pair(KeyName="runctl-made", TagSpecifications=pair)
     listing(aws, "--platform", "aws")  # first seen now: idle from here
     time.sleep(1.2)
 
@@ -169,6 +175,11 @@ def test_sweep_stops_only_an_idle_managed_instance_and_dry_run_changes_nothing(a
     assert plan["released"] == [] and plan["hourly_saved"] == pytest.approx(1.006)
     assert "would stop %s" % idle in planned.err and "$1.006/hr would be saved" in planned.err
     assert {state_of(aws, i) for i in (idle, guarded, foreign)} == {"running"}
+    assert sorted((x["kind"], x["detail"] if x["kind"] == "key-pair" else x["id"]) for x in plan["leftovers"]) == [
+        ("key-pair", "runctl-made"),
+        ("volume", volume),
+    ]
+    assert "left over (not deleted): volume %s" % volume in planned.err
 
     done = ok(
         aws.cli("resources", "sweep", "--platform", "aws", "--idle", "1s", "--yes", "-o", "json", env=no_lambda(aws))
@@ -178,6 +189,7 @@ def test_sweep_stops_only_an_idle_managed_instance_and_dry_run_changes_nothing(a
     assert state_of(aws, idle) in ("stopping", "stopped")
     assert state_of(aws, guarded) == "running" and state_of(aws, foreign) == "running"
     assert usage(aws, idle)[-1]["state"] in ("stopping", "stopped"), "the stop is recorded"
+    assert [v["VolumeId"] for v in ec2.describe_volumes(VolumeIds=[volume])["Volumes"]] == [volume], "listed only"
 
 
 def test_the_idle_warning_names_an_ec2_instance_and_how_to_stop_it(aws: Aws) -> None:
