@@ -18,6 +18,9 @@ from .core.errors import HostError, UsageError
 from .store import Store
 
 PLATFORMS = ("aws", "lambda")
+# A host the store holds as alive that its cloud no longer lists is taken as gone only when the store
+# has not heard of it for this long: a launch in flight elsewhere may not be listed yet.
+VANISHED_SECONDS = 300.0
 FIELDS = [
     "id", "name", "platform", "region", "type", "state", "hourly_price", "price_source", "running_seconds",
     "cost", "estimated_cost", "managed", "protected", "active_run", "idle_seconds",
@@ -69,12 +72,15 @@ def aws_seen(db: Store, region: str | None, all_regions: bool) -> list[Seen]:
     if all_regions:  # clients made here (a session is not thread-safe), regions read in parallel
         clouds += [Ec2Instances(name, session=first.ec2.session) for name in first.regions() if name != first.region]
     with ThreadPoolExecutor(max_workers=min(8, len(clouds))) as pool:
-        described = list(pool.map(lambda cloud: cloud.managed(include_all=True), clouds))
+        described = list(pool.map(lambda cloud: cloud.describe(), clouds))  # terminated ones too: recorded
     found: list[Seen] = []
     for cloud, instances in zip(clouds, described, strict=True):
         prices = Prices(cloud, ask_api=False)  # the table or the day's cache: no Pricing API call per listing
         observe_all(db, instances, prices)
+        forget_vanished(db, "aws", {i.id for i in instances}, cloud.region)
         for i in instances:
+            if i.state == "terminated":
+                continue
             price, source = prices.of(i)
             found.append(Seen("aws", i.id, i.name, i.region, i.type, i.state, i.managed, i.protected, price, source))
     return found
@@ -84,10 +90,12 @@ def lambda_seen(db: Store) -> list[Seen]:
     """Every Lambda instance of the account not gone."""
     from .providers.lambda_labs import GONE_STATES, PRICE_SOURCE, LambdaCloud, launched_here, observe
 
-    instances = [i for i in LambdaCloud().instances() if i.status not in GONE_STATES]
+    listed = LambdaCloud().instances()
     with db.transaction():
-        for i in instances:
+        for i in listed:  # gone ones too: their last interval is closed
             observe(db, i)
+    forget_vanished(db, "lambda", {i.id for i in listed}, None)
+    instances = [i for i in listed if i.status not in GONE_STATES]
     return [
         Seen(
             "lambda",
@@ -103,6 +111,17 @@ def lambda_seen(db: Store) -> list[Seen]:
         )
         for i in instances
     ]
+
+
+def forget_vanished(db: Store, provider: str, listed: set[str], region: str | None) -> None:
+    """Hosts the store holds as alive that the cloud no longer lists (terminated elsewhere, gone from
+    its listing since) are recorded terminated now, so their cost and the idle warning stop growing."""
+    now = time.time()
+    for host in db.hosts(provider, include_gone=False):
+        if host["host_id"] in listed or (region is not None and host.get("region") != region):
+            continue
+        if float(host["updated_at"]) < now - VANISHED_SECONDS:
+            db.record_host_state(host["host_key"], "terminated", t=now)
 
 
 def gather(

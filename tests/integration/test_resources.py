@@ -142,6 +142,19 @@ def test_a_run_is_charged_its_share_of_its_hosts_time_and_the_rest_shows_as_no_r
     assert run["price_source"] == total["price_source"]
 
 
+def test_an_instance_terminated_elsewhere_stops_costing(aws: Aws) -> None:
+    instance_id = launch(aws, 0, **MANAGED)
+    listing(aws, "--platform", "aws")
+    aws.world.client().terminate_instances(InstanceIds=[instance_id])  # outside runctl
+    aws.world.hypervisor.wait_for(instance_id, "terminated")  # type: ignore[union-attr]
+    assert instance_id not in [r["id"] for r in listing(aws, "--platform", "aws")]
+    intervals = usage(aws, instance_id)
+    assert intervals and all(i["to"] is not None for i in intervals), "its last interval is closed"
+    first = ok(aws.cli("cost", "-o", "json", env=no_lambda(aws)))
+    time.sleep(0.3)
+    assert ok(aws.cli("cost", "-o", "json", env=no_lambda(aws))) == first
+
+
 def test_csv_of_nothing_still_has_its_header(aws: Aws) -> None:
     text = ok(aws.cli("resources", "list", "--platform", "aws", "-o", "csv", env=no_lambda(aws)))
     assert text.splitlines() == [text.splitlines()[0]] and text.startswith("id,name,platform,region,type,state,")

@@ -64,3 +64,21 @@ def test_since_takes_a_duration_or_a_date_and_refuses_the_rest() -> None:
     for bad in ("yesterday", "1989-13-40", "3000-01-01"):
         with pytest.raises(UsageError):
             parse_since(bad, now)
+
+
+def test_a_host_its_cloud_no_longer_lists_is_recorded_gone_once_the_store_is_stale(tmp_path: Path) -> None:
+    import time
+
+    from runctl.resources import VANISHED_SECONDS, forget_vanished
+
+    store = Store(tmp_path / "s.db")
+    old = store.upsert_host("aws", "i-0000000000000000a", region="us-east-1", state="running", t=time.time() - 3600)
+    assert (store.host(old) or {})["state"] == "running"
+    new = store.upsert_host("aws", "i-0000000000000000b", region="us-east-1", state="running")
+    west = store.upsert_host("aws", "i-0000000000000000c", region="us-west-2", state="running")
+    for key in (old, west):  # last heard of an hour ago
+        store.db.execute("UPDATE hosts SET updated_at = ? WHERE host_key = ?", (time.time() - 3600, key))
+    forget_vanished(store, "aws", set(), "us-east-1")
+    assert (store.host(old) or {})["state"] == "terminated"
+    assert (store.host(new) or {})["state"] == "running", "seen under %ds ago: maybe not listed yet" % VANISHED_SECONDS
+    assert (store.host(west) or {})["state"] == "running", "another region's listing says nothing of it"
