@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from .core.errors import HostError, UsageError
+from .core.errors import HostError, RunctlError, UsageError
 from .store import Store
 
 PLATFORMS = ("aws", "lambda")
@@ -126,9 +126,14 @@ def forget_vanished(db: Store, provider: str, listed: set[str], region: str | No
 
 def gather(
     db: Store, platforms: list[str], named: bool, region: str | None, all_regions: bool, say: Callable[[str], None]
-) -> list[Seen]:
-    """The instances of `platforms`. One without credentials is skipped with a line, unless it was named."""
+) -> tuple[list[Seen], list[str]]:
+    """The instances of `platforms`, and the platforms that failed to answer.
+
+    One without credentials is skipped with a line, unless it was named. Of several, one whose API
+    fails is said so (the rows of the others still count; the caller exits 4); a named one raises.
+    """
     found: list[Seen] = []
+    failed: list[str] = []
     for platform in platforms:
         problem = missing_credentials(platform)
         if problem is not None:
@@ -136,8 +141,14 @@ def gather(
                 raise problem
             say("runctl: skipping %s: %s (%s)" % (platform, problem.message, problem.hint))
             continue
-        found += aws_seen(db, region, all_regions) if platform == "aws" else lambda_seen(db)
-    return found
+        try:
+            found += aws_seen(db, region, all_regions) if platform == "aws" else lambda_seen(db)
+        except RunctlError as exc:
+            if named:
+                raise
+            say("runctl: %s not listed: %s%s" % (platform, exc.message, " (%s)" % exc.hint if exc.hint else ""))
+            failed.append(platform)
+    return found, failed
 
 
 def rows(db: Store, seen: list[Seen], now: float | None = None) -> list[dict[str, Any]]:

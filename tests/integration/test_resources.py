@@ -227,6 +227,11 @@ def test_missing_lambda_credentials_skip_lambda_unless_it_is_named(aws: Aws) -> 
     assert [line for line in listed.err.splitlines() if "lambda" in line.lower()] == [listed.err.strip()]
     assert "skipping lambda" in listed.err and "LAMBDA_API_KEY" in listed.err
     refused(aws.cli("resources", "list", "--platform", "lambda", env=no_lambda(aws)), 4, "no Lambda API key")
+    down = {**no_lambda(aws), "LAMBDA_API_KEY": "k", "RUNCTL_LAMBDA_API_URL": "http://127.0.0.1:9/api/v1"}
+    down.update(RUNCTL_LAMBDA_BACKOFF="0.01,0.02", RUNCTL_LAMBDA_RATE="0,0")
+    partial = aws.cli("resources", "list", "--platform", "all", "-o", "json", env=down)
+    assert partial.code == 4 and [r["id"] for r in partial.json] == [instance_id], "EC2's rows still printed"
+    assert "lambda not listed" in partial.err and len(partial.err.strip().splitlines()) == 1
 
 
 def test_both_platforms_listed_and_only_runctls_idle_lambda_instance_swept(aws: Aws, lambda_world: LambdaFake) -> None:

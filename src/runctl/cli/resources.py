@@ -37,13 +37,14 @@ def platforms_of(platform: Platform) -> tuple[list[str], bool]:
     return (list(PLATFORMS), False) if platform == Platform.all else ([platform.value], True)
 
 
-def listing(platform: Platform, region: str | None, all_regions: bool) -> tuple[Any, list[dict[str, Any]]]:
+def listing(platform: Platform, region: str | None, all_regions: bool) -> tuple[Any, list[dict[str, Any]], bool]:
+    """The store, the rows, and whether a platform failed to answer (the command then exits 4)."""
     from ..resources import gather, rows
 
     wanted, named = platforms_of(platform)
     db = store()
-    seen = gather(db, wanted, named, region, all_regions, say)
-    return db, rows(db, seen, time.time())
+    seen, failed = gather(db, wanted, named, region, all_regions, say)
+    return db, rows(db, seen, time.time()), bool(failed)
 
 
 def minutes(seconds: float | None) -> str:
@@ -67,16 +68,20 @@ def list_(
     """Every instance (runctl's and others'): $/hr, running time and cost from recorded usage, run, idle time."""
     from ..resources import FIELDS
 
-    _, found = listing(platform, region, all_regions)
+    _, found, failed = listing(platform, region, all_regions)
     if output == ListOutput.json:
         emit_json(found)
-        return
-    if output == ListOutput.csv:
+    elif output == ListOutput.csv:
         emit_csv(FIELDS, found)
-        return
-    if not found:
+    elif not found:
         say("no instances")
-        return
+    else:
+        show(found)
+    if failed:
+        raise typer.Exit(4)
+
+
+def show(found: list[dict[str, Any]]) -> None:
     heads = ["ID", "NAME", "PLATFORM", "REGION", "TYPE", "STATE", "$/HR", "RUNNING", "COST $", "RUN", "IDLE", "FLAGS"]
     cells = [
         [
@@ -120,7 +125,7 @@ def sweep(
         raise UsageError("--dry-run and --yes contradict each other", "pass one of them")
     if not dry_run and not yes and not sys.stdin.isatty():
         raise UsageError("sweep releases instances: not asking without a terminal", "pass --yes, or --dry-run first")
-    db, found = listing(platform, region, False)
+    db, found, failed = listing(platform, region, False)
     chosen = candidates(found, least or 0.0)
     saved = sum(r["hourly_price"] or 0.0 for r in chosen)
     extra = leftovers(region) if "aws" in platforms_of(platform)[0] and missing_credentials("aws") is None else []
@@ -151,5 +156,5 @@ def sweep(
     result = {"dry_run": dry_run, "candidates": plan, "released": done, "hourly_saved": saved, "leftovers": extra}
     if output == Output.json:
         emit_json(result)
-    if any(not d["ok"] for d in done):
+    if failed or any(not d["ok"] for d in done):
         raise typer.Exit(4)
