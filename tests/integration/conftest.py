@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
+    from tests.integration.test_aws_instances import Aws
     from tests.integration.test_ssh import SshEnv
     from tests.support.aws import Ec2World, FaultProxy, MotoEmulator
     from tests.support.imds import Imds
@@ -96,6 +98,20 @@ def ec2_world(moto_emulator: MotoEmulator, ec2_hosts: SshHosts) -> Iterator[Ec2W
                 host.power_off_now()
                 host.start_sshd()
                 host.check_poweroff_fake()
+
+
+@pytest.fixture
+def aws(ec2_world: Ec2World, ec2_sshenv: SshEnv, ec2_hosts: SshHosts, tmp_path: Path) -> Iterator[Aws]:
+    """One test's EC2 user (tests/integration/test_aws_instances.py `Aws`): a fresh RUNCTL_HOME."""
+    import tempfile
+
+    from tests.integration.test_aws_instances import Aws
+
+    home = Path(tempfile.mkdtemp(prefix="rch-", dir="/tmp"))  # short: ssh control sockets live in it
+    try:
+        yield Aws(ec2_world, ec2_sshenv, ec2_hosts, home, tmp_path)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture

@@ -9,8 +9,6 @@ import json
 import shutil
 import signal
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,15 +68,6 @@ class Aws:
         from runctl.store import Store
 
         return [u["state"] for u in Store(self.home / "runctl.db").usage("aws:" + instance_id)]
-
-
-@pytest.fixture
-def aws(ec2_world: Ec2World, ec2_sshenv: SshEnv, ec2_hosts: SshHosts, tmp_path: Path) -> Iterator[Aws]:
-    home = Path(tempfile.mkdtemp(prefix="rch-", dir="/tmp"))  # short: ssh control sockets live in it
-    try:
-        yield Aws(ec2_world, ec2_sshenv, ec2_hosts, home, tmp_path)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def ok(result: Result) -> Any:

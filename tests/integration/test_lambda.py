@@ -448,7 +448,7 @@ def test_an_idle_instance_is_warned_of_first_by_any_command(lam: Lambda) -> None
     assert first.startswith("runctl: warning: instance %s has been idle for 0 minutes at $0.75/hr" % instance_id)
     assert first.endswith("terminate it: runctl lambda terminate %s" % instance_id)
     quiet = lam.cli("runs", "list")
-    assert instance_id not in quiet.err, "idle for less than the default 5 minutes"
+    assert instance_id not in quiet.err, "idle for less than the default 10 minutes"
     assert lam.cli("lambda", "terminate", instance_id).code == 0
     after = lam.cli("runs", "list", env={"RUNCTL_IDLE_WARN": "0"})
     assert instance_id not in after.err

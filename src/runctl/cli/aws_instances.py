@@ -16,17 +16,11 @@ import typer
 from ..core.errors import UsageError
 from . import options as o
 from .aws_app import IdentityOpt, InstanceArg, RegionOpt, SshUserOpt, app
-from .common import Output, duration_option, emit_json, exit_with, say, store
+from .common import ListOutput, Output, duration_option, emit_csv, emit_json, exit_with, say, store, table
 
 if TYPE_CHECKING:
     from ..providers.aws import Instance, Prices
     from ..store import Store
-
-
-class ListOutput(str, Enum):
-    text = "text"
-    json = "json"
-    csv = "csv"
 
 
 class WaitState(str, Enum):
@@ -145,7 +139,7 @@ def flags_of(instance: Instance, stored: dict[str, Any] | None) -> list[str]:
     flags = []
     if instance.tags.get(tags.RELEASE_FAILED) or ((stored or {}).get("info") or {}).get("release_failed"):
         flags.append("release-failed")
-    if instance.tags.get(tags.PROTECT) == "true":
+    if instance.protected:
         flags.append("protected")
     if not instance.managed:
         flags.append("not-runctl")
@@ -196,14 +190,6 @@ def live(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if not st.is_terminal(r["status"])]
 
 
-def record_all(db: Store, instances: list[Instance], prices: Prices) -> None:
-    from ..providers.aws import observe
-
-    with db.transaction():
-        for instance in instances:
-            observe(db, instance, prices)
-
-
 @app.command("list")
 def list_(
     all_: Annotated[bool, typer.Option("--all", help="Also instances runctl did not create")] = False,
@@ -212,13 +198,13 @@ def list_(
 ) -> None:
     """runctl's instances (not terminated): state, $/hr, uptime, cost so far, runs, flags."""
     from ..core.durations import format_duration
-    from ..providers.aws import Ec2Instances, Prices
+    from ..providers.aws import Ec2Instances, Prices, observe_all
 
     cloud = Ec2Instances(region)
     instances = cloud.managed(include_all=all_)
     prices = Prices(cloud, ask_api=False)  # the table or the day's cache: no Pricing API call per listing
     db = store()
-    record_all(db, instances, prices)
+    observe_all(db, instances, prices)
     hosts = {h["host_key"]: h for h in db.hosts("aws")}
     usage = db.usage_by_host("aws")
     runs: dict[str, list[dict[str, Any]]] = {}
@@ -233,19 +219,13 @@ def list_(
         emit_json(views)
         return
     if output == ListOutput.csv:
-        import csv
-
         fields = ["instance_id", "name", "state", "instance_type", "lifecycle", "hourly_price", "price_source",
                   "uptime_seconds", "cost_so_far", "runs", "flags"]  # fmt: skip
-        writer = csv.DictWriter(sys.stdout, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(
-            {**v, "runs": " ".join(r["run_id"] for r in v["runs"]), "flags": " ".join(v["flags"])} for v in views
-        )
+        emit_csv(fields, [{**v, "runs": [r["run_id"] for r in v["runs"]]} for v in views])
         return
     columns = ["instance_id", "name", "state", "instance_type", "lifecycle", "hourly_price", "uptime", "cost_so_far",
                "runs", "flags"]  # fmt: skip
-    table = [
+    shown = [
         {
             **v,
             "hourly_price": money(v["hourly_price"]),
@@ -260,10 +240,7 @@ def list_(
         say("no %sinstances in %s%s" % ("" if all_ else "runctl ", cloud.region, "" if all_ else " (--all: every one)"))
         return
     heads = ["ID", "NAME", "STATE", "TYPE", "MARKET", "$/HR", "UPTIME", "COST $", "RUNS", "FLAGS"]
-    cells = [[str(row[c] or "-") for c in columns] for row in table]
-    widths = [max(len(h), *(len(r[n]) for r in cells)) for n, h in enumerate(heads)]
-    for line in [heads, *cells]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+    table(heads, [[str(row[c] or "-") for c in columns] for row in shown])
 
 
 @app.command()
@@ -439,7 +416,7 @@ def end(action: str, instance_ref: str, wait: bool, force: bool, region: str | N
     db = store()
     observe(db, instance, prices)
     if action == "terminate" and not force:
-        if instance.tags.get(tags.PROTECT) == "true":
+        if instance.protected:
             raise UsageError(
                 "%s is protected (tag %s=true)" % (instance.label, tags.PROTECT),
                 "terminate it anyway: runctl aws terminate %s --force (or remove the tag)" % instance.id,

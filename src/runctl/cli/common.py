@@ -19,6 +19,14 @@ class Output(str, Enum):
     json = "json"
 
 
+class ListOutput(str, Enum):
+    """Listings also come as CSV (a header line always, so an empty listing is still a valid file)."""
+
+    text = "text"
+    json = "json"
+    csv = "csv"
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
@@ -31,6 +39,33 @@ def _jsonable(value: Any) -> Any:
 
 def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(_jsonable(data), indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def table(heads: list[str], rows: list[list[str]]) -> None:
+    """Columns padded to their widest cell, for people (JSON and CSV are for programs)."""
+    widths = [max(len(h), *(len(r[n]) for r in rows)) if rows else len(h) for n, h in enumerate(heads)]
+    for line in [heads, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell: lists joined by spaces, booleans as JSON writes them, None empty."""
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else value
+
+
+def emit_csv(fields: list[str], rows: list[dict[str, Any]]) -> None:
+    """`rows` as CSV on stdout: the header line first, even with no rows; lists joined by spaces."""
+    import csv
+
+    writer = csv.DictWriter(sys.stdout, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(v) for k, v in row.items()})
     sys.stdout.flush()
 
 

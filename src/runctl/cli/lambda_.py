@@ -16,7 +16,7 @@ import typer
 from ..core.errors import UsageError
 from ..params import TrainOptions
 from . import options as o
-from .common import Output, emit_json, say, store
+from .common import Output, emit_json, say, store, table
 from .trainopts import borrow, train_command
 
 if TYPE_CHECKING:
@@ -68,12 +68,6 @@ def view(instance: LambdaInstance, db: Store, now: float) -> dict[str, Any]:
         "release_failed": info.get("release_failed"),
         "runs": [{"run_id": r["run_id"], "name": r["name"], "status": r["status"]} for r in runs],
     }
-
-
-def table(heads: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[n]) for r in rows)) if rows else len(h) for n, h in enumerate(heads)]
-    for line in [heads, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
 
 
 @app.command()

@@ -25,6 +25,8 @@ GROUPS = {
     "lambda": ("runctl.cli.lambda_", "Launch, train on and terminate Lambda Labs instances (proven gone)."),
     "workflow": ("runctl.cli.workflow", "Create or start an instance, train, pull checkpoints, release it."),
     "checkpoint": ("runctl.cli.checkpoint", "List and download run checkpoints."),
+    "resources": ("runctl.cli.resources", "Every instance on every cloud, its cost so far; sweep idle ones."),
+    "cost": ("runctl.cli.cost", "What was spent, per host, run or day, from recorded usage."),
 }
 
 
@@ -37,7 +39,10 @@ class _Commands(MutableMapping[str, Any]):
     def __getitem__(self, name: str) -> Any:
         if name in GROUPS and name not in self.built:
             module, help_text = GROUPS[name]
-            group = typer.main.get_group(importlib.import_module(module).app)
+            loaded = importlib.import_module(module)
+            # A module with `command` is one command (`runctl cost`), not a group of them.
+            single = getattr(loaded, "command", None)
+            group = typer.main.get_command(single) if single is not None else typer.main.get_group(loaded.app)
             group.name, group.help = name, help_text
             self.built[name] = group
         return self.built[name]

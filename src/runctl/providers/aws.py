@@ -89,6 +89,11 @@ class Instance:
         return self.tags.get(tags.MANAGED) == "true"
 
     @property
+    def protected(self) -> bool:
+        """`runctl:protect=true`: never stopped or terminated unless forced, never swept."""
+        return self.tags.get(tags.PROTECT) == "true"
+
+    @property
     def label(self) -> str:
         return "%s (%s)" % (self.id, self.name) if self.name else self.id
 
@@ -109,10 +114,10 @@ def is_instance_id(ref: str) -> bool:
 class Ec2Instances:
     """Instances of one region: look up, start, stop, terminate (retried, confirmed), wait."""
 
-    def __init__(self, region: str | None = None, profile: str | None = None) -> None:
+    def __init__(self, region: str | None = None, profile: str | None = None, session: Any = None) -> None:
         from .ec2api import Ec2
 
-        self.ec2 = Ec2(region, profile)
+        self.ec2 = Ec2(region, profile, session)
         self.region = self.ec2.region
 
     # ---- finding -------------------------------------------------------------------------
@@ -120,6 +125,11 @@ class Ec2Instances:
     def describe(self, **params: Any) -> list[Instance]:
         reservations = self.ec2.paginate("describe_instances", "Reservations", **params)
         return [Instance.from_api(i, self.region) for r in reservations for i in r.get("Instances") or []]
+
+    def regions(self) -> list[str]:
+        """The regions this account may use (opted in), for a listing across all of them."""
+        answer = self.ec2.call("describe_regions")
+        return sorted(str(r["RegionName"]) for r in answer.get("Regions") or [])
 
     def get(self, instance_id: str) -> Instance:
         found = self.describe(InstanceIds=[instance_id])
@@ -348,6 +358,13 @@ def observe(store: Any, instance: Instance, prices: Prices, info: Mapping[str, A
             info={**known, **(info or {})},
         )
     )
+
+
+def observe_all(store: Any, instances: list[Instance], prices: Prices) -> None:
+    """`observe` for a listing's instances, in one store transaction."""
+    with store.transaction():
+        for instance in instances:
+            observe(store, instance, prices)
 
 
 def mark_release_failed(cloud: Ec2Instances, store: Any, instance: Instance, action: str, error: str) -> None:

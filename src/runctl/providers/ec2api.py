@@ -79,6 +79,16 @@ def new_session(profile: str | None = None) -> Any:
     return session
 
 
+def has_credentials(profile: str | None = None) -> bool:
+    """Whether boto3 finds credentials (environment, profile, SSO, role) without calling AWS."""
+    import botocore.exceptions
+
+    try:
+        return new_session(profile).get_credentials() is not None
+    except (botocore.exceptions.BotoCoreError, UsageError):
+        return False
+
+
 def parse_timestamp(value: Any) -> Any:
     """An ISO 8601 timestamp as EC2 sends it (`2026-12-02T06:35:23.000Z`), else botocore's parser."""
     from datetime import datetime, timezone
@@ -204,8 +214,10 @@ def _short(message: str) -> str:
 class Ec2:
     """EC2 in one region: `call` runs an operation with retries and turns failures into RunctlErrors."""
 
-    def __init__(self, region: str | None = None, profile: str | None = None) -> None:
-        session = new_session(profile)
+    def __init__(self, region: str | None = None, profile: str | None = None, session: Any = None) -> None:
+        """`session`: another Ec2's (one per command: making one costs tens of milliseconds)."""
+        session = session or new_session(profile)
+        self.session = session
         self.region = resolve_region(region, profile, session)
         if profile:
             os.environ["AWS_PROFILE"] = profile

@@ -35,6 +35,7 @@ NAME = "lambda"
 LIVE_STATES = ("booting", "active", "unhealthy", "terminating")
 GONE_STATES = ("terminated", "preempted")
 MANAGED_TAG = "runctl-managed"  # on instances runctl launched: only those are terminated unasked
+PROTECT_TAG = "runctl-protect"  # "true": never swept, whoever launched it
 LAUNCH_TAG = "runctl-launch"  # a token per launch, to find an instance whose launch answer was lost
 DEFAULT_SSH_USER = "ubuntu"
 ACTIVE_SECONDS = 900.0  # booting -> active takes minutes on Lambda
@@ -106,13 +107,26 @@ class LambdaInstance:
         return self.tags.get(MANAGED_TAG) == "true"
 
     @property
+    def protected(self) -> bool:
+        return self.tags.get(PROTECT_TAG) == "true"
+
+    @property
     def label(self) -> str:
         return "%s (%s)" % (self.id, self.name) if self.name else self.id
 
 
+def launched_here(store: Any, instance: LambdaInstance) -> bool:
+    """Whether runctl launched it: its tag, or the store's record of the launch (its token), in
+    case the tags are lost; only such an instance is terminated unasked (sweep, idle warning)."""
+    if instance.managed:
+        return True
+    stored = store.host("%s:%s" % (NAME, instance.id)) if store is not None else None
+    return bool(stored and (stored.get("info") or {}).get("launch_token"))
+
+
 def observe(store: Any, instance: LambdaInstance, info: Mapping[str, Any] | None = None) -> str:
     """Record the instance as seen now: its status opens a usage interval at its hourly price."""
-    known = {"name": instance.name, "managed": instance.managed, "gpus": instance.gpus}
+    known = {"name": instance.name, "managed": launched_here(store, instance), "gpus": instance.gpus}
     return str(
         store.upsert_host(
             NAME,
