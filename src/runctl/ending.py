@@ -36,10 +36,11 @@ RESULT = "on_end_result"
 def end_of_run(store: Store, row: dict[str, Any], say: Callable[[str], None] | None = None) -> None:
     """Perform the controller's part of a terminal run's end, once; never raises for a host problem."""
     notice = say or (lambda message: None)
-    kinds = {e["kind"] for e in store.events(row["run_id"])}
-    if not st.is_terminal(row["status"]) or GUARD in kinds:
+    events = store.events(row["run_id"])
+    kinds = {e["kind"] for e in events}
+    if not st.is_terminal(row["status"]) or (GUARD in kinds and not abandoned(events)):
         return
-    store.add_event(row["run_id"], GUARD, {"by": "controller"})
+    store.add_event(row["run_id"], GUARD, {"by": "controller", **controller.controller_identity()})
     from .training_log import record_end
 
     record_end(row)  # seed 004's training_output/training_log.json, in projects laid out that way
@@ -78,6 +79,18 @@ def end_of_run(store: Store, row: dict[str, Any], say: Callable[[str], None] | N
         except (RunctlError, OSError):
             pass  # the store keeps the result either way
     store.add_event(row["run_id"], RESULT, result)
+
+
+def abandoned(events: list[dict[str, Any]]) -> bool:
+    """Whether the step was begun by a controller that died before recording its result (killed
+    between the two): then the next controller takes it up, or the run's end would never be read."""
+    from .agent.procs import is_alive
+
+    if any(e["kind"] == RESULT for e in events):
+        return False
+    guards = [e for e in events if e["kind"] == GUARD]
+    holder = guards[-1] if guards else {}
+    return holder.get("pid") is not None and not is_alive(holder.get("pid"), holder.get("start"))
 
 
 def host_step(provider: Provider, row: dict[str, Any]) -> bool:

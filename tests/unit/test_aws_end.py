@@ -3,6 +3,7 @@ state says of a run on it that stopped answering."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from runctl.agent.ops import checkpoint_digests
@@ -76,3 +77,14 @@ def test_digests_prove_files_of_the_run_and_refuse_others(tmp_path: Path) -> Non
     assert found["a.pt"] == {"size": 7, "sha256": hashlib.sha256(b"weights").hexdigest()}
     assert "outside" in found["../../secret"]["error"]
     assert "error" in found["missing.pt"]
+
+
+def test_an_end_step_begun_by_a_controller_that_died_is_taken_up_again() -> None:
+    from runctl.ending import GUARD, RESULT, abandoned
+
+    dead = {"kind": GUARD, "by": "controller", "pid": 2**22 + 7, "start": None}
+    alive = {"kind": GUARD, "by": "controller", "pid": os.getpid(), "start": None}
+    assert abandoned([dead])
+    assert not abandoned([alive]), "a controller still at it is left to finish"
+    assert not abandoned([dead, {"kind": RESULT}]), "a recorded result is the end of it"
+    assert not abandoned([{"kind": GUARD, "by": "controller"}]), "a guard from before pids were kept stays"
