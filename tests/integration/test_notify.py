@@ -33,7 +33,12 @@ class Hook:
                 body = self.rfile.read(length)
                 with hook.lock:
                     hook.received.append(
-                        {"path": self.path, "content_type": self.headers.get("Content-Type"), "body": json.loads(body)}
+                        {
+                            "path": self.path,
+                            "content_type": self.headers.get("Content-Type"),
+                            "body": json.loads(body),
+                            "t": time.time(),
+                        }
                     )
                 self.send_response(status)
                 self.send_header("Content-Length", "2")

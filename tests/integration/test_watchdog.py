@@ -291,3 +291,20 @@ def test_the_watchdog_runs_on_python38(wd: Path, record: Path, sleeper: subproce
     sleeper.kill()
     wait_until(lambda: recorded_times(record), 10)
     assert sys.version_info >= (3, 8)
+
+
+def test_the_runs_webhooks_hear_of_a_leak_before_the_power_off(wd: Path, record: Path) -> None:
+    from tests.integration.test_notify import Hook
+
+    hook = Hook()
+    try:
+        args = ["watchdog", "ensure", "--idle-stop", "1", "--poll", "0.1", "--dir", str(wd)]
+        code, result = agent(*args, "--poweroff-cmd", json.dumps(recording_cmd(record)), "--notify", hook.url)
+        assert code == 0 and result["ok"], result
+        leak = hook.wait_for("leak", 10)
+        (issued,) = wait_until(lambda: recorded_times(record), 10)
+        assert leak["idle_for"] >= 1.0 and "powering it off" in leak["text"]
+        assert leak["host"] and leak["idle_stop"] == 1.0
+        assert hook.received[0]["t"] <= issued, "told before the power-off, not after"
+    finally:
+        hook.close()

@@ -14,6 +14,8 @@ TIMEOUT_SECONDS = 5.0
 
 
 def slack_text(payload: Dict[str, Any]) -> str:
+    if payload.get("run_id") is None and payload.get("message"):
+        return "runctl %s: %s" % (payload.get("event"), payload["message"])  # a host event (watchdog leak)
     parts = ["runctl run %s (%s): %s" % (payload.get("run_id"), payload.get("name"), payload.get("event"))]
     if payload.get("status"):
         parts.append("status %s" % payload["status"])

@@ -232,11 +232,14 @@ def unregister_run(run_dir: str, directory: Optional[str] = None) -> bool:
         return False
 
 
-def write_config(directory: str, idle_stop: Optional[float], poweroff_cmd: List[str], poll: float) -> Dict[str, Any]:
+def write_config(
+    directory: str, idle_stop: Optional[float], poweroff_cmd: List[str], poll: float, notify: Optional[List[str]] = None
+) -> Dict[str, Any]:
     config = {
         "idle_stop": idle_stop,
         "poweroff_cmd": list(poweroff_cmd),
         "poll": poll,
+        "notify": parse_notify(notify),
         "written_at": time.time(),
         # A fresh token per `ensure`: the watchdog takes any new one as activity (a run is starting).
         "token": binascii.hexlify(os.urandom(8)).decode(),
@@ -257,7 +260,18 @@ def read_config(directory: str) -> Optional[Dict[str, Any]]:
         poll = parse_poll(raw.get("poll", DEFAULT_POLL))
     except WatchdogError:
         return None
-    return {"idle_stop": idle_stop, "poweroff_cmd": poweroff_cmd, "poll": poll, "token": str(raw.get("token"))}
+    notify = parse_notify(raw.get("notify"))
+    return {
+        "idle_stop": idle_stop, "poweroff_cmd": poweroff_cmd, "poll": poll, "notify": notify,
+        "token": str(raw.get("token")),
+    }  # fmt: skip
+
+
+def parse_notify(value: Any) -> List[str]:
+    """Webhook URLs told of a `leak` before a power-off (http/https only); anything else is dropped."""
+    if not isinstance(value, list):
+        return []
+    return [u for u in value if isinstance(u, str) and u.startswith(("http://", "https://"))]
 
 
 def read_state(directory: Optional[str] = None) -> Dict[str, Any]:
@@ -438,6 +452,7 @@ class Watchdog:
         self.last_issue = self.clock()
         self.event("poweroff_issued", cmd=cmd, idle_for=record["idle_for"], idle_stop=idle_stop)
         self.save(force=True, fsync=True)  # the command may end this process before it returns
+        self.tell_leak(idle_for, idle_stop)
         import subprocess  # already loaded by _serve_locked; lazy for the agent's other commands
 
         try:
@@ -463,6 +478,29 @@ class Watchdog:
                 self.state["status"] = "watching"
                 self.error("power-off command exited with %d: %s" % (proc.returncode, output.strip()[-300:]))
         self.save(force=True, fsync=True)
+
+    def tell_leak(self, idle_for: float, idle_stop: float) -> None:
+        """A `leak` event to the runs' webhooks before the power-off: a host was billing with no run."""
+        urls = (self.config or {}).get("notify") or []
+        if not urls:
+            return
+        import socket
+
+        from .notify import Notifier
+
+        host = socket.gethostname()
+        notifier = Notifier(urls, lambda url, why: self.error("leak notification to %s failed: %s" % (url, why)))
+        notifier.send(
+            {
+                "event": "leak",
+                "host": host,
+                "idle_for": round(idle_for, 1),
+                "idle_stop": idle_stop,
+                "message": "host %s had no run for %.0fs (idle-stop %gs): powering it off"
+                % (host, idle_for, idle_stop),
+            }
+        )
+        notifier.flush()  # bounded (the webhook timeout): the bill must end either way
 
     # -- the loop
 
@@ -549,6 +587,7 @@ def ensure(
     poweroff_cmd: Optional[List[str]] = None,
     poll: float = DEFAULT_POLL,
     directory: Optional[str] = None,
+    notify: Optional[List[str]] = None,
 ) -> Dict[str, Any]:
     """Start the watchdog if none runs, and (re)write its settings; a running one picks them up
     at its next poll. Each call restarts the idle window. `idle_stop=None` (off) starts nothing and
@@ -556,7 +595,7 @@ def ensure(
     directory = watchdog_dir(directory)
     _prepare_dir(directory)
     cmd = list(poweroff_cmd) if poweroff_cmd is not None else default_poweroff_cmd()
-    config = write_config(directory, idle_stop, cmd, poll)
+    config = write_config(directory, idle_stop, cmd, poll, notify)
     settings = {k: config[k] for k in ("idle_stop", "poweroff_cmd", "poll")}
     if is_running(directory):
         state = read_json(os.path.join(directory, STATE)) or {}
@@ -588,7 +627,7 @@ def before_launch(settings: Any) -> Dict[str, Any]:
         directory = settings.get("dir")
         if directory is not None and not isinstance(directory, str):
             raise WatchdogError("the watchdog dir must be a path")
-        return ensure(idle_stop, poweroff_cmd, poll, directory)
+        return ensure(idle_stop, poweroff_cmd, poll, directory, parse_notify(settings.get("notify")))
     except (WatchdogError, OSError) as exc:
         return {"ok": False, "error": str(exc)}
 
@@ -640,6 +679,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--idle-stop", required=True, help="a duration (900, 15m, 1h) or off")
     p.add_argument("--poweroff-cmd", default=None, help="JSON list of arguments (default: shutdown -h now)")
     p.add_argument("--poll", default=str(DEFAULT_POLL), help="seconds between looks (default 5)")
+    p.add_argument("--notify", action="append", default=None, help="webhook told of a leak before a power-off")
     p.add_argument("--dir", default=None, help="its directory (default %s)" % DEFAULT_DIR)
     p = commands.add_parser("status", help="its state file, settings and whether it runs")
     p.add_argument("--dir", default=None)
@@ -660,7 +700,7 @@ def run_command(args: argparse.Namespace) -> Tuple[Dict[str, Any], int]:
         if args.watchdog_command == "ensure":
             idle_stop = parse_idle_stop(args.idle_stop)
             cmd = parse_poweroff_cmd(args.poweroff_cmd) if args.poweroff_cmd is not None else None
-            result = ensure(idle_stop, cmd, parse_poll(args.poll), args.dir)
+            result = ensure(idle_stop, cmd, parse_poll(args.poll), args.dir, parse_notify(args.notify))
         elif args.watchdog_command == "status":
             result = {"ok": True, **read_state(args.dir)}
         elif args.watchdog_command == "stop":

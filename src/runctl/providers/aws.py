@@ -511,7 +511,7 @@ class AwsProvider(SshProvider):
         super().place(transport, spec, request)
         instance: Instance = request.options["instance_obj"]
         if instance.managed and instance.tags.get(tags.IDLE_STOP, "off") != "off":
-            spec.watchdog = {"idle_stop": instance.tags[tags.IDLE_STOP]}
+            spec.watchdog = {"idle_stop": instance.tags[tags.IDLE_STOP], "notify": list(spec.notify)}
 
     def placement(self, request: StartRequest, root: Path, script: Path) -> Placement:
         return super().placement(request, root, script)
