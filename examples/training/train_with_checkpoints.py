@@ -64,7 +64,7 @@ def sgd_step(w: float, b: float, points: list[tuple[float, float]], lr: float) -
     n = len(points)
     errors = [(w * x + b) - y for x, y in points]
     loss = sum(e * e for e in errors) / n
-    grad_w = 2.0 * sum(e * x for e, (x, _) in zip(errors, points)) / n
+    grad_w = 2.0 * sum(e * x for e, (x, _) in zip(errors, points)) / n  # noqa: B905 (runs on old Pythons too)
     grad_b = 2.0 * sum(errors) / n
     return w - lr * grad_w, b - lr * grad_b, loss
 
