@@ -1,0 +1,108 @@
+"""What `runctl runs report` puts in a report: everything known of one run, read once, from the store
+and through the run's transport (so a run on an SSH or cloud host is read where its run dir is).
+
+A part that cannot be read (a host gone, a file missing) is left out with the reason in `problems`:
+the report of a run whose host was terminated still shows what the store knows.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from . import controller
+from .core import layout
+from .core.errors import RunctlError, UsageError
+from .core.fsutil import parse_jsonl
+from .store import Store
+
+LOG_TAIL_LINES = 40
+TAIL_BYTES = 2 << 20  # the sparkline reads at most the last 2 MiB of metrics.jsonl
+
+
+def _read(row: dict[str, Any], name: str, problems: list[str]) -> bytes | None:
+    try:
+        data = controller.transport_for(row).read_file(os.path.join(row["run_dir"], name))
+    except (RunctlError, OSError) as exc:
+        problems.append("%s could not be read: %s" % (name, exc.message if isinstance(exc, RunctlError) else exc))
+        return None
+    return data
+
+
+def metrics(row: dict[str, Any], tail_bytes: int | None = None) -> list[dict[str, Any]]:
+    """The run's metrics.jsonl records ([] when there are none or it cannot be read); with
+    `tail_bytes`, only those in its last `tail_bytes` bytes."""
+    data = _read(row, layout.METRICS, []) or b""
+    if tail_bytes is not None and len(data) > tail_bytes:
+        data = data[-tail_bytes:]  # a cut first line is not valid JSON and is skipped
+    return parse_jsonl(data)
+
+
+def collect(store: Store, row: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """The report's data for the run `row`, `run` being its refreshed view (as `runs status` shows it)."""
+    from .checkpointing import checkpoints
+
+    problems: list[str] = []
+    fresh = store.get(row["run_id"]) or row
+    metrics_data = _read(fresh, layout.METRICS, problems)
+    events_data = _read(fresh, layout.EVENTS, problems)
+    log_data = _read(fresh, layout.LOG, problems)
+    listing: dict[str, Any] | None = None
+    if fresh.get("started_at") or fresh["status"] not in controller.PRE_LAUNCH:
+        try:
+            listing = checkpoints(fresh)
+        except (RunctlError, OSError) as exc:
+            problems.append(
+                "the checkpoint dir could not be listed: %s" % (exc.message if isinstance(exc, RunctlError) else exc)
+            )
+    timeline = [{"source": "controller", **e} for e in store.events(row["run_id"])]
+    for event in parse_jsonl(events_data or b""):
+        kind = event.get("event", "?")
+        timeline.append({"source": "agent", "kind": kind, **{k: v for k, v in event.items() if k != "event"}})
+    timeline.sort(key=lambda e: float(e.get("t") or 0))
+    log_lines = (log_data or b"").decode("utf-8", "replace").splitlines()[-LOG_TAIL_LINES:]
+    spec = fresh.get("spec") or {}
+    return {
+        "run": run,
+        "spec": {"script": spec.get("script"), "script_args": spec.get("script_args") or []},
+        "metrics": parse_jsonl(metrics_data or b""),
+        "timeline": timeline,
+        "log_tail": log_lines,
+        "checkpoints": listing,
+        "downloaded": [e for e in timeline if e["kind"] == "checkpoints_downloaded"],
+        "s3": (fresh.get("state") or {}).get("checkpoint_s3"),
+        "s3_uploads": [e for e in timeline if e["source"] == "agent" and e["kind"] == "checkpoint_uploaded"],
+        "problems": problems,
+        "generated_at": time.time(),
+    }
+
+
+def check_target(path: str) -> str:
+    """The absolute path the report goes to, refused before any work when it cannot be a file there."""
+    target = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(target):
+        raise UsageError(
+            "%s is a directory" % path,
+            "name the report file, for example: --html %s" % os.path.join(path, "report.html"),
+        )
+    parent = os.path.dirname(target)
+    if not os.path.isdir(parent):
+        raise UsageError(
+            "cannot write %s: %s is not a directory" % (path, parent),
+            "create it first, or name a file in an existing directory",
+        )
+    return target
+
+
+def write(target: str, html: str) -> None:
+    """Replace `target` atomically (a temp file beside it, renamed): a reader never sees half a report,
+    and a failed write leaves nothing behind."""
+    from .core.fsutil import atomic_write
+
+    try:
+        atomic_write(target, html.encode("utf-8"), fsync=True, mode=0o644)
+    except OSError as exc:
+        raise UsageError(
+            "cannot write %s: %s" % (target, exc.strerror or exc), "name a file in a directory you can write"
+        ) from None
