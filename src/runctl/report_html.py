@@ -36,7 +36,9 @@ th{color:#57606a;font-weight:600}table.kv th{width:140px}
 .badge .icon{font-size:18px}
 .good{color:#1a7f37;background:#dafbe1}.warn{color:#bc4c00;background:#fff1e5}
 .bad{color:#cf222e;background:#ffebe9}.active{color:#0969da;background:#ddf4ff}
-.message{margin:8px 0 0}.note{color:#9a6700}.problem{color:#cf222e}
+.message{margin:8px 0 0;background:none}
+.message.good{color:#1a7f37}.message.warn{color:#bc4c00}.message.bad{color:#cf222e}
+.note{color:#9a6700}.problem{color:#cf222e}
 .charts{display:flex;flex-wrap:wrap;gap:16px}
 figure{margin:0}figcaption{font-weight:600;margin:0 0 4px;overflow-wrap:anywhere}
 svg text{font:11px ui-monospace,Menlo,Consolas,monospace;fill:#57606a}
@@ -177,7 +179,9 @@ def _charts_section(records: list[dict[str, Any]]) -> str:
 
 def _header(run: dict[str, Any]) -> str:
     mark = verdict.badge(run)
-    message = "<p class='message %s-text'>%s</p>" % (mark.tone, esc(mark.message)) if mark.message else ""
+    message = (
+        "<p class='message %s' id='termination-message'>%s</p>" % (mark.tone, esc(mark.message)) if mark.message else ""
+    )
     return (
         "<section id='summary-head'><h1>%s <span class='sub mono'>run %s</span></h1>"
         "<div class='badge %s' id='termination' data-tone='%s'><span class='icon'>%s</span><span>%s</span></div>"
@@ -216,7 +220,7 @@ def _summary(run: dict[str, Any], spec: dict[str, Any]) -> str:
 def _end(run: dict[str, Any]) -> str:
     lines = []
     for kind, text in verdict.end_reason(run):
-        cls = {"warning": "note", "notice": "note"}.get(kind, kind)
+        cls = "note" if kind in ("warning", "notice") else "end-" + kind
         prefix = "%s: " % kind if kind in ("warning", "notice") else ""
         lines.append("<li class='%s'>%s%s</li>" % (cls, esc(prefix), esc(text)))
     title = "How it ended" if st.is_terminal(run["status"]) else "Where it stands"

@@ -9,31 +9,55 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import controller
 from .core import layout
-from .core.errors import RunctlError, UsageError
+from .core.errors import HostError, RunctlError, UsageError
 from .core.fsutil import parse_jsonl
 from .store import Store
+from .transport.base import Transport
 
 LOG_TAIL_LINES = 40
 TAIL_BYTES = 2 << 20  # the sparkline reads at most the last 2 MiB of metrics.jsonl
 
 
-def _read(row: dict[str, Any], name: str, problems: list[str]) -> bytes | None:
-    try:
-        data = controller.transport_for(row).read_file(os.path.join(row["run_dir"], name))
-    except (RunctlError, OSError) as exc:
-        problems.append("%s could not be read: %s" % (name, exc.message if isinstance(exc, RunctlError) else exc))
-        return None
-    return data
+class _Reader:
+    """Reads the run's files through its transport; once the host fails to answer, the other parts
+    are not asked for again (each would wait for its own connection timeout)."""
+
+    def __init__(self, row: dict[str, Any], problems: list[str]) -> None:
+        self.row = row
+        self.problems = problems
+        self.down: str | None = None
+        self.transport: Transport | None = None
+
+    def call(self, what: str, action: Callable[[Transport], Any]) -> Any:
+        if self.down is not None:
+            self.problems.append("%s not read: %s" % (what, self.down))
+            return None
+        try:
+            if self.transport is None:
+                self.transport = controller.transport_for(self.row)
+            return action(self.transport)
+        except (RunctlError, OSError) as exc:
+            reason = exc.message if isinstance(exc, RunctlError) else str(exc)
+            if isinstance(exc, HostError):
+                self.down = reason
+            self.problems.append("%s could not be read: %s" % (what, reason))
+            return None
+
+    def file(self, name: str) -> bytes | None:
+        path = os.path.join(self.row["run_dir"], name)
+        data: bytes | None = self.call(name, lambda transport: transport.read_file(path))
+        return data
 
 
 def metrics(row: dict[str, Any], tail_bytes: int | None = None) -> list[dict[str, Any]]:
     """The run's metrics.jsonl records ([] when there are none or it cannot be read); with
     `tail_bytes`, only those in its last `tail_bytes` bytes."""
-    data = _read(row, layout.METRICS, []) or b""
+    data = _Reader(row, []).file(layout.METRICS) or b""
     if tail_bytes is not None and len(data) > tail_bytes:
         data = data[-tail_bytes:]  # a cut first line is not valid JSON and is skipped
     return parse_jsonl(data)
@@ -41,23 +65,18 @@ def metrics(row: dict[str, Any], tail_bytes: int | None = None) -> list[dict[str
 
 def collect(store: Store, row: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     """The report's data for the run `row`, `run` being its refreshed view (as `runs status` shows it)."""
-    from .checkpointing import checkpoints
-
     problems: list[str] = []
     fresh = store.get(row["run_id"]) or row
-    metrics_data = _read(fresh, layout.METRICS, problems)
-    events_data = _read(fresh, layout.EVENTS, problems)
-    log_data = _read(fresh, layout.LOG, problems)
+    reader = _Reader(fresh, problems)
+    metrics_data = reader.file(layout.METRICS)
+    events_data = reader.file(layout.EVENTS)
+    log_data = reader.file(layout.LOG)
     listing: dict[str, Any] | None = None
     if fresh.get("started_at") or fresh["status"] not in controller.PRE_LAUNCH:
-        try:
-            listing = checkpoints(fresh)
-        except (RunctlError, OSError) as exc:
-            problems.append(
-                "the checkpoint dir could not be listed: %s" % (exc.message if isinstance(exc, RunctlError) else exc)
-            )
+        listing = reader.call("the checkpoint dir", lambda transport: transport.list_checkpoints(fresh["run_dir"]))
     timeline = [{"source": "controller", **e} for e in store.events(row["run_id"])]
-    for event in parse_jsonl(events_data or b""):
+    agent_events = parse_jsonl(events_data or b"")
+    for event in agent_events:  # the uploader's own carry "source": "s3-upload", kept as who did it
         kind = event.get("event", "?")
         timeline.append({"source": "agent", "kind": kind, **{k: v for k, v in event.items() if k != "event"}})
     timeline.sort(key=lambda e: float(e.get("t") or 0))
@@ -72,7 +91,7 @@ def collect(store: Store, row: dict[str, Any], run: dict[str, Any]) -> dict[str,
         "checkpoints": listing,
         "downloaded": [e for e in timeline if e["kind"] == "checkpoints_downloaded"],
         "s3": (fresh.get("state") or {}).get("checkpoint_s3"),
-        "s3_uploads": [e for e in timeline if e["source"] == "agent" and e["kind"] == "checkpoint_uploaded"],
+        "s3_uploads": [e for e in agent_events if e.get("event") == "checkpoint_uploaded"],
         "problems": problems,
         "generated_at": time.time(),
     }
@@ -85,6 +104,11 @@ def check_target(path: str) -> str:
         raise UsageError(
             "%s is a directory" % path,
             "name the report file, for example: --html %s" % os.path.join(path, "report.html"),
+        )
+    if os.path.exists(target) and not os.path.isfile(target):
+        raise UsageError(
+            "%s is not a regular file (a device, socket or pipe is never replaced)" % path,
+            "name a new file or an existing report, for example: --html report.html",
         )
     parent = os.path.dirname(target)
     if not os.path.isdir(parent):

@@ -9,6 +9,7 @@ import os
 import pty
 import re
 import select
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -126,6 +127,7 @@ def test_report_of_a_real_run_opens_in_chromium(cli, project: Path, tmp_path: Pa
             badge = page.locator("#termination")
             assert badge.inner_text().split() == ["\u2714", "Auto-Stopped", "(Low", "Loss)"]
             assert badge.get_attribute("data-tone") == "good"
+            assert page.inner_text("#termination-message") == run["termination_message"]
             ended = page.inner_text("#end-reason")
             assert "completed (auto_low_loss)" in ended
             assert run["termination_message"] and run["termination_message"] in ended
@@ -203,6 +205,7 @@ def test_report_bad_input_says_what_and_writes_nothing(cli, project: Path, tmp_p
             "not a directory",
         ),
         "no --html": (["runs", "report", run["run_id"]], "--html"),
+        "a device": (["runs", "report", run["run_id"], "--html", "/dev/null"], "not a regular file"),
     }
     for what, (args, said) in cases.items():
         result = cli(*args)
@@ -210,6 +213,7 @@ def test_report_bad_input_says_what_and_writes_nothing(cli, project: Path, tmp_p
         assert said in result.err, (what, result.err)
         assert "Traceback" not in result.err and len(result.err.strip().splitlines()) <= 2, (what, result.err)
         assert list(target.iterdir()) == [], what
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
 
     # A run without metrics still gets its report: no chart, and no sparkline in a terminal.
     result = cli("runs", "report", run["run_id"], "--html", str(target / "r.html"))

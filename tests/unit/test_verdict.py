@@ -41,7 +41,15 @@ def test_a_run_still_going_shows_its_status_without_a_message() -> None:
 
 def test_end_reason_lines() -> None:
     lines = end_reason(
-        run("failed", "failed", "exited with code 3", exit_code=3, started_at=100.0, ended_at=175.0, notice="host stopped")
+        run(
+            "failed",
+            "failed",
+            "exited with code 3",
+            exit_code=3,
+            started_at=100.0,
+            ended_at=175.0,
+            notice="host stopped",
+        )
     )
     assert lines == [
         ("status", "failed after 1m15s"),

@@ -85,7 +85,7 @@ def status(run_id: RunId, output: o.OutputOpt = Output.text) -> None:
     if output == Output.json:
         emit_json(run)
         return
-    if sys.stdout.isatty():
+    if sys.stdout.isatty() and not run.get("warning"):  # a warning: the host did not answer just now
         from ..run_report import TAIL_BYTES, metrics
 
         line = loss_sparkline(metrics(db.get(row["run_id"]) or row, TAIL_BYTES))
