@@ -171,6 +171,9 @@ def test_metric_series_loss_first_by_step_else_by_report() -> None:
     assert series["accuracy"] == ("step", [(1.0, 0.1), (2.0, 0.2)])
     assert series["val_loss"] == ("report", [(1.0, 1.5)])
     assert metric_series([]) == {}
+    # An integer too large for a float is not drawn; an all-NaN metric is listed with no points.
+    odd = metric_series([{"step": 1, "loss": 10**400, "gn": float("nan")}, {"step": 2, "loss": 3}])
+    assert odd == {"loss": ("step", [(2.0, 3.0)]), "gn": ("step", [])}
 
 
 def test_metric_series_is_a_cheap_pass_over_many_records() -> None:
