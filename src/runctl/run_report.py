@@ -48,19 +48,17 @@ class _Reader:
             self.problems.append("%s could not be read: %s" % (what, reason))
             return None
 
-    def file(self, name: str) -> bytes | None:
+    def file(self, name: str, tail: int | None = None) -> bytes | None:
         path = os.path.join(self.row["run_dir"], name)
-        data: bytes | None = self.call(name, lambda transport: transport.read_file(path))
+        data: bytes | None = self.call(name, lambda transport: transport.read_file(path, tail))
         return data
 
 
 def metrics(row: dict[str, Any], tail_bytes: int | None = None) -> list[dict[str, Any]]:
     """The run's metrics.jsonl records ([] when there are none or it cannot be read); with
     `tail_bytes`, only those in its last `tail_bytes` bytes."""
-    data = _Reader(row, []).file(layout.METRICS) or b""
-    if tail_bytes is not None and len(data) > tail_bytes:
-        data = data[-tail_bytes:]  # a cut first line is not valid JSON and is skipped
-    return parse_jsonl(data)
+    # A first line cut by the tail is not valid JSON, and is skipped.
+    return parse_jsonl(_Reader(row, []).file(layout.METRICS, tail_bytes) or b"")
 
 
 def collect(store: Store, row: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:

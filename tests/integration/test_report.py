@@ -185,6 +185,16 @@ def test_report_of_a_real_run_opens_in_chromium(cli, project: Path, tmp_path: Pa
     assert int(spark.group(4)) == losses and len(spark.group(1)) == min(losses, 30)
     assert spark.group(1)[0] == "\u2588" and spark.group(1)[-1] == "\u2581"  # a falling loss
 
+    # The sparkline reads only the end of a long metrics file (here: its last line and a cut one).
+    from runctl.run_report import metrics
+    from runctl.transport.local import LocalTransport
+
+    whole = (run_dir(project, run_id) / "metrics.jsonl").read_bytes()
+    assert LocalTransport().read_file(str(run_dir(project, run_id) / "metrics.jsonl"), 10) == whole[-10:]
+    row = {"run_id": run_id, "provider": "local", "transport": {}, "run_dir": str(run_dir(project, run_id))}
+    last_two = len(whole.splitlines(keepends=True)[-1]) + 5
+    assert metrics(row, last_two) == [records[-1]]
+
     piped = cli("runs", "status", run_id)
     assert piped.code == 0 and "loss curve" not in piped.out and "\u2581" not in piped.out
     as_json = cli("runs", "status", run_id, "-o", "json")
