@@ -109,6 +109,8 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     if low == high:
         pad = abs(low) * 0.1 or 1.0
         low, high = low - pad, high + pad
+    if not math.isfinite(high - low) or not math.isfinite(low - (high - low)):
+        return [low, high]  # near the float limit: no room for round ticks beyond the values
     step = _nice(_nice(high - low, False) / (count - 1), True)
     first = math.floor(low / step) * step
     last = math.ceil(high / step) * step
@@ -148,13 +150,18 @@ class Frame:
         self.y0, self.y1 = y_range
         self.left, self.top, self.width, self.height = box
 
+    @staticmethod
+    def _share(value: float, low: float, high: float) -> float:
+        """Where `value` lies between low (0) and high (1), 0.5 for an empty range; halved first, so
+        values near the float limit do not overflow."""
+        span = high / 2 - low / 2
+        return 0.5 if span == 0 else (value / 2 - low / 2) / span
+
     def x(self, value: float) -> float:
-        span = self.x1 - self.x0
-        return self.left + (self.width / 2 if span == 0 else (value - self.x0) / span * self.width)
+        return self.left + self._share(value, self.x0, self.x1) * self.width
 
     def y(self, value: float) -> float:
-        span = self.y1 - self.y0
-        return self.top + self.height - (self.height / 2 if span == 0 else (value - self.y0) / span * self.height)
+        return self.top + self.height - self._share(value, self.y0, self.y1) * self.height
 
 
 def svg_path(points: Sequence[Point], frame: Frame) -> str:

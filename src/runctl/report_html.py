@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
 import shlex
 import time
@@ -55,10 +56,18 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def seconds(value: Any) -> float:
+    """An event's or a file's time as a number; 0 for anything else (the run dir is the script's to write)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return 0.0
+    return float(value)
+
+
 def _when(t: Any) -> str:
-    if not t:
+    t = seconds(t)
+    if not t or not 0 < t < 253402300800:  # up to year 9999
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(t)))
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
 
 
 def _rows(pairs: list[tuple[str, str]]) -> str:
@@ -317,10 +326,10 @@ def _detail(event: dict[str, Any]) -> str:
 def _timeline(events: list[dict[str, Any]]) -> str:
     if not events:
         return "<section id='timeline'><h2>Timeline</h2><p class='sub'>No events.</p></section>"
-    first = float(events[0].get("t") or 0)
+    first = seconds(events[0].get("t"))
     rows = []
     for event in events:
-        t = float(event.get("t") or 0)
+        t = seconds(event.get("t"))
         rows.append(
             [
                 _td(_when(t)[11:19], "when"),

@@ -16,6 +16,7 @@ from . import controller
 from .core import layout
 from .core.errors import HostError, RunctlError, UsageError
 from .core.fsutil import parse_jsonl
+from .report_html import seconds
 from .store import Store
 from .transport.base import Transport
 
@@ -77,7 +78,7 @@ def collect(store: Store, row: dict[str, Any], run: dict[str, Any]) -> dict[str,
     for event in agent_events:  # the uploader's own carry "source": "s3-upload", kept as who did it
         kind = event.get("event", "?")
         timeline.append({"source": "agent", "kind": kind, **{k: v for k, v in event.items() if k != "event"}})
-    timeline.sort(key=lambda e: float(e.get("t") or 0))
+    timeline.sort(key=lambda e: seconds(e.get("t")))
     log_lines = (log_data or b"").decode("utf-8", "replace").splitlines()[-LOG_TAIL_LINES:]
     spec = fresh.get("spec") or {}
     return {

@@ -27,10 +27,12 @@ HOSTILE_METRIC = "<img src=x onerror=alert(1)>"
 
 SCRIPT = (
     """
-import math, sys, time
+import math, os, sys, time
 from runctl import training as rt
 
 print("starting <b>not bold</b> \\x1b[31mred\\x1b[0m", flush=True)
+with open(os.path.join(os.environ["RUNCTL_RUN_DIR"], "events.jsonl"), "a") as events:  # the script's to write
+    events.write('{"event": "<i>odd</i>", "t": "soon", "data": [1, {"k": "</td>"}]}\\n')
 for step in range(1, 400):
     rt.report(step=step, epoch=1, loss=2.0 * math.exp(-step / 10), total_epochs=1,
               accuracy=step / 400, grad_norm=float("inf") if step == 5 else 1.0 / step,
@@ -150,6 +152,8 @@ def test_report_of_a_real_run_opens_in_chromium(cli, project: Path, tmp_path: Pa
             timeline = page.inner_text("#timeline")
             for kind in ("launched", "started", "exited", "ended"):
                 assert kind in timeline
+            assert "<i>odd</i>" in timeline and 'data=[1, {"k": "</td>"}]' in timeline
+            assert page.locator("#timeline i").count() == 0
             log = page.inner_text("#log")
             assert "starting <b>not bold</b> red" in log and "saved checkpoint at step" in log
             assert "No cost recorded" in page.inner_text("#cost") or "price" in page.inner_text("#cost")

@@ -120,6 +120,12 @@ def test_nice_ticks_of_a_constant_or_reversed_range() -> None:
     assert nice_ticks(5.0, 1.0) == nice_ticks(1.0, 5.0)
     with pytest.raises(ValueError):
         nice_ticks(0.0, float("inf"))
+    assert nice_ticks(-1e308, 1e308) == [-1e308, 1e308]  # no overflow at the float limit
+
+
+def test_values_at_the_float_limit_still_draw() -> None:
+    frame = Frame((0.0, 1.0), (-1.7e308, 1.7e308), (0, 0, 100, 100))
+    assert svg_path([(0.0, -1.7e308), (1.0, 1.7e308)], frame) == "M0.00,100.00 L100.00,0.00"
 
 
 def test_format_tick() -> None:
