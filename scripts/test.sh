@@ -8,13 +8,14 @@ command -v rsync >/dev/null 2>&1 || need_apt+=(rsync)
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v ssh >/dev/null 2>&1 || need_apt+=(openssh-client)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)  # driven by Playwright in the report tests; never `playwright install`
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "==> apt-get install ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null
   else
-    echo "note: ${need_apt[*]} missing and not root: SSH tests will be skipped" >&2
+    echo "note: ${need_apt[*]} missing and not root: the tests needing them will fail or be skipped" >&2
   fi
 fi
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import RUNCTL
 from tests.integration.test_s3_checkpoints import MANIFEST, START
 from tests.integration.test_ssh import SshEnv, make_project, remote_project
 from tests.support.imds import Imds
@@ -126,3 +127,22 @@ def test_a_run_on_an_ssh_host_uploads_with_the_hosts_own_role(
     # boto3 came from runctl's tool environment on the host (the host's python3 has none).
     tools = sorted((role_host.home / ".runctl" / "venvs").glob("runctl-tools-*"))
     assert [p for p in tools if p.is_dir()], "no tool environment was built on the host"
+
+    # The report, written here from the run dir on the host, shows the checkpoints verified in S3.
+    report = tmp_path / "report.html"
+    shown = subprocess.run(
+        [*RUNCTL, "runs", "report", run_id, "--html", str(report)],
+        cwd=str(project),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=sshenv.environ(),
+    )
+    assert shown.returncode == 0, shown.stderr
+    page = report.read_text()
+    assert "Training Complete" in page and "completed (auto_complete)" in page
+    for epoch in (1, 2):
+        assert "runs/%s/checkpoint_epoch_%d.pt" % (run_id, epoch) in page
+    assert "s3://%s/runs" % bucket in page and page.count("\u2714 verified") == 2
+    assert '<path class="raw" data-points="2"' in page  # the loss the host's script reported
+    assert ">ssh<" in page and "trained" in page

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..core import status as st
 from ..core.durations import format_duration
+from ..verdict import end_reason
 
 STYLE = {
     st.COMPLETED: "green",
@@ -82,11 +83,11 @@ def run_detail(run: dict[str, Any]) -> None:
     console.print(
         "[bold]run %s[/bold]  %s  [%s]%s[/%s]" % (run["run_id"], run["name"], style, status_label(run), style)
     )
-    if run.get("termination_message"):
-        console.print("  " + run["termination_message"], markup=False)
-    for key in ("warning", "notice"):
-        if run.get(key):
-            console.print("  [yellow]%s:[/yellow] %s" % (key, run[key]))
+    for kind, text in end_reason(run):
+        if kind == "message":
+            console.print("  " + text, markup=False)
+        elif kind in ("warning", "notice"):
+            console.print("  [yellow]%s:[/yellow] %s" % (kind, text))
     table = Table.grid(padding=(0, 2))
     table.add_column(style="dim")
     table.add_column()
@@ -99,6 +100,8 @@ def run_detail(run: dict[str, Any]) -> None:
     else:
         table.add_row("started", "%s  (running for %s)" % (_when(run["started_at"]), elapsed(run)))
     table.add_row("progress", progress(run))
+    if run.get("loss_sparkline"):
+        table.add_row("loss curve", run["loss_sparkline"])
     table.add_row("checkpoint", run.get("last_checkpoint") or "-")
     table.add_row("pid", str(run.get("pid") or "-"))
     table.add_row("exit code", "-" if run.get("exit_code") is None else str(run["exit_code"]))
@@ -112,6 +115,23 @@ def run_detail(run: dict[str, Any]) -> None:
 
         table.add_row("budget", budget.describe(run["budget"], not st.is_terminal(run["status"])))
     console.print(table)
+
+
+SPARK_POINTS = 400  # the sparkline covers the last this many loss reports
+SPARK_WIDTH = 30
+
+
+def loss_sparkline(records: list[dict[str, Any]]) -> str:
+    """`▇▅▃▂▂▁▁  1.81 → 0.0366  (40 reports)` for the latest loss reports, or "" without any."""
+    from ..charts import metric_series, sparkline
+
+    found = metric_series(records).get("loss")
+    if not found or not found[1]:
+        return ""
+    values = [y for _, y in found[1]]
+    shown = values[-SPARK_POINTS:]
+    count = "%s%d report%s" % ("last " if len(values) > len(shown) else "", len(shown), "" if len(shown) == 1 else "s")
+    return "%s  %s \u2192 %s  (%s)" % (sparkline(shown, SPARK_WIDTH), _num(shown[0]), _num(shown[-1]), count)
 
 
 def run_table(runs: list[dict[str, Any]]) -> None:

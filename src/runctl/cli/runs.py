@@ -57,16 +57,13 @@ def _listed(db: Store, row: dict[str, Any]) -> dict[str, Any]:
         return stale
 
 
-@app.command()
-def status(run_id: RunId, output: o.OutputOpt = Output.text) -> None:
-    """Status, progress, and how the run ended."""
+def _detailed(db: Store, row: dict[str, Any]) -> dict[str, Any]:
+    """The run as `runs status` shows it: refreshed from its run dir (wherever the host is), with its
+    cost and budget."""
     from .. import controller
     from ..budget import current
     from ..usage import run_cost
-    from .render import run_detail
 
-    db = store()
-    row = db.resolve(run_id)
     run = controller.refresh(db, row)
     cost = run_cost(db, db.get(row["run_id"]) or row)
     if cost is not None:
@@ -74,10 +71,46 @@ def status(run_id: RunId, output: o.OutputOpt = Output.text) -> None:
     budget = current(run)
     if budget is not None:
         run["budget"] = budget
+    return run
+
+
+@app.command()
+def status(run_id: RunId, output: o.OutputOpt = Output.text) -> None:
+    """Status, progress, and how the run ended (in a terminal, with a loss sparkline)."""
+    from .render import loss_sparkline, run_detail
+
+    db = store()
+    row = db.resolve(run_id)
+    run = _detailed(db, row)
     if output == Output.json:
         emit_json(run)
-    else:
-        run_detail(run)
+        return
+    if sys.stdout.isatty() and not run.get("warning"):  # a warning: the host did not answer just now
+        from ..run_report import TAIL_BYTES, metrics
+
+        line = loss_sparkline(metrics(db.get(row["run_id"]) or row, TAIL_BYTES))
+        if line:
+            run["loss_sparkline"] = line
+    run_detail(run)
+
+
+@app.command()
+def report(
+    run_id: RunId,
+    html: Annotated[
+        str, typer.Option("--html", metavar="FILE", help="Write a self-contained HTML report (charts as inline SVG)")
+    ],
+) -> None:
+    """One HTML file to mail or attach to a PR: summary, how it ended, cost, charts, checkpoints, timeline."""
+    from .. import run_report
+    from ..report_html import render
+
+    db = store()
+    row = db.resolve(run_id)
+    target = run_report.check_target(html)
+    run = _detailed(db, row)
+    run_report.write(target, render(run_report.collect(db, row, run)))
+    print(target)
 
 
 @app.command()

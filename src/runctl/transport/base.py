@@ -76,7 +76,9 @@ class Transport(Protocol):
         """("log", bytes), ("status", dict), ("heartbeat", None) ... ("end", dict)."""
         ...
 
-    def read_file(self, path: str) -> bytes | None: ...
+    def read_file(self, path: str, tail: int | None = None) -> bytes | None:
+        """The file's bytes (with `tail`, only its last `tail` bytes), or None when it cannot be read."""
+        ...
 
     def to_dict(self) -> dict[str, Any]:
         """What the store keeps to reach this host again."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -81,9 +82,11 @@ class LocalTransport:
     def follow(self, run_dir: str, offset: int, seq: int) -> Iterator[tuple[str, Any]]:
         return ops.follow(run_dir, offset, seq, poll=0.02, heartbeat=0.25)
 
-    def read_file(self, path: str) -> bytes | None:
+    def read_file(self, path: str, tail: int | None = None) -> bytes | None:
         try:
             with open(path, "rb") as handle:
+                if tail is not None:
+                    handle.seek(max(0, os.fstat(handle.fileno()).st_size - tail))
                 return handle.read()
         except OSError:
             return None

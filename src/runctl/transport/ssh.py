@@ -496,8 +496,9 @@ class SshTransport:
             args += ["--grace", str(grace)]
         return self.agent_json(*args)
 
-    def read_file(self, path: str) -> bytes | None:
-        proc = self.run("cat %s" % shlex.quote(path), check=False)
+    def read_file(self, path: str, tail: int | None = None) -> bytes | None:
+        command = "cat %s" % shlex.quote(path) if tail is None else "tail -c %d %s" % (tail, shlex.quote(path))
+        proc = self.run(command, check=False)
         return proc.stdout if proc.returncode == 0 else None
 
     def follow(self, run_dir: str, offset: int, seq: int) -> Iterator[tuple[str, Any]]:
