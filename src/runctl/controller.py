@@ -368,10 +368,25 @@ def view(row: dict[str, Any]) -> dict[str, Any]:
         "last_checkpoint": state.get("last_checkpoint"),
         "duration": state.get("duration"),
     }
-    for key in ("val_loss", "eval_loss", "agent_alive", "warning", "notice", "exit_signal", "disk_full", "budget"):
+    keys = ("val_loss", "eval_loss", "agent_alive", "warning", "notice", "exit_signal", "disk_full", "budget")
+    for key in (*keys, "checkpoint_s3"):
         if state.get(key) is not None:
             out[key] = state[key]
     return out
+
+
+def say_uploads(
+    before: dict[str, Any] | None, after: dict[str, Any] | None, say: Callable[[str], None]
+) -> dict[str, Any] | None:
+    """While following: a line each time the run's checkpoint uploads move on; the summary now."""
+    if not after:
+        return before
+    from .checkpoint_s3 import changed_line
+
+    line = changed_line(before, after)
+    if line:
+        say(line)
+    return after
 
 
 def follow(
@@ -391,8 +406,11 @@ def follow(
     transport = transport_for(row)
     offset = 0 if (on_log is not None and from_start) else -1
     asked_at = 0.0
+    uploads = (row.get("state") or {}).get("checkpoint_s3")
     try:
         for kind, payload in transport.follow(row["run_dir"], offset, 0):
+            if kind in ("status", "end") and on_notice is not None and isinstance(payload, dict):
+                uploads = say_uploads(uploads, payload.get("checkpoint_s3"), on_notice)
             if kind == "log" and on_log is not None:
                 on_log(payload)
             elif kind == "reconnecting":
