@@ -389,6 +389,35 @@ def say_uploads(
     return after
 
 
+def await_uploads(store: Store, row: dict[str, Any], say: Callable[[str], None] | None) -> dict[str, Any]:
+    """After a run's end on a host that stays: its uploader's final pass (the last checkpoint verified
+    in S3), polled until it is over (within the uploader's own bound), said, and recorded. A host
+    its provider released is not asked: the end-of-run step already waited for that proof."""
+    from . import providers
+    from .agent.uploads import FINISH_MARGIN
+    from .storage.uploader import FINAL_TIMEOUT
+
+    summary = (row.get("state") or {}).get("checkpoint_s3")
+    if not summary or summary.get("phase") in ("done", "failed") or not st.is_terminal(row["status"]):
+        return row
+    if providers.get(row["provider"]).end_action(row) != "none":
+        return row
+    transport = transport_for(row)
+    deadline = time.monotonic() + FINAL_TIMEOUT + FINISH_MARGIN
+    while time.monotonic() < deadline:
+        try:
+            state = transport.probe(row["run_dir"])
+        except (RunctlError, OSError):
+            break
+        final = state.get("checkpoint_s3") or {}
+        summary = say_uploads(summary, final, say or (lambda line: None))
+        if final.get("phase") in ("done", "failed"):
+            store.update_state(row["run_id"], {**row["state"], **state})
+            break
+        time.sleep(0.1)
+    return view(store.get(row["run_id"]) or row)
+
+
 def follow(
     store: Store,
     row: dict[str, Any],
