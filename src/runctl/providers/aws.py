@@ -263,11 +263,22 @@ class Ec2Instances:
             time.sleep(POLL_SECONDS)
 
     def set_shutdown_behaviour(self, instance: Instance, behaviour: str) -> None:
+        """Set what the host's own power-off becomes, confirmed by reading it back: a power-off that
+        terminated where a stop was meant would lose the disk. (The Attribute/Value form: every EC2
+        API takes it.)"""
         self.ec2.call(
             "modify_instance_attribute",
             InstanceId=instance.id,
-            InstanceInitiatedShutdownBehavior={"Value": behaviour},
+            Attribute="instanceInitiatedShutdownBehavior",
+            Value=behaviour,
         )
+        seen = self.shutdown_behaviour(instance)
+        if seen != behaviour:
+            raise HostError(
+                "%s: its shutdown behaviour is still %s after setting it to %s" % (instance.id, seen, behaviour),
+                "set it by hand: aws ec2 modify-instance-attribute --instance-id %s "
+                "--instance-initiated-shutdown-behavior %s" % (instance.id, behaviour),
+            )
 
     def shutdown_behaviour(self, instance: Instance) -> str:
         answer = self.ec2.call(
