@@ -368,10 +368,54 @@ def view(row: dict[str, Any]) -> dict[str, Any]:
         "last_checkpoint": state.get("last_checkpoint"),
         "duration": state.get("duration"),
     }
-    for key in ("val_loss", "eval_loss", "agent_alive", "warning", "notice", "exit_signal", "disk_full", "budget"):
+    keys = ("val_loss", "eval_loss", "agent_alive", "warning", "notice", "exit_signal", "disk_full", "budget")
+    for key in (*keys, "checkpoint_s3"):
         if state.get(key) is not None:
             out[key] = state[key]
     return out
+
+
+def say_uploads(
+    before: dict[str, Any] | None, after: dict[str, Any] | None, say: Callable[[str], None]
+) -> dict[str, Any] | None:
+    """While following: a line each time the run's checkpoint uploads move on; the summary now."""
+    if not after:
+        return before
+    from .checkpoint_s3 import changed_line
+
+    line = changed_line(before, after)
+    if line:
+        say(line)
+    return after
+
+
+def await_uploads(store: Store, row: dict[str, Any], say: Callable[[str], None] | None) -> dict[str, Any]:
+    """After a run's end on a host that stays: its uploader's final pass (the last checkpoint verified
+    in S3), polled until it is over (within the uploader's own bound), said, and recorded. A host
+    its provider released is not asked: the end-of-run step already waited for that proof."""
+    from . import providers
+    from .agent.uploads import FINISH_MARGIN
+    from .storage.uploader import FINAL_TIMEOUT
+
+    summary = (row.get("state") or {}).get("checkpoint_s3")
+    if not summary or summary.get("phase") in ("done", "failed") or not st.is_terminal(row["status"]):
+        return row
+    if providers.get(row["provider"]).end_action(row) != "none":
+        return row
+    transport = transport_for(row)
+    deadline = time.monotonic() + FINAL_TIMEOUT + FINISH_MARGIN
+    while time.monotonic() < deadline:
+        try:
+            state = transport.probe(row["run_dir"])
+        except (RunctlError, OSError):
+            break
+        final = state.get("checkpoint_s3") or {}
+        summary = say_uploads(summary, final, say or (lambda line: None))
+        if final.get("phase") in ("done", "failed"):
+            store.update_state(row["run_id"], {**row["state"], **state})
+            break
+        time.sleep(0.1)
+    return view(store.get(row["run_id"]) or row)
 
 
 def follow(
@@ -391,8 +435,11 @@ def follow(
     transport = transport_for(row)
     offset = 0 if (on_log is not None and from_start) else -1
     asked_at = 0.0
+    uploads = (row.get("state") or {}).get("checkpoint_s3")
     try:
         for kind, payload in transport.follow(row["run_dir"], offset, 0):
+            if kind in ("status", "end") and on_notice is not None and isinstance(payload, dict):
+                uploads = say_uploads(uploads, payload.get("checkpoint_s3"), on_notice)
             if kind == "log" and on_log is not None:
                 on_log(payload)
             elif kind == "reconnecting":

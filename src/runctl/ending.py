@@ -11,7 +11,8 @@ they are the controller's to fetch whoever releases.
 For a provider that releases the host (`stop`, `terminate`), the controller claims the step FIRST,
 so the agent's own power-off (it waits `controller_grace` for a claim) never cuts the pull short;
 then it pulls the checkpoints, verifies each copy against the host's (size + sha256), and releases:
-`terminate` only when every checkpoint the run wrote is proven safe here, else `stop` (compute
+`terminate` only when every checkpoint the run wrote is proven safe here (or, with --checkpoint-s3,
+verified in S3 by the host's uploader: then the pull is a copy, not the proof), else `stop` (compute
 billing ends, the disk keeps the files), with the reason in the result and the run's notice. A
 release that fails after its retries is recorded with the exact command to run, sent to the run's
 `--notify` endpoints, and flagged on the host (`runs wait` and `train --wait` then exit 4).
@@ -177,9 +178,8 @@ def release_proven(
     asked = provider.end_action(row)
     proof: dict[str, Any] = {}
     wants_pull = supports(provider, DOWNLOAD_CHECKPOINTS) and controller.owner_of(row).get("download_checkpoints", True)
-    if launched and wants_pull and not claim.get("error"):
-        proof["checkpoints_downloaded"] = pull_checkpoints(store, row, say)
-        proof["checkpoints_verified"] = verify(row)
+    if launched and not claim.get("error"):
+        proof.update(prove(store, row, bool(wants_pull), say))
     action, reason = choose_action(asked, proof, launched, bool(wants_pull), claim.get("error"))
     if action == "stop" and not supports(provider, STOP_HOST):
         # A host that cannot be stopped (Lambda) is left running rather than destroyed unproven.
@@ -221,6 +221,54 @@ def release_proven(
         say("%s: %s (confirmed)" % (host_id(row), state))
 
 
+def prove(store: Store, row: dict[str, Any], pull: bool, say: Callable[[str], None]) -> dict[str, Any]:
+    """The proofs that the run's checkpoints are safe off the host: pulled here and verified (when
+    pulling), and with --checkpoint-s3 verified in S3 by the host's uploader. The two go on at once,
+    so a release waits for the slower, never for the sum; either one lets a terminate go ahead."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    proof: dict[str, Any] = {}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        in_s3 = pool.submit(s3_proof, row) if (row.get("spec") or {}).get("checkpoint_s3") else None
+        if pull:
+            proof["checkpoints_downloaded"] = pull_checkpoints(store, row, say)
+            proof["checkpoints_verified"] = verify(row)
+        if in_s3 is not None:
+            proof["checkpoints_in_s3"] = in_s3.result()
+            line = s3_line(proof["checkpoints_in_s3"])
+            if line:
+                say(line)
+    return proof
+
+
+def s3_proof(row: dict[str, Any]) -> dict[str, Any]:
+    """The host's answer: every checkpoint verified in S3, waited for until the uploader's final pass ends."""
+    from .agent.uploads import FINISH_MARGIN
+    from .storage.uploader import FINAL_TIMEOUT
+
+    cfg = (row.get("spec") or {}).get("checkpoint_s3") or {}
+    try:
+        wait = float(cfg.get("final_timeout") or FINAL_TIMEOUT) + FINISH_MARGIN
+    except (TypeError, ValueError):
+        wait = FINAL_TIMEOUT + FINISH_MARGIN
+    try:
+        answer = controller.transport_for(row).s3_proof(row["run_dir"], wait)
+    except (RunctlError, OSError) as exc:
+        reason = exc.message if isinstance(exc, RunctlError) else str(exc)
+        return {"held": False, "reason": "the host could not be asked: %s" % reason}
+    found = dict(answer.get("proof") or {})
+    found["held"] = bool(found.get("held")) and not answer.get("reason")
+    if answer.get("reason"):
+        found["reason"] = answer["reason"]
+    return found
+
+
+def s3_line(found: dict[str, Any]) -> str | None:
+    if found.get("held"):
+        return "%d checkpoint(s) verified in %s" % (len(found.get("verified") or []), found.get("uri"))
+    return "checkpoints not verified in S3: %s" % found.get("reason") if found.get("reason") else None
+
+
 def verify(row: dict[str, Any]) -> dict[str, Any]:
     from .checkpointing import verify_pulled
 
@@ -238,13 +286,17 @@ def choose_action(
         return asked, None
     if claim_error:
         return "stop", "the host could not be read, so its checkpoints are not proven safe (%s)" % claim_error
+    in_s3 = proof.get("checkpoints_in_s3")
+    if in_s3 is not None and in_s3.get("held"):
+        return "terminate", None  # every checkpoint is verified in S3: the pull is a copy, not the proof
+    also = "; nor verified in S3 (%s)" % in_s3.get("reason") if in_s3 is not None else ""
     if not pulled:
-        return "stop", "checkpoints were not pulled (--no-download-checkpoints), so they stay on its disk"
+        return "stop", "checkpoints were not pulled (--no-download-checkpoints), so they stay on its disk" + also
     found = proof.get("checkpoints_verified") or {}
     if not found.get("held"):
         problems = found.get("problems") or ["not verified"]
         shown = "; ".join(problems[:3]) + (" and %d more" % (len(problems) - 3) if len(problems) > 3 else "")
-        return "stop", "checkpoints not proven safe off the host: %s" % shown
+        return "stop", "checkpoints not proven safe off the host: %s%s" % (shown, also)
     return "terminate", None
 
 

@@ -160,6 +160,20 @@ def _globs(value: Any) -> list[str]:
     return list(value)
 
 
+def _s3_uri(value: Any) -> str:
+    """An s3://bucket/prefix for checkpoints, checked here so a bad one starts nothing."""
+    from .storage.objects import BadUri, parse_uri
+
+    try:
+        parse_uri(value)
+    except BadUri as exc:
+        raise _refuse(str(exc)) from None
+    return str(value).rstrip("/")
+
+
+FORWARD_SESSION, FORWARD_STATIC = "session", "static"
+
+
 def _dollars(value: Any) -> float:
     """A budget in USD: a finite number above 0 (there is no "off" value; leave the flag out)."""
     number = _number(value)
@@ -312,6 +326,39 @@ class TrainOptions(PolicyParams):
         ),
         BeforeValidator(_globs),
     ] = Field(default_factory=list)
+
+    checkpoint_s3: Annotated[
+        Optional[str],
+        Flag(
+            "--checkpoint-s3",
+            metavar="S3_URI",
+            help="Upload each finished checkpoint from the host to S3_URI/<run_id>/, verified (size + SHA-256) "
+            "while the run goes; AWS_ENDPOINT_URL is honoured",
+            example=("s3://my-bucket/checkpoints", '"s3://my-bucket/checkpoints"'),
+        ),
+        BeforeValidator(_s3_uri),
+    ] = None
+    forward_aws_credentials: Annotated[
+        Optional[Literal["session", "static"]],
+        Flag(
+            "--forward-aws-credentials",
+            parse=str,
+            metavar="[session|static]",
+            help="With --checkpoint-s3 on an SSH or Lambda host: give it short-lived session credentials "
+            "(STS, or yours when they already are session ones) in a 0600 file deleted after the run; "
+            "--forward-aws-credentials=static sends your long-lived keys instead",
+        ),
+        _choice(FORWARD_SESSION, FORWARD_STATIC),
+    ] = None
+
+    @model_validator(mode="after")
+    def _forwarding_needs_a_bucket(self) -> TrainOptions:
+        if self.forward_aws_credentials is not None and self.checkpoint_s3 is None:
+            raise UsageError(
+                "--forward-aws-credentials only applies with --checkpoint-s3",
+                "add --checkpoint-s3 s3://BUCKET/PREFIX, or drop --forward-aws-credentials",
+            )
+        return self
 
     @model_validator(mode="after")
     def _timeout_needs_wait(self) -> TrainOptions:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import controller, providers
+from . import checkpoint_s3, controller, providers
 from .core import status as st
 from .core.errors import Detached, HostError, RunctlError, UsageError, WriteFailed
 from .core.spec import RunSpec, new_run_id
@@ -75,6 +75,7 @@ def build_spec(provider: Provider, request: StartRequest) -> tuple[RunSpec, Path
         checkpoint_globs=list(request.checkpoint_globs),
         on_end=provider.on_end(request),
     )
+    spec.checkpoint_s3 = checkpoint_s3.spec_block(provider.name, request.checkpoint_s3, request.forward_aws_credentials)
     apply_config(spec, root, request.flags)
     return spec, root
 
@@ -129,6 +130,7 @@ class Start:
         self.host: Host | None = None
         self.acquired = False
         self.transport: Transport | None = None
+        self.credentials_file: str | None = None  # forwarded AWS credentials written on the host
         self.project_name = spec.project_dir
         self.owner = {
             **controller.controller_identity(),
@@ -144,11 +146,14 @@ class Start:
         spec, store = self.spec, self.store
         store.add_run(self.record(), {"kind": self.provider.name}, {"status": st.PROVISIONING, "seq": 0})
         try:
+            forwarded = self.credentials()  # before anything is created: none to forward is exit 4 here
             self.acquire()
             transport = self.transport = self.provider.transport(self.host_, self.request)
             transport.connect()
             self.project_name = spec.project_dir  # the provider's placement named it; place() may move it
             self.provider.place(transport, spec, self.request)
+            if forwarded is not None:
+                self.forward(transport, forwarded)
             store.place_run(spec.run_id, self.record(), transport.to_dict())
             self.sync(transport)
             transport.bootstrap(spec.to_dict())
@@ -161,6 +166,23 @@ class Start:
             self.abandon()
             raise
         return self.launch(transport)
+
+    def credentials(self) -> checkpoint_s3.Forwarded | None:
+        mode = self.request.forward_aws_credentials
+        if not mode or not self.spec.checkpoint_s3:
+            return None
+        return checkpoint_s3.credentials(mode, self.say)
+
+    def forward(self, transport: Transport, forwarded: checkpoint_s3.Forwarded) -> None:
+        """The credentials into a 0600 file on the host; the spec names the file, never its content."""
+        assert self.spec.checkpoint_s3 is not None
+        path = self.credentials_file = checkpoint_s3.install(transport, self.spec.run_id, forwarded)
+        self.spec.checkpoint_s3.update(credentials_file=path, credentials_forwarded=True)
+        until = " until %s" % forwarded.expires if forwarded.expires else ""
+        self.say(
+            "forwarded %s AWS credentials%s to %s:%s (0600; deleted when the run ends)"
+            % (forwarded.kind, until, transport.host, path)
+        )
 
     @property
     def host_(self) -> Host:
@@ -257,10 +279,11 @@ class Start:
         )
         if result.get("checkpoint_s3_error"):
             # The host cannot use the bucket its checkpoints go to: nothing was trained (exit 4).
+            error = str(result.get("error"))
             raise HostError(
-                "run %s did not start on %s: %s" % (spec.run_id, transport.host, result.get("error")),
+                "run %s did not start on %s: %s" % (spec.run_id, transport.host, error),
                 result.get("checkpoint_s3_hint")
-                or "fix the host's access to the bucket (credentials, AWS_ENDPOINT_URL), then start again",
+                or checkpoint_s3.start_hint(spec.provider, error, self.credentials_file is not None),
             )
         if not result.get("ok") and not result.get("setup_failed"):
             raise RunctlError(
@@ -286,6 +309,8 @@ class Start:
     def abandon(self) -> None:
         """Nothing at all: the record goes, a run dir made here goes, an acquired host is released."""
         self.store.delete_run(self.spec.run_id)
+        if self.credentials_file is not None and self.transport is not None:
+            checkpoint_s3.remove(self.transport, self.credentials_file)  # no agent will: none was launched
         if self.spec.provider == "local":
             shutil.rmtree(self.spec.run_dir, ignore_errors=True)
         if self.host is not None and self.acquired:

@@ -62,6 +62,9 @@ def dispatch(argv: Optional[List[str]] = None) -> int:
     p = sub.add_parser("on-end-result", help="record the result of the end-of-run step a controller claimed")
     p.add_argument("run_dir")
     p.add_argument("--json", dest="result_json", required=True, help="the result as a JSON object")
+    p = sub.add_parser("s3-proof", help="whether every checkpoint is verified in S3 (waits for the final pass)")
+    p.add_argument("run_dir")
+    p.add_argument("--wait", type=float, default=0.0)
     p = sub.add_parser("plain")
     p.add_argument("project_dir")
     sub.add_parser("version")
@@ -116,6 +119,8 @@ def dispatch(argv: Optional[List[str]] = None) -> int:
         else:
             result = ops.on_end_result(args.run_dir, given)
         code = 0 if result.get("ok") else 1
+    elif args.command == "s3-proof":
+        result, code = ops.s3_proof(args.run_dir, args.wait), 0
     elif args.command == "plain":
         result, code = ops.plain_status(args.project_dir), 0
     elif args.command == "watchdog":

@@ -4,13 +4,14 @@ The spec's block (written by the controller; defaults in DEFAULT):
 
     "on_end": {"command": null | [argv...], "after": ["checkpoints_in_place"], "controller_grace": 0}
 
-When the run has ended, the agent waits `controller_grace` seconds for a controller to claim the
-step, checks the proofs in `after` (bounded by `proof_timeout`, default PROOF_TIMEOUT), then claims
-the step by creating on_end.claim with O_CREAT|O_EXCL and runs `command` (argv, no shell, bounded
-by `timeout`, default COMMAND_TIMEOUT), writing on_end.json before (under way) and after. A
-controller claims through the same file (`agent on-end-claim`), so the two never both act: whoever
-creates the claim performs the step, the other sees it done or under way. A proof that does not hold
-in time is recorded in events.jsonl and the command is not run; the claim is left for a controller.
+When the run has ended, the agent waits what is left of `controller_grace` seconds (counted from the
+run's end) for a controller to claim the step, checks the proofs in `after` (bounded by
+`proof_timeout`, default PROOF_TIMEOUT), then claims the step by creating on_end.claim with
+O_CREAT|O_EXCL and runs `command` (argv, no shell, bounded by `timeout`, default COMMAND_TIMEOUT),
+writing on_end.json before (under way) and after. A controller claims through the same file (`agent
+on-end-claim`), so the two never both act: whoever creates the claim performs the step, the other
+sees it done or under way. A proof that does not hold in time is recorded in events.jsonl and the
+command is not run; the claim is left for a controller.
 """
 
 from __future__ import annotations
@@ -199,6 +200,17 @@ def run_command(argv: List[str], cwd: str, env: Dict[str, str], timeout: float) 
     return proc.returncode, tail, error
 
 
+def grace_left(grace: float, state: Dict[str, Any], now: Optional[float] = None) -> float:
+    """What remains of a controller's grace, counted from the run's end: a controller following the
+    run has had that long to claim, so time spent since (the final checkpoint upload) is not waited
+    again. Pure."""
+    ended = state.get("ended_at") or state.get("exited_at")
+    if ended is None or not policies.is_finite(ended):
+        return grace
+    spent = (time.time() if now is None else now) - float(ended)
+    return max(0.0, min(grace, grace - spent))
+
+
 # ---- the agent's step ----------------------------------------------------------------------
 
 
@@ -236,7 +248,7 @@ class EndStep:
         command = cfg["command"]
         if command is None:
             return None
-        deadline = time.monotonic() + cfg["controller_grace"]
+        deadline = time.monotonic() + grace_left(cfg["controller_grace"], state)
         while time.monotonic() < deadline and self.claimed_by_other() is None:
             self.sleep(POLL_SECONDS)
         other = self.claimed_by_other()

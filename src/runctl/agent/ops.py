@@ -357,6 +357,25 @@ def on_end_claim(run_dir: str, by: str = "controller") -> Dict[str, Any]:
     return onend.controller_claim(run_dir, by)
 
 
+def s3_proof(run_dir: str, wait: float) -> Dict[str, Any]:
+    """Whether every checkpoint of the run is verified in S3 (agent/uploads.proof), waiting up to
+    `wait` seconds for the uploader's final pass: the proof a controller terminates a host on.
+    Polled, so the answer comes the moment the final checkpoint is verified."""
+    from . import uploads
+
+    spec = read_json(os.path.join(run_dir, layout.SPEC)) or {}
+    project = spec.get("project_dir") or layout.project_of(run_dir)
+    directory = layout.checkpoint_dir(project, spec.get("checkpoint_dir"))
+    globs = spec.get("checkpoint_globs") or None
+    deadline = time.monotonic() + max(0.0, min(float(wait), 3600.0))
+    while True:
+        found, reason = uploads.proof(run_dir, project, directory, globs)
+        over = found.get("phase") in ("done", "failed") or found.get("phase") is None
+        if not reason or over or time.monotonic() >= deadline:
+            return {"proof": found, "reason": reason}
+        time.sleep(0.05)
+
+
 def on_end_result(run_dir: str, result: Any) -> Dict[str, Any]:
     """Record what the controller's end-of-run step did, in on_end.json; only for the claim's holder."""
     from . import onend

@@ -220,8 +220,7 @@ class Supervisor:
         env["VIRTUAL_ENV"] = os.path.dirname(os.path.dirname(python))
         env["PATH"] = os.path.dirname(python) + os.pathsep + env.get("PATH", "")
 
-    def spawn(self) -> None:
-        env = starting.environment(self.spec, self.run_dir, self.checkpoint_dir())
+    def spawn(self, env: Dict[str, str]) -> None:
         try:
             self.python_env(env)
         except pyenv.EnvSetupFailed as exc:
@@ -229,7 +228,6 @@ class Supervisor:
         setup_code = self.run_setup(env)
         if setup_code:
             raise SetupFailed(setup_code, "setup command exited with code %d" % setup_code)
-        self.start_uploads(env)
         os.lseek(self.intake.tail_fd, 0, os.SEEK_END)  # setup output is not the script's: no metrics from it
         started = time.time()
         if self.spec.get("tty"):
@@ -328,13 +326,24 @@ class Supervisor:
 
     def run(self) -> int:
         try:
-            code = self.supervise()
+            try:
+                code = self.supervise()
+            finally:
+                self.tracker.close()  # the run's cgroup goes with it
+            if self.record.ended and not self.start_refused:
+                self.finish_uploads()
         finally:
-            self.tracker.close()  # the run's cgroup goes with it
-        if self.record.ended and not self.start_refused:
-            self.finish_uploads()
+            # Before the end-of-run step: a host that stops keeps its disk, never the secret on it.
+            self.forget_credentials()
         self.end_step()
         return code
+
+    def forget_credentials(self) -> None:
+        """Delete the AWS credentials the controller forwarded for the uploads, once they are over."""
+        cfg = self.spec.get("checkpoint_s3")
+        removed = uploads.forget_credentials(cfg if isinstance(cfg, dict) else {})
+        if removed:
+            self.record.try_event("checkpoint_s3_credentials_removed", path=removed)
 
     def supervise(self) -> int:
         # Orphaned descendants come to this agent, not init, so none escapes the run's tree.
@@ -344,11 +353,14 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
         try:
             self.prepare()
+            env = starting.environment(self.spec, self.run_dir, self.checkpoint_dir())
+            # Before the launcher's answer: a bucket the host cannot use fails the start itself (exit 4).
+            self.start_uploads(env)
             if self.spec.get("python_env") or self.spec.get("setup"):
                 # Answer the launcher now, so the controller follows the setup output as it happens.
                 self.write_status(status=st.SETTING_UP)
                 self.ready({"ok": True, "run_id": self.run_id, "agent_pid": os.getpid(), "state": self.state})
-            self.spawn()
+            self.spawn(env)
         except SetupFailed as exc:
             return self.fail_before_start(exc.message, started_setup=True, **exc.extra)
         except StoppedDuringSetup as exc:

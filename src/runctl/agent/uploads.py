@@ -121,6 +121,23 @@ def uploader_env(cfg: Dict[str, Any]) -> Dict[str, str]:
     return env
 
 
+def forget_credentials(cfg: Dict[str, Any]) -> Optional[str]:
+    """Remove the forwarded credentials file and its private dir (`credentials_forwarded`: only
+    what the controller wrote for this run, never a file the user named); the path, or None."""
+    path = cfg.get("credentials_file")
+    if not cfg.get("credentials_forwarded") or not isinstance(path, str) or not path:
+        return None
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(path))  # the run's 0700 dir, when nothing else is in it
+    return path
+
+
 def uploader_argv(
     python: str, run_dir: str, since: float, cfg: Optional[Dict[str, Any]] = None
 ) -> Tuple[List[str], Dict[str, str]]:

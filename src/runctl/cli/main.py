@@ -140,6 +140,22 @@ def expected(exc: Exception) -> RunctlError | None:
     return None
 
 
+# Flags whose value may be left out, and the value they then take. Click (as Typer vendors it) has
+# no optional-value options, so a bare flag before `--` is given its default value here.
+OPTIONAL_VALUES = {"--forward-aws-credentials": "session"}
+
+
+def with_optional_values(argv: list[str]) -> list[str]:
+    """`argv` with each bare flag of OPTIONAL_VALUES written `--flag=VALUE` (script arguments after
+    `--` untouched); `--flag=static` stays as it is."""
+    out: list[str] = []
+    for index, arg in enumerate(argv):
+        if arg == "--":
+            return out + argv[index:]
+        out.append("%s=%s" % (arg, OPTIONAL_VALUES[arg]) if arg in OPTIONAL_VALUES else arg)
+    return out
+
+
 def run() -> None:
     """Console-script entry: expected errors become one or two lines and their exit code."""
     try:  # Typer >= 0.2x vendors Click; older ones use Click itself
@@ -155,7 +171,7 @@ def run() -> None:
         warn()  # an idle instance billing for nothing, first
     try:
         try:
-            code = app(prog_name="runctl", standalone_mode=False)
+            code = app(prog_name="runctl", args=with_optional_values(sys.argv[1:]), standalone_mode=False)
         except (click_errors.ClickException, typer.Abort, RunctlError):
             raise
         except Exception as exc:

@@ -103,6 +103,10 @@ def run_detail(run: dict[str, Any]) -> None:
     if run.get("loss_sparkline"):
         table.add_row("loss curve", run["loss_sparkline"])
     table.add_row("checkpoint", run.get("last_checkpoint") or "-")
+    if run.get("checkpoint_s3"):
+        from ..checkpoint_s3 import describe as uploads
+
+        table.add_row("s3", uploads(run["checkpoint_s3"]) or "-")
     table.add_row("pid", str(run.get("pid") or "-"))
     table.add_row("exit code", "-" if run.get("exit_code") is None else str(run["exit_code"]))
     table.add_row("run dir", run["run_dir"])

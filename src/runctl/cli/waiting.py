@@ -35,6 +35,9 @@ def wait_for(
             "detached from run %s; it keeps going" % row["run_id"],
             "reattach with: runctl runs wait %s   (or: runctl runs logs %s --follow)" % (row["run_id"], row["run_id"]),
         ) from None
+    current = store.get(row["run_id"])
+    if current is not None and run.get("checkpoint_s3"):
+        run = controller.await_uploads(store, current, say if output == Output.text else None)
     if run.get("disk_full"):
         disk_full(run, output)
     report_end(run, output)

@@ -263,11 +263,22 @@ class Ec2Instances:
             time.sleep(POLL_SECONDS)
 
     def set_shutdown_behaviour(self, instance: Instance, behaviour: str) -> None:
+        """Set what the host's own power-off becomes, confirmed by reading it back: a power-off that
+        terminated where a stop was meant would lose the disk. (The Attribute/Value form: every EC2
+        API takes it.)"""
         self.ec2.call(
             "modify_instance_attribute",
             InstanceId=instance.id,
-            InstanceInitiatedShutdownBehavior={"Value": behaviour},
+            Attribute="instanceInitiatedShutdownBehavior",
+            Value=behaviour,
         )
+        seen = self.shutdown_behaviour(instance)
+        if seen != behaviour:
+            raise HostError(
+                "%s: its shutdown behaviour is still %s after setting it to %s" % (instance.id, seen, behaviour),
+                "set it by hand: aws ec2 modify-instance-attribute --instance-id %s "
+                "--instance-initiated-shutdown-behavior %s" % (instance.id, behaviour),
+            )
 
     def shutdown_behaviour(self, instance: Instance) -> str:
         answer = self.ec2.call(
@@ -487,22 +498,33 @@ class AwsProvider(SshProvider):
         options["instance_obj"], options["reach"] = instance, reach
         if options.get("start") and options.get("wait_ssh", True):
             wait_ssh(transport_to(instance, reach), CONFIRM_SECONDS)
-        self.arrange_end(cloud, instance, options, say)
+        self.arrange_end(cloud, instance, options, say, bool(request.checkpoint_s3))
         host = host_of(instance, reach)
         return host, bool(options.get("created"))
 
-    def arrange_end(self, cloud: Ec2Instances, instance: Instance, options: dict[str, Any], say: Any) -> None:
+    def arrange_end(
+        self, cloud: Ec2Instances, instance: Instance, options: dict[str, Any], say: Any, checkpoint_s3: bool = False
+    ) -> None:
         """Make the agent's power-off end the bill the safe way: it may terminate only with proof.
 
-        The host has no credentials and cannot prove that its checkpoints are safe off it, so its own
+        Without --checkpoint-s3 the host cannot prove that its checkpoints are safe off it, so its own
         power-off must become a stop: the shutdown behaviour is set to `stop` for a run that asks for
         an end, and the controller, once it has pulled and verified the checkpoints, terminates.
+        With it, a terminate's power-off may terminate: the agent powers off only once its uploader
+        has verified every checkpoint in S3 (the `checkpoints_in_s3` proof).
         """
         if options.get("on_end", "none") == "none":
             return
-        if cloud.shutdown_behaviour(instance) != "stop":
-            cloud.set_shutdown_behaviour(instance, "stop")
-            say("%s: its own power-off now stops it (terminate needs the checkpoints safe)" % instance.id)
+        wanted = host_power_off_becomes(str(options.get("on_end")), checkpoint_s3)
+        if cloud.shutdown_behaviour(instance) != wanted:
+            cloud.set_shutdown_behaviour(instance, wanted)
+            if wanted == "stop":
+                say("%s: its own power-off now stops it (terminate needs the checkpoints safe)" % instance.id)
+            else:
+                say(
+                    "%s: its own power-off now terminates it; the host powers off only once every checkpoint"
+                    " is verified in S3" % instance.id
+                )
 
     def transport(self, host: Host, request: StartRequest) -> Transport:
         return transport_to(request.options["instance_obj"], request.options["reach"])
@@ -520,6 +542,18 @@ class AwsProvider(SshProvider):
         action = request.options.get("on_end", "none")
         if action == "none":
             return default_on_end()
+        if host_power_off_becomes(action, bool(request.checkpoint_s3)) == "terminate":
+            # The host can hold the proof itself: its uploader verified every checkpoint in S3. It
+            # powers off only then (proof required), so its terminate never loses a checkpoint.
+            return {
+                "command": None,
+                "poweroff": True,
+                "action": action,
+                "becomes": "terminate",
+                "after": ["checkpoints_in_s3"],
+                "proof_required": True,
+                "controller_grace": CONTROLLER_GRACE,
+            }
         return {
             "command": None,
             "poweroff": True,  # the host's own power-off (agent/watchdog.default_poweroff_cmd)
@@ -580,6 +614,14 @@ class AwsProvider(SshProvider):
         except (UsageError, HostError):
             return None
         return instance.state, instance.state_reason
+
+
+def host_power_off_becomes(action: str, checkpoint_s3: bool) -> str:
+    """What the host's own power-off becomes (the shutdown behaviour runctl sets). Pure.
+
+    A terminate only when asked for and the host can prove its checkpoints safe by itself (verified
+    in S3); otherwise a stop, which keeps the disk."""
+    return "terminate" if action == "terminate" and checkpoint_s3 else "stop"
 
 
 GONE_STATES = ("stopping", "stopped", "shutting-down", "terminated")

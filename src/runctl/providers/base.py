@@ -73,6 +73,8 @@ class StartRequest:
     flags: dict[str, Any] = field(default_factory=dict)  # policies given on the command line
     options: dict[str, Any] = field(default_factory=dict)  # the provider's own flags
     say: Callable[[str], None] | None = None  # progress for people (stderr); None = quiet
+    checkpoint_s3: str | None = None  # --checkpoint-s3 s3://bucket/prefix (checked)
+    forward_aws_credentials: str | None = None  # --forward-aws-credentials: "session" or "static"
 
 
 @dataclass

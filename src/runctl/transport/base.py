@@ -62,6 +62,10 @@ class Transport(Protocol):
 
     def on_end_result(self, run_dir: str, result: dict[str, Any]) -> dict[str, Any]: ...
 
+    def s3_proof(self, run_dir: str, wait: float) -> dict[str, Any]:
+        """{"proof", "reason"}: the run's checkpoints verified in S3, waited for up to `wait` s (agent `s3-proof`)."""
+        ...
+
     def launch(self, run_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
         """Write the spec, start the agent detached, return once the script runs (or failed to)."""
         ...

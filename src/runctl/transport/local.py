@@ -48,6 +48,9 @@ class LocalTransport:
     def on_end_claim(self, run_dir: str) -> dict[str, Any]:
         return ops.on_end_claim(run_dir, "controller")
 
+    def s3_proof(self, run_dir: str, wait: float) -> dict[str, Any]:
+        return ops.s3_proof(run_dir, wait)
+
     def on_end_result(self, run_dir: str, result: dict[str, Any]) -> dict[str, Any]:
         return ops.on_end_result(run_dir, result)
 

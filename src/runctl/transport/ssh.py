@@ -481,6 +481,9 @@ class SshTransport:
     def on_end_claim(self, run_dir: str) -> dict[str, Any]:
         return self.agent_json("on-end-claim", run_dir, "--by", "controller")
 
+    def s3_proof(self, run_dir: str, wait: float) -> dict[str, Any]:
+        return self.agent_json("s3-proof", run_dir, "--wait", repr(float(wait)), timeout=wait + 60)
+
     def on_end_result(self, run_dir: str, result: dict[str, Any]) -> dict[str, Any]:
         return self.agent_json("on-end-result", run_dir, "--json", json.dumps(result, sort_keys=True))
 
