@@ -371,6 +371,11 @@ def view(row: dict[str, Any]) -> dict[str, Any]:
     for key in ("val_loss", "eval_loss", "agent_alive", "warning", "notice", "exit_signal", "disk_full", "budget"):
         if state.get(key) is not None:
             out[key] = state[key]
+    spec = row.get("spec") or {}
+    if spec.get("resume_s3"):
+        from .s3checkpoints import resumed_from
+
+        out["resumed_from"] = resumed_from(spec)
     return out
 
 

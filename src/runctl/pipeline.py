@@ -76,6 +76,10 @@ def build_spec(provider: Provider, request: StartRequest) -> tuple[RunSpec, Path
         on_end=provider.on_end(request),
     )
     apply_config(spec, root, request.flags)
+    if request.resume is not None:
+        from .s3checkpoints import apply_resume
+
+        apply_resume(spec, request.resume)  # the checkpoint, found and verified before anything is created
     return spec, root
 
 
@@ -144,6 +148,10 @@ class Start:
         spec, store = self.spec, self.store
         store.add_run(self.record(), {"kind": self.provider.name}, {"status": st.PROVISIONING, "seq": 0})
         try:
+            if spec.resume_s3:
+                from .s3checkpoints import mark_resumed
+
+                mark_resumed(spec, self.say)  # so no cleanup, from any machine, deletes what this run resumes from
             self.acquire()
             transport = self.transport = self.provider.transport(self.host_, self.request)
             transport.connect()
@@ -286,6 +294,10 @@ class Start:
     def abandon(self) -> None:
         """Nothing at all: the record goes, a run dir made here goes, an acquired host is released."""
         self.store.delete_run(self.spec.run_id)
+        if self.spec.resume_s3:
+            from .s3checkpoints import unmark_resumed
+
+            unmark_resumed(self.spec)
         if self.spec.provider == "local":
             shutil.rmtree(self.spec.run_dir, ignore_errors=True)
         if self.host is not None and self.acquired:

@@ -33,7 +33,7 @@ def train(
     request = StartRequest(
         "local", script, project_dir, opts.name, opts.env, python, script_args or [], opts.notify, opts.metrics_regex,
         opts.checkpoint_dir, opts.resume_from, None, opts.tty, list(opts.checkpoint_glob), opts.policies(),
-        {"hourly_price": hourly_price},
+        {"hourly_price": hourly_price}, resume=opts.resume,
     )  # fmt: skip
     run_train(request, opts.output, opts.wait, opts.timeout, "here")
 

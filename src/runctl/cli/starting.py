@@ -53,7 +53,7 @@ def train_request(
     return StartRequest(
         provider, script, project_dir, opts.name, opts.env, None, list(script_args or []), opts.notify,
         opts.metrics_regex, opts.checkpoint_dir, opts.resume_from, setup, opts.tty, list(opts.checkpoint_glob),
-        opts.policies(), {**own, **options}, say=None if opts.output == Output.json else say,
+        opts.policies(), {**own, **options}, say=None if opts.output == Output.json else say, resume=opts.resume,
     )  # fmt: skip
 
 

@@ -73,6 +73,7 @@ class StartRequest:
     flags: dict[str, Any] = field(default_factory=dict)  # policies given on the command line
     options: dict[str, Any] = field(default_factory=dict)  # the provider's own flags
     say: Callable[[str], None] | None = None  # progress for people (stderr); None = quiet
+    resume: str | None = None  # --resume: latest | NAME | RUN_ID[/NAME] | s3://bucket/key (resolved in build_spec)
 
 
 @dataclass
