@@ -19,7 +19,7 @@ from runctl.core.errors import HostError, UsageError
 from runctl.storage import checksums, objects, s3
 from tests.integration.test_bad_input import check_clean_failure, runs_in_store
 from tests.integration.test_s3_checkpoints import FAST, finished, started
-from tests.support.runs import kill_leftover_runs, poll, status_file, write_script
+from tests.support.runs import kill_leftover_runs, poll, run_dir, status_file, write_script
 from tests.support.s3server import S3Server
 
 pytestmark = pytest.mark.timeout(120)
@@ -74,6 +74,7 @@ def names_in(client: Any, bucket: str, prefix: str, run_id: str) -> list[str]:
 # ---- a real run's manifest: list, latest, download, cleanup ---------------------------------------
 
 SAVES = """
+    import os, time
     from runctl import training as rt
     d = rt.checkpoint_dir()
     for step in (100, 200):
@@ -85,6 +86,11 @@ SAVES = """
         tmp.mkdir()
         (tmp / "config.json").write_text('{"layers": 2}')
         (tmp / "model.safetensors").write_bytes(b"w" * 7000)
+    deadline = time.time() + 60
+    while not os.path.exists("go") and time.time() < deadline:
+        time.sleep(0.05)
+    rt.report(step=400, epoch=4, loss=0.0005)
+    rt.atomic_write(d / "ckpt_400.pt", b"4" * 100)
 """
 
 
@@ -93,12 +99,9 @@ def test_a_real_runs_checkpoints_are_listed_downloaded_verified_and_cleaned_up(
 ) -> None:
     uri = "s3://%s/team" % bucket
     run_id = started(env, project, write_script(project, "t.py", SAVES), checkpoint_s3={"uri": uri, **FAST})
-    assert finished(project, run_id)["checkpoint_s3"]["uploaded"] == 3
+    uploads = run_dir(project, run_id) / "checkpoint_s3.json"
+    poll(lambda: json.loads(uploads.read_text()).get("uploaded") == 3, 30, "three verified uploads")
     client = s3_server.client()
-    s3_server.keys(bucket)  # the server answers
-    assert json.loads(client.get_object(Bucket=bucket, Key="team/%s/.runctl-manifest.json" % run_id)["Body"].read())[
-        "ended_at"
-    ], "the uploader's final pass closes the manifest"
 
     by_run = cli("checkpoint", "list", run_id, "-o", "json")
     assert by_run.code == 0, by_run.err
@@ -141,7 +144,8 @@ def test_a_real_runs_checkpoints_are_listed_downloaded_verified_and_cleaned_up(
     check_clean_failure(refused, 4, ("does not match its manifest", "nothing kept"))
     assert not bad.exists() or list(bad.iterdir()) == []
 
-    # cleanup on the run: the dry run changes nothing, then the two older go and the manifest follows.
+    # cleanup of the live run: the dry run changes nothing, then the two older go and the manifest
+    # follows; the run's uploader, still going, takes that up and never lists them again.
     before = s3_server.keys(bucket)
     dry = cli("checkpoint", "cleanup", run_id, "--keep", "1", "--dry-run")
     assert dry.code == 0, dry.err
@@ -153,8 +157,14 @@ def test_a_real_runs_checkpoints_are_listed_downloaded_verified_and_cleaned_up(
     done = cli("checkpoint", "cleanup", run_id, "--keep", "1")
     assert done.code == 0, done.err
     assert names_in(client, bucket, "team", run_id) == ["hf-300"]
+    (project / "go").touch()
+    assert finished(project, run_id)["checkpoint_s3"]["uploaded"] == 4
+    assert names_in(client, bucket, "team", run_id) == ["hf-300", "ckpt_400.pt"]
+    closed = json.loads(client.get_object(Bucket=bucket, Key="team/%s/.runctl-manifest.json" % run_id)["Body"].read())
+    assert closed["ended_at"] and closed["latest"] == "ckpt_400.pt", "the uploader's final pass closes the manifest"
     assert s3_server.keys(bucket, "team/") == sorted(
-        "team/%s/%s" % (run_id, k) for k in (".runctl-manifest.json", "hf-300/config.json", "hf-300/model.safetensors")
+        "team/%s/%s" % (run_id, k)
+        for k in (".runctl-manifest.json", "ckpt_400.pt", "hf-300/config.json", "hf-300/model.safetensors")
     )
 
 
