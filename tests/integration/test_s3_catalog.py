@@ -345,3 +345,26 @@ def test_bad_checkpoint_and_resume_input_fails_cleanly_and_changes_nothing(
     assert time.monotonic() - started_at < 20, "a refusal should not wait on retries"
     assert s3_server.keys(bucket) == before
     assert runs_in_store(runctl_home) == 0 and not (project / ".runctl").exists()
+
+
+def test_a_multipart_checkpoint_downloads_in_parallel_ranges_and_is_checked_by_its_composite_checksum(
+    env: dict[str, str], s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    from runctl.storage import catalog
+
+    mib = 1024 * 1024
+    local = tmp_path / "big.pt"
+    local.write_bytes(os.urandom(13 * mib + 77))
+    client = s3_server.client()
+    sent = s3.upload_file(client, bucket, "p/r1/big.pt", str(local), threshold=5 * mib, part_size=5 * mib)
+    assert sent["parts"] == 3 and sent["checksum"].endswith("-3")
+    entry = dict(sent, name="big.pt")
+    # Ranges of 4 MiB, not the parts' 5: the check is over the whole file, whatever the ranges were.
+    got = catalog.download_entry(client, bucket, entry, str(tmp_path / "dl"), threads=4, range_size=4 * mib)
+    assert Path(got).read_bytes() == local.read_bytes()
+    damaged = bytearray(local.read_bytes())
+    damaged[7 * mib] ^= 0xFF
+    client.put_object(Bucket=bucket, Key="p/r1/big.pt", Body=bytes(damaged))
+    with pytest.raises(catalog.NotVerified, match="does not match its manifest entry: SHA-256"):
+        catalog.download_entry(client, bucket, entry, str(tmp_path / "dl2"), threads=4, range_size=4 * mib)
+    assert not (tmp_path / "dl2").exists() or list((tmp_path / "dl2").iterdir()) == []
