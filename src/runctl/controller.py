@@ -227,6 +227,10 @@ def record_state(
         from .ending import end_of_run
 
         end_of_run(store, store.get(row["run_id"]) or row, say)
+        if (row.get("spec") or {}).get("resume_s3") and not st.is_terminal(str(row["status"])):
+            from .s3checkpoints import mark_resume_ended
+
+            mark_resume_ended(row["spec"], str(state.get("status")))  # after the end's own step: billing first
 
 
 def being_launched(row: dict[str, Any]) -> bool:

@@ -46,10 +46,15 @@ def client(cfg: dict[str, Any] | None = None) -> Any:
     from .storage import s3
 
     cfg = cfg or {}
+    return s3.client(env=_env(cfg), region=cfg.get("region"), attempts=3, timeout=10.0)
+
+
+def _env(cfg: dict[str, Any]) -> dict[str, str]:
+    """This machine's environment, with the run's endpoint when it names one and the environment does not."""
     env = dict(os.environ)
     if cfg.get("endpoint_url") and not (env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")):
         env["AWS_ENDPOINT_URL"] = str(cfg["endpoint_url"])
-    return s3.client(env=env, region=cfg.get("region"), attempts=3, timeout=10.0)
+    return env
 
 
 def parse(uri: str, flag: str = "") -> tuple[str, str]:
@@ -378,6 +383,24 @@ def unmark_resumed(spec: Any) -> None:
         client(value).delete_object(Bucket=value["bucket"], Key=catalog.marker_key(prefix, spec.run_id))
     except Exception:
         pass  # a leftover marker only keeps a checkpoint longer
+
+
+def mark_resume_ended(spec: dict[str, Any], status: str) -> None:
+    """Say in the run's marker that it has ended, so cleanups from any machine may now remove what
+    it resumed from. Best effort, quick: a cleanup that cannot tell keeps the checkpoint."""
+    from .storage import s3 as s3api
+
+    value = spec.get("resume_s3") or {}
+    prefix = source_run_prefix(value)
+    if prefix is None:
+        return
+    try:
+        s3 = s3api.client(env=_env(value), region=value.get("region"), attempts=1, timeout=5.0)
+        key = catalog.marker_key(prefix, str(spec["run_id"]))
+        document = s3api.get_json(s3, str(value["bucket"]), key) or {"format": 1, "run_id": spec["run_id"]}
+        s3api.put_json(s3, str(value["bucket"]), key, dict(document, ended_at=time.time(), status=status))
+    except Exception:
+        pass
 
 
 # ---- what cleanup keeps --------------------------------------------------------------------------

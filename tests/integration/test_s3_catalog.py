@@ -235,7 +235,7 @@ WAIT_FOR_GO = """
 
 
 def test_cleanup_keeps_what_a_live_run_resumed_from_and_never_touches_other_objects(
-    cli, env: dict[str, str], project: Path, s3_server: S3Server, bucket: str
+    cli, env: dict[str, str], project: Path, s3_server: S3Server, bucket: str, tmp_path: Path
 ) -> None:
     client = s3_server.client()
     put_run(client, bucket, "p", "aaaa0001", {"a1.pt": 10, "a2.pt": 20, "a3.pt": 30})
@@ -275,13 +275,19 @@ def test_cleanup_keeps_what_a_live_run_resumed_from_and_never_touches_other_obje
     assert set(before) - set(s3_server.keys(bucket)) == {"p/aaaa0001/a2.pt"}
     assert all(k in s3_server.keys(bucket) for k in user)
 
-    # Once the resumed run has ended, what it resumed from may go.
+    # Another machine (a store of its own, without the run) learns of the live resume from the marker.
+    elsewhere = {"RUNCTL_HOME": str(tmp_path / "elsewhere")}
+    far = cli("checkpoint", "cleanup", "s3://%s/p" % bucket, "--keep", "1", "--dry-run", "-o", "json", env=elsewhere)
+    assert far.code == 0 and far.json["runs"][0]["protected"] == {"a1.pt": new_run}, far.out
+
+    # Once the resumed run has ended (the controller sees it and says so in the marker), what it
+    # resumed from may go, from any machine.
     (project / "go").touch()
     poll(lambda: status_file(project, new_run).get("status") == "completed", 30, "the resumed run's end")
-    assert cli("runs", "status", new_run).code == 0  # the store learns the end
-    later = cli("checkpoint", "cleanup", "s3://%s/p" % bucket, "--keep", "1")
-    assert later.code == 0 and later.out == "removed aaaa0001/a1.pt\n", later.err
+    assert cli("runs", "status", new_run).code == 0
     assert json.loads(client.get_object(Bucket=bucket, Key=marker)["Body"].read())["ended_at"]
+    later = cli("checkpoint", "cleanup", "s3://%s/p" % bucket, "--keep", "1", env=elsewhere)
+    assert later.code == 0 and later.out == "removed aaaa0001/a1.pt\n", later.err
     assert names_in(client, bucket, "p", "bbbb0002") == ["b1.pt", "b2.pt"], "the other machine's live run"
     assert all(k in s3_server.keys(bucket) for k in user)
 
