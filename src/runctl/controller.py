@@ -227,6 +227,10 @@ def record_state(
         from .ending import end_of_run
 
         end_of_run(store, store.get(row["run_id"]) or row, say)
+        if (row.get("spec") or {}).get("resume_s3") and not st.is_terminal(str(row["status"])):
+            from .s3checkpoints import mark_resume_ended
+
+            mark_resume_ended(row["spec"], str(state.get("status")))  # after the end's own step: billing first
 
 
 def being_launched(row: dict[str, Any]) -> bool:
@@ -372,6 +376,11 @@ def view(row: dict[str, Any]) -> dict[str, Any]:
     for key in (*keys, "checkpoint_s3"):
         if state.get(key) is not None:
             out[key] = state[key]
+    spec = row.get("spec") or {}
+    if spec.get("resume_s3"):
+        from .s3checkpoints import resumed_from
+
+        out["resumed_from"] = resumed_from(spec)
     return out
 
 

@@ -305,6 +305,15 @@ class TrainOptions(PolicyParams):
     resume_from: Annotated[
         Optional[str], Flag("--resume-from", help="Checkpoint to resume from (RUNCTL_RESUME_FROM for the script)")
     ] = None
+    resume: Annotated[
+        Optional[str],
+        Flag(
+            "--resume",
+            metavar="WHICH",
+            help="Resume from a verified checkpoint in S3: latest (in the --checkpoint-s3 prefix), "
+            "a checkpoint NAME, RUN_ID[/NAME], or s3://bucket/key",
+        ),
+    ] = None
     metrics_regex: Annotated[
         Optional[str],
         Flag("--metrics-regex", help=r"Regex with named groups for metrics in log lines, e.g. 'acc=(?P<acc>[\d.]+)'"),
@@ -364,6 +373,15 @@ class TrainOptions(PolicyParams):
     def _timeout_needs_wait(self) -> TrainOptions:
         if self.timeout is not None and not self.wait:
             raise UsageError("--timeout only applies with --wait", "to limit the run itself use --max-duration")
+        return self
+
+    @model_validator(mode="after")
+    def _one_resume(self) -> TrainOptions:
+        if self.resume is not None and self.resume_from is not None:
+            raise UsageError(
+                "--resume and --resume-from both name a checkpoint to resume from",
+                "keep one: --resume for a checkpoint in S3, --resume-from for a file on the host",
+            )
         return self
 
     @classmethod

@@ -77,6 +77,10 @@ def build_spec(provider: Provider, request: StartRequest) -> tuple[RunSpec, Path
     )
     spec.checkpoint_s3 = checkpoint_s3.spec_block(provider.name, request.checkpoint_s3, request.forward_aws_credentials)
     apply_config(spec, root, request.flags)
+    if request.resume is not None:
+        from .s3checkpoints import apply_resume
+
+        apply_resume(spec, request.resume)  # the checkpoint, found and verified before anything is created
     return spec, root
 
 
@@ -147,6 +151,10 @@ class Start:
         store.add_run(self.record(), {"kind": self.provider.name}, {"status": st.PROVISIONING, "seq": 0})
         try:
             forwarded = self.credentials()  # before anything is created: none to forward is exit 4 here
+            if spec.resume_s3:
+                from .s3checkpoints import mark_resumed
+
+                mark_resumed(spec, self.say)  # so no cleanup, from any machine, deletes what this run resumes from
             self.acquire()
             transport = self.transport = self.provider.transport(self.host_, self.request)
             transport.connect()
@@ -311,6 +319,10 @@ class Start:
         self.store.delete_run(self.spec.run_id)
         if self.credentials_file is not None and self.transport is not None:
             checkpoint_s3.remove(self.transport, self.credentials_file)  # no agent will: none was launched
+        if self.spec.resume_s3:
+            from .s3checkpoints import unmark_resumed
+
+            unmark_resumed(self.spec)
         if self.spec.provider == "local":
             shutil.rmtree(self.spec.run_dir, ignore_errors=True)
         if self.host is not None and self.acquired:

@@ -107,6 +107,11 @@ def run_detail(run: dict[str, Any]) -> None:
         from ..checkpoint_s3 import describe as uploads
 
         table.add_row("s3", uploads(run["checkpoint_s3"]) or "-")
+    source = run.get("resumed_from")
+    if source:
+        origin = "%s/%s" % (source["run_id"], source["name"]) if source.get("run_id") else str(source.get("uri"))
+        step = " (step %s)" % source["step"] if source.get("step") is not None else ""
+        table.add_row("resumed", "resumed from %s%s" % (origin, step))
     table.add_row("pid", str(run.get("pid") or "-"))
     table.add_row("exit code", "-" if run.get("exit_code") is None else str(run["exit_code"]))
     table.add_row("run dir", run["run_dir"])

@@ -54,7 +54,7 @@ def train_request(
         provider, script, project_dir, opts.name, opts.env, None, list(script_args or []), opts.notify,
         opts.metrics_regex, opts.checkpoint_dir, opts.resume_from, setup, opts.tty, list(opts.checkpoint_glob),
         opts.policies(), {**own, **options}, say=None if opts.output == Output.json else say,
-        checkpoint_s3=opts.checkpoint_s3, forward_aws_credentials=opts.forward_aws_credentials,
+        checkpoint_s3=opts.checkpoint_s3, forward_aws_credentials=opts.forward_aws_credentials, resume=opts.resume,
     )  # fmt: skip
 
 

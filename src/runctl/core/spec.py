@@ -48,6 +48,15 @@ class RunSpec:
     #  "stable_seconds": s, "final_timeout": s, "region": name, "endpoint_url": url,
     #  "credentials_file": a 0600 AWS credentials file on the host (forwarded credentials)}; None: no uploads.
     checkpoint_s3: Optional[Dict[str, Any]] = None
+    # The verified checkpoint in S3 this run resumes from, resolved on the controller from `--resume`
+    # before anything is created (runctl.s3checkpoints.resolve_resume); the host puts it in place
+    # before the script starts and sets RUNCTL_RESUME_FROM to it:
+    # {"uri": "s3://bucket/<key>" (ending in '/' for a checkpoint dir), "bucket": name,
+    #  "entry": the manifest entry as uploaded (storage.uploader.Uploader.entry), or for a plain
+    #           object no manifest lists {"name", "size", "key", "etag"} (size and ETag only),
+    #  "run_id": the source run's id or None, "region": name or None, "endpoint_url": url or None}.
+    # It is also the run's link to its source: `runs status` shows "resumed from RUN/NAME (step S)".
+    resume_s3: Optional[Dict[str, Any]] = None
     # The host's price in USD per hour, set once the host is known: the agent enforces `max_cost`
     # from it and its own clock, so a budget holds with the controller gone.
     hourly_price: Optional[float] = None

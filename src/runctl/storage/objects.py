@@ -84,3 +84,17 @@ def find_entry(manifest: Optional[Dict[str, Any]], name: str) -> Optional[Dict[s
         if entry.get("name") == name:
             return entry
     return None
+
+
+def take_removed(manifest: Dict[str, Any], remote: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """`manifest` without the checkpoints `remote` (the same run's manifest as the bucket holds it)
+    says were removed by a cleanup: same name and checksum; a checkpoint saved again under that
+    name since is a new one and stays."""
+    removed = (remote or {}).get("removed") or []
+    if not removed or (remote or {}).get("run_id") != manifest.get("run_id"):
+        return manifest
+    gone = {(r.get("name"), r.get("checksum")) for r in removed if isinstance(r, dict)}
+    entries = [e for e in manifest.get("checkpoints", []) if (e.get("name"), e.get("checksum")) not in gone]
+    updated = dict(manifest, checkpoints=entries, removed=removed)
+    updated["latest"] = entries[-1]["name"] if entries else None
+    return updated

@@ -351,6 +351,7 @@ class Uploader:
             pending = self.pending(units)
             self.save(pending=pending, uploading=None)
             if final and not pending:
+                self.close_manifest()
                 self.save(phase="done")
                 self.event("checkpoint_uploads_done", uploaded=self.state["uploaded"], last=self.state["last"])
                 return EXIT_DONE
@@ -360,6 +361,36 @@ class Uploader:
                 self.event("checkpoint_uploads_unfinished", pending=pending, error=error)
                 return EXIT_UNFINISHED
             self.nap(FINAL_SCAN_SECONDS if final else SCAN_SECONDS)
+
+    def close_manifest(self) -> None:
+        """Say in the manifest that the run's uploads are over (`ended_at`): from then on no run is
+        counted live because of it (checkpoint cleanup, from any machine). Best effort."""
+        from . import s3
+
+        self.merge_remote()
+        ended = dict(self.manifest, ended_at=time.time())
+        try:
+            retry.retry(
+                lambda: s3.put_json(self.client, self.bucket, self.state["manifest_key"], ended),
+                s3.is_transient,
+                attempts=3,
+                base=0.5,
+            )
+        except Exception as exc:
+            self.event("checkpoint_manifest_not_closed", error=s3.describe(exc))
+            return
+        self.manifest = ended
+
+    def merge_remote(self) -> None:
+        """Take up what `checkpoint cleanup` removed from the manifest in the bucket meanwhile (its
+        `removed` list), so the next write does not list deleted checkpoints again."""
+        from . import s3
+
+        try:
+            remote = s3.get_json(self.client, self.bucket, self.state["manifest_key"])
+        except Exception:
+            return  # the write that follows is retried and says what is wrong
+        self.manifest = objects.take_removed(self.manifest, remote)
 
     # -- one checkpoint -----------------------------------------------------------------------------
 
@@ -377,6 +408,7 @@ class Uploader:
                 key = objects.object_key(self.prefix, self.run_id, entry["path"])
                 results.append(dict(self.send(local, key, name), path=entry["path"]))
             document = self.entry(unit, results)
+            self.merge_remote()
             manifest = objects.record(self.manifest, document)
             retry.retry(
                 lambda: s3.put_json(self.client, self.bucket, self.state["manifest_key"], manifest),
