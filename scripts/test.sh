@@ -26,4 +26,7 @@ echo "==> ruff"
 echo "==> mypy"
 .venv/bin/mypy
 echo "==> pytest"
-exec .venv/bin/pytest -q -p no:cacheprovider "$@"
+# Parallel workers (pytest-xdist), each with its own session fixtures; one test module stays on one
+# worker (its module fixtures are made once). Most of the suite waits on processes, not the CPU.
+# RUNCTL_TEST_WORKERS=0 (or -n 0 among the arguments) runs everything in this one process.
+exec .venv/bin/pytest -q -p no:cacheprovider -n "${RUNCTL_TEST_WORKERS:-2}" --dist loadscope "$@"

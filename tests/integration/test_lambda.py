@@ -27,7 +27,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "training" / "train
 SCRIPT = "training/train_with_checkpoints.py"
 TYPE = "gpu_1x_a10"
 QUICK = ("--steps-per-epoch", "3", "--delay", "0.01")
-SLOW = ("--epochs", "3", "--steps-per-epoch", "20", "--delay", "0.1")
+# Long enough (60 s) that no test racing to stop it sees it complete first on a loaded machine; each stops it.
+SLOW = ("--epochs", "3", "--steps-per-epoch", "200", "--delay", "0.1")
 
 
 @pytest.fixture
