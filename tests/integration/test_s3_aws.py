@@ -124,7 +124,9 @@ def test_with_the_controller_killed_the_host_terminates_itself_once_the_final_ch
         told = waiter.stderr.read() if waiter.stderr else ""
         run = role_instance.home / "runctl" / "proj" / ".runctl" / "runs" / run_id
         on_end = json.loads((run / "spec.json").read_text()).get("on_end")
-        raise AssertionError("%s\n%s\non_end %s\n%s" % (exc, told, on_end, (run / "events.jsonl").read_text()[-3000:]))
+        raise AssertionError(
+            "%s\n%s\non_end %s\n%s" % (exc, told, on_end, (run / "events.jsonl").read_text()[-3000:])
+        ) from exc
     assert len(role_instance.poweroff_calls()) == 1, "the agent powered the host off"
     # The bucket holds every checkpoint of the run, verified; the last one is the final epoch's.
     listed = manifest(s3_server, bucket, run_id)
