@@ -115,6 +115,34 @@ def test_a_checkpoints_step_and_epoch_come_from_the_metrics_reported_before_it(t
     assert Steps(str(tmp_path / "none.jsonl")).at(5.0, "epoch=3-step=1500.ckpt") == (1500, 3)
 
 
+def test_the_helpers_atomic_writes_say_which_step_a_checkpoint_holds_even_in_a_tight_loop(tmp_path: Path) -> None:
+    """A loop that reports the next step the instant after saving beats any mtime comparison (the
+    kernel stamps files from a coarse clock): the helper notes the step as it commits the file."""
+    run_dir, ckpts = tmp_path / "run", tmp_path / "ckpts"
+    run_dir.mkdir()
+    script = (
+        "from runctl import training as rt\n"
+        "d = rt.checkpoint_dir()\n"
+        "for step in range(1, 201):\n"
+        "    rt.report(step=step, epoch=step // 50)\n"
+        "    rt.atomic_write(d / ('ckpt_%d.pt' % step), b'x')\n"
+        "rt.atomic_write(d / 'last.pt', b'y')\n"
+    )
+    env = {
+        **os.environ,
+        "RUNCTL_RUN_DIR": str(run_dir),
+        "RUNCTL_METRICS_FILE": str(run_dir / "metrics.jsonl"),
+        "RUNCTL_CHECKPOINT_DIR": str(ckpts),
+    }
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=60)
+    steps = Steps(str(run_dir / "metrics.jsonl"), str(run_dir / "checkpoints_saved.jsonl"))
+    for step in range(1, 201):
+        path = ckpts / ("ckpt_%d.pt" % step)
+        assert steps.at(path.stat().st_mtime, path.name, str(path)) == (step, step // 50)
+    last = ckpts / "last.pt"
+    assert steps.at(last.stat().st_mtime, last.name, str(last)) == (200, 4)
+
+
 def _state(run_dir: Path, phase: str, verified: dict[str, object]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     state = {"phase": phase, "since": 0, "uri": "s3://bkt/ck", "verified": verified, "message": "m"}

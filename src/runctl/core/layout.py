@@ -16,6 +16,7 @@ STATUS = "status.json"
 LOG = "training.log"
 RAW_LOG = "training.raw.log"  # with --tty: the terminal's bytes as written, control sequences and all
 METRICS = "metrics.jsonl"
+SAVED = "checkpoints_saved.jsonl"  # the helper's atomic writes: which step each checkpoint holds
 EVENTS = "events.jsonl"
 PID = "training.pid"
 EXIT_CODE = "training_exit_code.txt"

@@ -105,9 +105,12 @@ def open_for_writing(paths: List[str]) -> List[str]:
 class Steps:
     """The run's step and epoch over time (metrics.jsonl), to say which step a checkpoint holds."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, saved_path: Optional[str] = None) -> None:
         self.path = path
         self.offset = 0
+        self.saved_path = saved_path
+        self.saved_offset = 0
+        self.saved: Dict[str, Tuple[Any, Any]] = {}  # realpath -> (step, epoch) of its latest commit
         self.times: List[float] = []
         self.values: List[Tuple[Any, Any]] = []
 
@@ -126,8 +129,21 @@ class Steps:
         if len(self.times) > MAX_STEPS:  # a run of millions of steps: keep the recent half
             del self.times[: MAX_STEPS // 2], self.values[: MAX_STEPS // 2]
 
-    def at(self, when: float, name: str) -> Tuple[Any, Any]:
-        """(step, epoch) reported last before `when`, else numbers in the name (`epoch=3-step=500`)."""
+    def read_saved(self) -> None:
+        if self.saved_path is None:
+            return
+        records, self.saved_offset = read_jsonl(self.saved_path, self.saved_offset)
+        for record in records:
+            if isinstance(record.get("path"), str):
+                self.saved[record["path"]] = (record.get("step"), record.get("epoch"))
+
+    def at(self, when: float, name: str, path: Optional[str] = None) -> Tuple[Any, Any]:
+        """(step, epoch) the helper noted when it committed `path`, else reported last before
+        `when`, else numbers in the name (`epoch=3-step=500`)."""
+        self.read_saved()
+        noted = self.saved.get(os.path.realpath(path)) if path else None
+        if noted is not None:
+            return noted
         self.read()
         index = bisect.bisect_right(self.times, when + 0.001) - 1
         step, epoch = self.values[index] if index >= 0 else (None, None)
@@ -166,7 +182,7 @@ class Uploader:
         self.since = since
         self.ppid = os.getppid()
         self.client = client
-        self.steps = Steps(os.path.join(self.run_dir, layout.METRICS))
+        self.steps = Steps(os.path.join(self.run_dir, layout.METRICS), os.path.join(self.run_dir, layout.SAVED))
         self.manifest: Dict[str, Any] = objects.new_manifest(self.bucket, self.prefix, self.run_id)
         self.verified: Dict[str, Dict[str, Any]] = {}  # name -> {"signature", "key", "checksum", ...}
         self.seen: Dict[str, Tuple[Dict[str, List[float]], float]] = {}  # name -> (signature, since when)
@@ -496,7 +512,7 @@ class Uploader:
         """The checkpoint's manifest entry (a directory lists its files; its checksum covers them all)."""
         from . import checksums
 
-        step, epoch = self.steps.at(unit["mtime"], unit["name"])
+        step, epoch = self.steps.at(unit["mtime"], unit["name"], os.path.join(self.checkpoint_dir, unit["name"]))
         document: Dict[str, Any] = {
             "name": unit["name"],
             "size": unit["size"],

@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
+from ..core import layout
 from ..core.fsutil import is_partial, temp_path
 
 __all__ = [
@@ -153,6 +154,7 @@ def report(
             if value is not None and key not in ("t", "source"):
                 record[str(key)] = _coerce(value, "any")
         line = json.dumps(record, separators=(",", ":"), default=str) + "\n"
+        _progress.update((key, record[key]) for key in ("step", "epoch") if key in record)
     except Exception as exc:  # a bad value must not stop training
         _warn_once("could not encode metrics ({}: {})".format(type(exc).__name__, exc))
         return
@@ -160,6 +162,24 @@ def report(
         _append_line(path, line.encode("utf-8"))
     except OSError as exc:
         _warn_once("could not write metrics to {} ({})".format(path, exc))
+
+
+# The step and epoch last reported: what a checkpoint committed now holds (see _note_saved).
+_progress: Dict[str, Any] = {}
+
+
+def _note_saved(final: Path) -> None:
+    """Tell the checkpoint uploader which step the checkpoint just committed holds. Timing alone
+    cannot: a file's mtime comes from the kernel's coarse clock, and a tight loop reports the next
+    step within the same millisecond. Never raises: a checkpoint must not fail over this note."""
+    run_dir = os.environ.get("RUNCTL_RUN_DIR")
+    if not run_dir or not _progress:
+        return
+    record = {"t": time.time(), "path": os.path.realpath(str(final)), **_progress}
+    try:
+        _append_line(os.path.join(run_dir, layout.SAVED), (json.dumps(record, default=str) + "\n").encode("utf-8"))
+    except (OSError, ValueError):
+        pass
 
 
 def _append_line(path: str, data: bytes) -> None:
@@ -289,6 +309,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
+    _note_saved(final)
 
 
 def atomic_write(path: PathLike, data: Union[bytes, str]) -> Path:
