@@ -301,9 +301,16 @@ def choose_action(
 
 
 def power_off_failed(result: dict[str, Any]) -> bool:
-    """Whether the agent's end-of-run command finished and failed (one under way, or cut short by
-    the power-off it ran, has no `ended_at`: the host went down)."""
-    return bool(result.get("ended_at")) and (bool(result.get("error")) or result.get("exit_code") not in (None, 0))
+    """Whether the agent's end-of-run command finished and failed. One under way, or cut short by
+    the power-off it ran, has no `ended_at`: the host went down. One killed by a signal (a negative
+    exit code, no timeout) was cut short too: a power-off ends every process on the host, and the
+    agent may outlive its command by the moment it takes to record the exit."""
+    if not result.get("ended_at"):
+        return False
+    code = result.get("exit_code")
+    if isinstance(code, int) and code < 0 and not result.get("error"):
+        return False
+    return bool(result.get("error")) or code not in (None, 0)
 
 
 def agent_notice(result: dict[str, Any]) -> str:

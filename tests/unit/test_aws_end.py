@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from runctl.agent.ops import checkpoint_digests
-from runctl.ending import choose_action
+from runctl.ending import agent_notice, choose_action, power_off_failed
 from runctl.providers.aws import unreachable_verdict
 
 HELD = {"checkpoints_verified": {"held": True, "files": [{"path": "a.pt"}], "problems": []}}
@@ -25,6 +25,26 @@ def test_terminate_without_a_pull_or_a_readable_host_stops() -> None:
     assert action == "stop" and reason is not None and "--no-download-checkpoints" in reason
     action, reason = choose_action("terminate", {}, True, True, "ssh: connection refused")
     assert action == "stop" and reason is not None and "connection refused" in reason
+
+
+def test_a_power_off_that_took_the_host_down_is_not_taken_for_a_failure() -> None:
+    """The controller releases through the API only after a power-off that really failed: one it
+    takes for failed when the host went down would stop or terminate an instance started again."""
+    under_way = {"started_at": 1.0, "ended_at": None, "action": "terminate", "becomes": "stop"}
+    assert not power_off_failed(under_way)
+    killed_going_down = {**under_way, "ended_at": 2.0, "exit_code": -9, "error": None}
+    assert not power_off_failed(killed_going_down)
+    assert "stopped, not terminated" in agent_notice(killed_going_down)
+    refused = {
+        **under_way,
+        "ended_at": 2.0,
+        "exit_code": 1,
+        "error": None,
+        "output_tail": "sudo: a password is required",
+    }
+    assert power_off_failed(refused) and "password is required" in agent_notice(refused)
+    timed_out = {**under_way, "ended_at": 2.0, "exit_code": -9, "error": "timed out after 60s; killed"}
+    assert power_off_failed(timed_out)
 
 
 def test_stop_and_a_run_never_launched_go_as_asked() -> None:
