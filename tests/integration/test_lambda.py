@@ -265,7 +265,8 @@ def test_a_500_on_the_first_terminate_is_retried_and_confirmed(lam: Lambda) -> N
     done = lam.train("--wait", script_args=("--epochs", "1", *QUICK))
     assert done.code == 0, done.err
     terminates = [c for c in lam.fake.calls if c[2].endswith("/terminate")]
-    assert [c[3] for c in terminates][:2] == [500, 200]
+    # A loaded machine may also meet the fake's rate limit (429, retried after its wait) in between.
+    assert [c[3] for c in terminates if c[3] != 429][:2] == [500, 200]
     lam.all_terminated()
 
 
