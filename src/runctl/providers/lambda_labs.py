@@ -219,68 +219,79 @@ class LambdaCloud:
         types = self.types()
         chosen = self.choose_region(instance_type, region, types)
         tried: list[str] = []
-        while True:
-            token = secrets.token_hex(6)
-            body = {
-                "region_name": chosen,
-                "instance_type_name": instance_type,
-                "ssh_key_names": [key],
-                "name": name or "runctl-%s" % token,
-                "tags": [{"key": MANAGED_TAG, "value": "true"}, {"key": LAUNCH_TAG, "value": token}],
-            }
+        ids: list[str] = []
+        try:
+            while True:
+                token = secrets.token_hex(6)
+                body = {
+                    "region_name": chosen,
+                    "instance_type_name": instance_type,
+                    "ssh_key_names": [key],
+                    "name": name or "runctl-%s" % token,
+                    "tags": [{"key": MANAGED_TAG, "value": "true"}, {"key": LAUNCH_TAG, "value": token}],
+                }
+                say(
+                    "launching %s in %s%s ..."
+                    % (instance_type, chosen, " (has capacity now)" if not region or region == "any" else "")
+                )
+                try:
+                    with interrupt_after():
+                        ids = self.launch_once(body, token)
+                except CloudError as exc:
+                    if exc.code != "instance-operations/launch/insufficient-capacity":
+                        raise
+                    tried.append(chosen)
+                    types = self.types()
+                    having = [r for r in regions_with_capacity(types, instance_type) if r not in tried]
+                    if (region and region != "any") or not having:
+                        raise CloudError(
+                            "no capacity for %s in %s (it went between the look-up and the launch)"
+                            % (instance_type, ", ".join(tried)),
+                            capacity_hint(instance_type, regions_with_capacity(types, instance_type), types),
+                            exc.code,
+                        ) from None
+                    chosen = having[0]
+                    continue
+                break
+            kind = (types.get(instance_type) or {}).get("instance_type") or {}
+            price = kind.get("price_cents_per_hour")
+            for instance_id in ids:
+                # In the store before anything else: whatever happens next, the instance is known.
+                store.upsert_host(
+                    NAME,
+                    instance_id,
+                    region=chosen,
+                    instance_type=instance_type,
+                    hourly_price=price / 100.0 if isinstance(price, (int, float)) else None,
+                    price_source=PRICE_SOURCE,
+                    state="booting",
+                    info={"managed": True, "name": body["name"], "launch_token": token, **(info or {})},
+                )
+            if len(ids) != 1:
+                raise CloudError("the launch returned %d instances, not one: %s" % (len(ids), ", ".join(ids)), "")
             say(
-                "launching %s in %s%s ..."
-                % (instance_type, chosen, " (has capacity now)" if not region or region == "any" else "")
+                "launched %s (%s, %s, $%s/hr)"
+                % (ids[0], instance_type, chosen, money(price / 100.0 if price else None))
             )
             try:
-                with interrupt_after():
-                    ids = self.launch_once(body, token)
-            except CloudError as exc:
-                if exc.code != "instance-operations/launch/insufficient-capacity":
-                    raise
-                tried.append(chosen)
-                types = self.types()
-                having = [r for r in regions_with_capacity(types, instance_type) if r not in tried]
-                if (region and region != "any") or not having:
-                    raise CloudError(
-                        "no capacity for %s in %s (it went between the look-up and the launch)"
-                        % (instance_type, ", ".join(tried)),
-                        capacity_hint(instance_type, regions_with_capacity(types, instance_type), types),
-                        exc.code,
-                    ) from None
-                chosen = having[0]
-                continue
-            break
-        kind = (types.get(instance_type) or {}).get("instance_type") or {}
-        price = kind.get("price_cents_per_hour")
-        for instance_id in ids:
-            # In the store before anything else: whatever happens next, the instance is known.
-            store.upsert_host(
-                NAME,
-                instance_id,
-                region=chosen,
-                instance_type=instance_type,
-                hourly_price=price / 100.0 if isinstance(price, (int, float)) else None,
-                price_source=PRICE_SOURCE,
-                state="booting",
-                info={"managed": True, "name": body["name"], "launch_token": token, **(info or {})},
-            )
-        if len(ids) != 1:
-            raise CloudError("the launch returned %d instances, not one: %s" % (len(ids), ", ".join(ids)), "")
-        say("launched %s (%s, %s, $%s/hr)" % (ids[0], instance_type, chosen, money(price / 100.0 if price else None)))
-        try:
-            return self.get(ids[0])
-        except CloudError:
-            # Accepted but not readable yet (after its retries): what the launch said is what is known.
-            return LambdaInstance(
-                ids[0],
-                "booting",
-                instance_type,
-                chosen,
-                str(body["name"]),
-                price_cents=price,
-                tags={MANAGED_TAG: "true", LAUNCH_TAG: token},
-            )
+                return self.get(ids[0])
+            except CloudError:
+                # Accepted but not readable yet (after its retries): what the launch said is what is known.
+                return LambdaInstance(
+                    ids[0],
+                    "booting",
+                    instance_type,
+                    chosen,
+                    str(body["name"]),
+                    price_cents=price,
+                    tags={MANAGED_TAG: "true", LAUNCH_TAG: token},
+                )
+        except BaseException as exc:
+            # Launched, then interrupted or failed before the caller has it: nothing it cannot see
+            # is left billing.
+            for instance_id in ids:
+                LambdaProvider.terminate_launched(store, self, instance_id, say, exc)
+            raise
 
     def launch_once(self, body: dict[str, Any], token: str) -> list[str]:
         """The launch call; when its answer was lost (5xx, dropped connection) the instance is looked for."""
