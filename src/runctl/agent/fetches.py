@@ -1,6 +1,6 @@
 """Inputs from S3 as the agent sees them: run the fetcher before the script, read what it put where.
 
-With `resume_s3` in the spec, the agent runs runctl.storage.fetcher (`s3-fetch`) in runctl's tool
+With `resume_s3` or `data_s3` in the spec, the agent runs runctl.storage.fetcher (`s3-fetch`) in runctl's tool
 environment (boto3; agent/uploads.tool_python), with the uploader's credentials and endpoint, as a
 setup step of the run: its progress goes to the run log, a stop asked for meanwhile ends it, and
 its failure fails the run before the script starts (never a run that trains from scratch when it
@@ -27,16 +27,18 @@ class FetchFailed(Exception):
 
 
 def needed(spec: Dict[str, Any]) -> bool:
-    return isinstance(spec.get("resume_s3"), dict)
+    return isinstance(spec.get("resume_s3"), dict) or isinstance(spec.get("data_s3"), dict)
 
 
 def fetcher_cfg(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Credentials and endpoint for the fetcher: the forwarded credentials file of the run (if any),
-    the endpoint the resume was resolved against."""
-    upload, resume = _block(spec, "checkpoint_s3"), _block(spec, "resume_s3")
+    the endpoint the controller named (the one `--resume` was resolved against)."""
+    upload, resume, data = _block(spec, "checkpoint_s3"), _block(spec, "resume_s3"), _block(spec, "data_s3")
     return {
-        "credentials_file": upload.get("credentials_file"),
-        "endpoint_url": resume.get("endpoint_url") or upload.get("endpoint_url"),
+        "credentials_file": upload.get("credentials_file")
+        or data.get("credentials_file")
+        or resume.get("credentials_file"),
+        "endpoint_url": data.get("endpoint_url") or resume.get("endpoint_url") or upload.get("endpoint_url"),
     }
 
 

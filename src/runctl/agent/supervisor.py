@@ -295,8 +295,9 @@ class Supervisor:
         self.state["checkpoint_s3"] = uploads.summary(self.uploads.state)
 
     def fetch_inputs(self, env: Dict[str, str]) -> None:
-        """With resume_s3 in the spec: the checkpoint on the host, verified, before the script starts;
-        a download that fails or does not verify fails the run (it never trains from scratch)."""
+        """With resume_s3 or data_s3 in the spec: the checkpoint and the data on the host, verified,
+        before the script starts; a download that fails or does not verify fails the run (it never
+        trains from scratch, or on missing data)."""
         if not fetches.needed(self.spec):
             return
         self.write_status(status=st.SETTING_UP)
@@ -355,10 +356,11 @@ class Supervisor:
 
     def forget_credentials(self) -> None:
         """Delete the AWS credentials the controller forwarded for the uploads, once they are over."""
-        cfg = self.spec.get("checkpoint_s3")
-        removed = uploads.forget_credentials(cfg if isinstance(cfg, dict) else {})
-        if removed:
-            self.record.try_event("checkpoint_s3_credentials_removed", path=removed)
+        for key in ("checkpoint_s3", "data_s3", "resume_s3"):
+            cfg = self.spec.get(key)
+            removed = uploads.forget_credentials(cfg if isinstance(cfg, dict) else {})
+            if removed:
+                self.record.try_event("checkpoint_s3_credentials_removed", path=removed)
 
     def supervise(self) -> int:
         # Orphaned descendants come to this agent, not init, so none escapes the run's tree.

@@ -10,6 +10,15 @@ stdout is the run log, so its progress lines are there for `runs logs` and `--wa
   before it is renamed into place (storage.catalog.download_entry). A checkpoint that changed in
   S3 since it was resolved, or arrived altered, fails the run: it never trains from scratch.
 
+- `data_s3` (`--data-s3 s3://bucket/path/`): every object under the prefix is downloaded into the
+  run's data dir (spec `data_dir`, else `<project>/data`; the script's RUNCTL_DATA_DIR), in
+  parallel, with progress lines. An index of what was fetched (`.runctl-data-s3.json` in the data
+  dir: each file's ETag, size and mtime) lets the next run skip every object still there unchanged
+  with the same ETag and size. Each file lands under a hidden partial name and is renamed into place
+  once its size (and MD5, for a single-part ETag) is right. A key that is not a safe relative path
+  (`..`, empty parts) is skipped and said: nothing is ever written outside the data dir. A missing
+  bucket, or a prefix with no objects, fails the run with the fix.
+
 The outcome goes to `<run_dir>/s3_fetch.json` (FETCH_RESULT): {"ok": true, "env": {RUNCTL_*: path}}
 or {"ok": false, "error": one line, "hint": the fix or null}. Exit 0 when ok, 1 otherwise.
 """
@@ -19,14 +28,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+import uuid
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..core import layout, retry
 from ..core.fsutil import atomic_write_json, read_json
 
 FETCH_RESULT = "s3_fetch.json"
 RESUME_DIR = "resume"
+DATA_DIR = "data"
+DATA_INDEX = ".runctl-data-s3.json"
+DATA_THREADS = 16
+PROGRESS_SECONDS = 2.0
+PARTIAL = ".runctl-partial"
 
 
 class FetchFailed(Exception):
@@ -94,11 +111,241 @@ def _size(entry: Dict[str, Any]) -> str:
     return "%d file%s, %.1f MB" % (len(files), "" if len(files) == 1 else "s", total / 1e6)
 
 
+# ---- data ----------------------------------------------------------------------------------------
+
+
+def data_dir_of(spec: Dict[str, Any]) -> str:
+    return str(spec.get("data_dir") or os.path.join(str(spec["project_dir"]), DATA_DIR))
+
+
+def safe_parts(relative: str) -> Optional[List[str]]:
+    """The path parts of a key below the prefix, or None when it is not a plain relative path."""
+    parts = relative.split("/")
+    if not relative or relative == DATA_INDEX or "\0" in relative or any(p in ("", ".", "..") for p in parts):
+        return None
+    return parts
+
+
+def inside(root: str, path: str) -> bool:
+    """Whether `path` resolves (symlinks followed) to a place under `root`."""
+    real_root = os.path.realpath(root)
+    return os.path.realpath(path).startswith(real_root + os.sep)
+
+
+def list_prefix(client: Any, bucket: str, prefix: str) -> List[Dict[str, Any]]:
+    """Every object under `prefix` (directory placeholders, keys ending in '/', left out)."""
+    found: List[Dict[str, Any]] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        found.extend(o for o in page.get("Contents") or [] if not str(o["Key"]).endswith("/"))
+    return found
+
+
+def _listing(client: Any, uri: str) -> Tuple[str, List[Tuple[str, Dict[str, Any]]]]:
+    """(bucket, [(path below the prefix, object)]) of a --data-s3 URI; FetchFailed with the fix."""
+    from . import objects, s3
+
+    try:
+        bucket, prefix = objects.parse_uri(uri)
+    except objects.BadUri as exc:
+        raise FetchFailed("--data-s3: %s" % exc) from None
+    listed = prefix + "/" if prefix else ""
+    try:
+        found = retry.retry(lambda: list_prefix(client, bucket, listed), s3.is_transient, attempts=4, base=1.0)
+        if not found and prefix:  # s3://bucket/file.csv: that one object
+            single = _head(client, bucket, prefix)
+            if single is not None:
+                return bucket, [(prefix.rsplit("/", 1)[-1], single)]
+    except Exception as exc:
+        if s3.error_code(exc) == "NoSuchBucket":
+            raise FetchFailed(
+                "--data-s3 %s: the bucket %s does not exist" % (uri, bucket),
+                "name an existing bucket in --data-s3 (aws s3 ls), or create it and upload the data:"
+                " aws s3 sync DIR s3://%s/%s/" % (bucket, prefix),
+            ) from None
+        raise FetchFailed("cannot list %s: %s" % (uri, s3.describe(exc))) from None
+    if not found:
+        raise FetchFailed(
+            "--data-s3 %s: no objects under s3://%s/%s" % (uri, bucket, listed),
+            "check the path (aws s3 ls s3://%s/%s), or upload the data first: aws s3 sync DIR s3://%s/%s"
+            % (bucket, listed, bucket, listed),
+        )
+    return bucket, [(str(o["Key"])[len(listed) :], o) for o in found]
+
+
+def _head(client: Any, bucket: str, key: str) -> Optional[Dict[str, Any]]:
+    from . import s3
+
+    try:
+        head = client.head_object(Bucket=bucket, Key=key)
+    except Exception as exc:
+        if s3.error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+    return {"Key": key, "Size": head.get("ContentLength", 0), "ETag": head.get("ETag", "")}
+
+
+class DataFetch:
+    """One --data-s3 download: the plan (what to fetch, what is unchanged), the parallel fetch, the index."""
+
+    def __init__(self, uri: str, data_dir: str, client: Any, tell: Callable[[str], None] = say) -> None:
+        self.uri, self.data_dir, self.client, self.tell = uri, data_dir, client, tell
+        self.index_path = os.path.join(data_dir, DATA_INDEX)
+        index = read_json(self.index_path) or {}
+        known = index.get("objects") if isinstance(index.get("objects"), dict) else {}
+        self.index: Dict[str, Dict[str, Any]] = dict(known or {})
+        self.lock = threading.Lock()
+        self.done_files = self.done_bytes = 0
+        self.failed = threading.Event()
+
+    def unchanged(self, relative: str, path: str, etag: str, size: int) -> bool:
+        known = self.index.get(relative) or {}
+        if known.get("etag") != etag or known.get("size") != size:
+            return False
+        try:
+            info = os.stat(path)
+        except OSError:
+            return False
+        return info.st_size == size and info.st_mtime_ns == known.get("mtime_ns")
+
+    def plan(
+        self, listing: List[Tuple[str, Dict[str, Any]]]
+    ) -> Tuple[List[Tuple[str, str, str, Dict[str, Any]]], List[str], int]:
+        """(what to fetch: (relative, local path, ETag, {key, size}), keys refused as unsafe, unchanged count)."""
+        jobs: List[Tuple[str, str, str, Dict[str, Any]]] = []
+        unsafe: List[str] = []
+        same = 0
+        for relative, obj in listing:
+            parts = safe_parts(relative)
+            path = os.path.join(self.data_dir, *parts) if parts else ""
+            if not parts or not inside(self.data_dir, path):
+                unsafe.append(str(obj["Key"]))
+                continue
+            etag, size = str(obj.get("ETag") or "").strip('"'), int(obj.get("Size") or 0)
+            if self.unchanged(relative, path, etag, size):
+                same += 1
+            else:
+                jobs.append((relative, path, etag, {"key": obj["Key"], "size": size}))
+        return jobs, unsafe, same
+
+    def run(self, threads: int = DATA_THREADS) -> Dict[str, Any]:
+        started = time.monotonic()
+        bucket, listing = _listing(self.client, self.uri)
+        os.makedirs(self.data_dir, exist_ok=True)
+        jobs, unsafe, same = self.plan(listing)
+        if unsafe:
+            self.tell(
+                "data: skipped %d object(s) whose key is not a safe path under %s: %s"
+                % (len(unsafe), self.data_dir, ", ".join(repr(k) for k in unsafe[:5]))
+            )
+        total = sum(int(job[3]["size"]) for job in jobs)
+        self.tell(
+            "data from %s: %d object(s), %d to fetch (%.1f MB), %d unchanged -> %s"
+            % (self.uri, len(listing) - len(unsafe), len(jobs), total / 1e6, same, self.data_dir)
+        )
+        try:
+            self.fetch_all(bucket, jobs, total, threads, started)
+        finally:
+            self.save()
+        seconds = time.monotonic() - started
+        self.tell(
+            "data ready in %s: %d fetched (%.1f MB in %.1fs), %d unchanged"
+            % (self.data_dir, len(jobs), total / 1e6, seconds, same)
+        )
+        return {"fetched": len(jobs), "unchanged": same, "skipped_unsafe": unsafe, "bytes": total}
+
+    def fetch_all(
+        self, bucket: str, jobs: List[Tuple[str, str, str, Dict[str, Any]]], total: int, threads: int, began: float
+    ) -> None:
+        if not jobs:
+            return
+        pool = ThreadPoolExecutor(max_workers=max(1, min(threads, len(jobs))))
+        try:
+            futures = [pool.submit(self.one, bucket, *job) for job in jobs]
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=PROGRESS_SECONDS, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    if future.exception() is not None:
+                        self.failed.set()  # the jobs not started yet return at once
+                        for other in pending:
+                            other.cancel()
+                        raise future.exception()  # type: ignore[misc]
+                if pending:
+                    with self.lock:
+                        files, got = self.done_files, self.done_bytes
+                    rate = got / 1e6 / max(0.001, time.monotonic() - began)
+                    self.tell(
+                        "data: %d/%d objects, %.1f/%.1f MB (%.1f MB/s)"
+                        % (files, len(jobs), got / 1e6, total / 1e6, rate)
+                    )
+        finally:
+            pool.shutdown(wait=True)
+
+    def one(self, bucket: str, relative: str, path: str, etag: str, item: Dict[str, Any]) -> None:
+        from . import catalog, s3
+
+        if self.failed.is_set():
+            return
+        key, size = str(item["key"]), int(item["size"])
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        if not inside(self.data_dir, folder + os.sep + "x"):
+            raise FetchFailed("--data-s3: %r would land outside %s" % (key, self.data_dir))
+        partial = os.path.join(folder, ".%s.%s-%s" % (os.path.basename(path), PARTIAL, uuid.uuid4().hex[:8]))
+        try:
+            try:
+                retry.retry(
+                    lambda: catalog._fetch(self.client, bucket, key, size, partial, 4, catalog.RANGE_SIZE),
+                    s3.is_transient,
+                    attempts=4,
+                    base=1.0,
+                )
+            except Exception as exc:
+                raise FetchFailed("cannot download s3://%s/%s: %s" % (bucket, key, s3.describe(exc))) from None
+            problem = catalog.local_problem(partial, {"size": size, "etag": etag})
+            if problem:
+                raise FetchFailed(
+                    "s3://%s/%s arrived as %s (it changed during the download?): start the run again"
+                    % (bucket, key, problem)
+                )
+            if os.path.isdir(path):
+                raise FetchFailed("--data-s3: %s is a directory on the host, and %r a file in S3" % (path, key))
+            os.replace(partial, path)
+        finally:
+            if os.path.lexists(partial):
+                os.unlink(partial)
+        mtime = os.stat(path).st_mtime_ns
+        with self.lock:
+            self.index[relative] = {"etag": etag, "size": size, "mtime_ns": mtime, "key": key}
+            self.done_files += 1
+            self.done_bytes += size
+
+    def save(self) -> None:
+        with self.lock:
+            document = {"format": 1, "uri": self.uri, "objects": dict(self.index)}
+        atomic_write_json(self.index_path, document)
+
+
+def fetch_data(spec: Dict[str, Any], tell: Callable[[str], None] = say) -> str:
+    """The objects of `spec.data_s3` in the run's data dir; that dir."""
+    value = spec["data_s3"]
+    data_dir = data_dir_of(spec)
+    try:
+        DataFetch(str(value.get("uri") or ""), data_dir, s3_client(value), tell).run(
+            int(value.get("threads") or DATA_THREADS)
+        )
+    except OSError as exc:
+        raise FetchFailed("--data-s3: cannot write into %s: %s" % (data_dir, exc)) from None
+    return data_dir
+
+
 def fetch(run_dir: str, spec: Dict[str, Any]) -> Dict[str, str]:
     """Everything the spec asks for; the RUNCTL_* variables that point the script at it."""
     env: Dict[str, str] = {}
     if isinstance(spec.get("resume_s3"), dict):
         env["RUNCTL_RESUME_FROM"] = fetch_resume(run_dir, spec["resume_s3"])
+    if isinstance(spec.get("data_s3"), dict):
+        env["RUNCTL_DATA_DIR"] = fetch_data(spec)
     return env
 
 
@@ -113,6 +360,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except FetchFailed as exc:
         say(exc.message)
         result = {"ok": False, "error": exc.message, "hint": exc.hint}
+    except Exception as exc:
+        import traceback
+
+        traceback.print_exc(file=sys.stdout)
+        result = {"ok": False, "error": "the download from S3 failed: %s: %s" % (type(exc).__name__, exc), "hint": None}
     atomic_write_json(os.path.join(run_dir, FETCH_RESULT), result)
     return 0 if result["ok"] else 1
 
