@@ -169,6 +169,26 @@ def test_a_missing_bucket_or_empty_prefix_is_refused_before_anything_runs(
     assert "started" not in [e["event"] for e in events(local_project, run_id)]
 
 
+def test_a_download_that_fails_midway_fails_the_run_before_training(
+    cli: Any,
+    env: dict[str, str],  # noqa: F811
+    local_project: Path,
+    s3_server: S3Server,
+) -> None:
+    """S3 holds both `a` and `a/b` (a file and a dir of the same name): the data cannot be placed."""
+    bucket = s3_server.make_bucket()
+    put_all(s3_server, bucket, "d/", {"a": b"file", "a/b": b"under it", "c.txt": b"c"})
+    script = write_script(local_project, "list_data.py", LIST_DATA)
+    done = cli("local", "train", script, "--data-s3", "s3://%s/d/" % bucket, "--wait")
+    assert done.code == 4, done.err
+    assert "failed before training" in done.err and "data" in done.err, done.err
+    run_id = done.err.split("run ", 1)[1].split()[0]
+    state = status_file(local_project, run_id)
+    assert state["status"] == "failed" and not state.get("started_at"), state
+    log = log_of(local_project, run_id)
+    assert "data from s3://%s/d: 3 object(s), 3 to fetch" % bucket in log and "data dir" not in log
+
+
 def test_data_reaches_an_ssh_host_with_forwarded_credentials_that_go_after_the_run(
     sshenv: SshEnv,
     bare_host: SshTestHost,  # noqa: F811

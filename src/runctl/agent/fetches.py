@@ -4,7 +4,10 @@ With `resume_s3` or `data_s3` in the spec, the agent runs runctl.storage.fetcher
 environment (boto3; agent/uploads.tool_python), with the uploader's credentials and endpoint, as a
 setup step of the run: its progress goes to the run log, a stop asked for meanwhile ends it, and
 its failure fails the run before the script starts (never a run that trains from scratch when it
-was asked to resume). What it downloaded reaches the script as RUNCTL_* variables.
+was asked to resume). It runs twice: `--check` before the launcher is answered (a checkpoint S3 no
+longer holds as resolved, a missing bucket or an empty prefix fail the start itself: exit 4), then
+the download, which the controller follows in the log. What it downloaded reaches the script as
+RUNCTL_* variables.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from . import uploads
 
 FETCH_RESULT = "s3_fetch.json"  # storage.fetcher.FETCH_RESULT (that module needs boto3's environment)
 ENV_KEYS = ("RUNCTL_RESUME_FROM", "RUNCTL_DATA_DIR")
+
+
+_PYTHON: Dict[str, str] = {}
 
 
 class FetchFailed(Exception):
@@ -53,10 +59,15 @@ def fetch(
     project_dir: str,
     log_fd: int,
     run_step: Callable[[List[str], Dict[str, str]], int],
+    check_only: bool = False,
 ) -> Dict[str, str]:
-    """Run the fetcher as a step of the run; the variables for the script, or FetchFailed."""
+    """Run the fetcher as a step of the run (`check_only`: only its look at S3); the variables for
+    the script, or FetchFailed."""
     try:
-        python = uploads.tool_python(project_dir, log_fd, lambda argv: run_step(argv, dict(os.environ)))
+        python = _PYTHON.get("tool") or uploads.tool_python(
+            project_dir, log_fd, lambda argv: run_step(argv, dict(os.environ))
+        )
+        _PYTHON["tool"] = python  # one agent supervises one run: its check and download share it
     except Exception as exc:  # pyenv.EnvSetupFailed, or the venv build could not start
         raise FetchFailed(
             "downloads from S3 need boto3 on the host: %s" % exc,
@@ -67,7 +78,8 @@ def fetch(
         os.unlink(path)  # an earlier attempt's answer is not this one's
     except FileNotFoundError:
         pass
-    argv, env = uploads.tool_command(python, ["s3-fetch", run_dir], fetcher_cfg(spec))
+    args = ["s3-fetch", run_dir, *(["--check"] if check_only else [])]
+    argv, env = uploads.tool_command(python, args, fetcher_cfg(spec))
     code = run_step(argv, env)
     result = read_json(path) or {}
     if code != 0 or not result.get("ok"):

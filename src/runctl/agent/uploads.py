@@ -89,7 +89,7 @@ def tool_python(project_dir: str, log_fd: int, run: Callable[[List[str]], int]) 
     """The interpreter the uploader runs with: the agent's own when it has boto3, else the tool venv's."""
     own = sys.executable or "python3"
     if has_boto3(own):
-        os.write(log_fd, ("[runctl] checkpoint uploads use boto3 of %s\n" % own).encode())
+        os.write(log_fd, ("[runctl] S3 transfers use boto3 of %s\n" % own).encode())
         return own
     env = tool_env_spec()
     with _locked(os.path.join(pyenv.venv_root(), env["hash"] + ".lock")):

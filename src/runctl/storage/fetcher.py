@@ -19,6 +19,10 @@ stdout is the run log, so its progress lines are there for `runs logs` and `--wa
   (`..`, empty parts) is skipped and said: nothing is ever written outside the data dir. A missing
   bucket, or a prefix with no objects, fails the run with the fix.
 
+With `--check` it only looks (the resume checkpoint's HEAD, the data prefix's listing), so the
+agent can fail the start itself (exit 4) on what can fail at once, then answer the launcher and
+download while the controller follows the progress.
+
 The outcome goes to `<run_dir>/s3_fetch.json` (FETCH_RESULT): {"ok": true, "env": {RUNCTL_*: path}}
 or {"ok": false, "error": one line, "hint": the fix or null}. Exit 0 when ok, 1 otherwise.
 """
@@ -105,6 +109,32 @@ def fetch_resume(run_dir: str, value: Dict[str, Any], tell: Callable[[str], None
     return path
 
 
+def check_resume(value: Dict[str, Any]) -> None:
+    """Before the launch is answered: S3 still holds the checkpoint as its entry says (HEAD only)."""
+    from . import catalog, s3
+
+    bucket, entry = str(value.get("bucket") or ""), value.get("entry") or {}
+    uri = str(value.get("uri") or "s3://%s/%s" % (bucket, entry.get("key", "")))
+    if not bucket or not entry.get("name"):
+        raise FetchFailed("resume_s3 in the spec names no checkpoint (bucket and entry)")
+    client = s3_client(value)
+    try:
+        if entry.get("files") or entry.get("checksum"):
+            problem = catalog.check_entry(client, bucket, entry)
+        else:
+            head = catalog.plain_entry(client, bucket, str(entry.get("key")))
+            problem = "it is gone" if head is None else None
+            if head is not None and (head["size"], head["etag"]) != (entry.get("size"), entry.get("etag")):
+                problem = "%d bytes, ETag %s: not the object --resume found" % (head["size"], head["etag"])
+    except Exception as exc:
+        raise FetchFailed("cannot read %s: %s" % (uri, s3.describe(exc))) from None
+    if problem:
+        raise FetchFailed(
+            "the checkpoint to resume from is not what its manifest says: %s" % problem,
+            "S3 no longer holds it as it was uploaded; resume from another one (runctl checkpoint list ...)",
+        )
+
+
 def _size(entry: Dict[str, Any]) -> str:
     files = entry.get("files") or [entry]
     total = sum(int(f.get("size") or 0) for f in files)
@@ -126,9 +156,8 @@ def safe_parts(relative: str) -> Optional[List[str]]:
     return parts
 
 
-def inside(root: str, path: str) -> bool:
-    """Whether `path` resolves (symlinks followed) to a place under `root`."""
-    real_root = os.path.realpath(root)
+def inside(real_root: str, path: str) -> bool:
+    """Whether `path` resolves (symlinks followed) to a place under `real_root` (a realpath)."""
     return os.path.realpath(path).startswith(real_root + os.sep)
 
 
@@ -190,6 +219,7 @@ class DataFetch:
     def __init__(self, uri: str, data_dir: str, client: Any, tell: Callable[[str], None] = say) -> None:
         self.uri, self.data_dir, self.client, self.tell = uri, data_dir, client, tell
         self.index_path = os.path.join(data_dir, DATA_INDEX)
+        self.real_root = os.path.realpath(data_dir)
         index = read_json(self.index_path) or {}
         known = index.get("objects") if isinstance(index.get("objects"), dict) else {}
         self.index: Dict[str, Dict[str, Any]] = dict(known or {})
@@ -217,7 +247,7 @@ class DataFetch:
         for relative, obj in listing:
             parts = safe_parts(relative)
             path = os.path.join(self.data_dir, *parts) if parts else ""
-            if not parts or not inside(self.data_dir, path):
+            if not parts or not inside(self.real_root, path):
                 unsafe.append(str(obj["Key"]))
                 continue
             etag, size = str(obj.get("ETag") or "").strip('"'), int(obj.get("Size") or 0)
@@ -289,7 +319,7 @@ class DataFetch:
         key, size = str(item["key"]), int(item["size"])
         folder = os.path.dirname(path)
         os.makedirs(folder, exist_ok=True)
-        if not inside(self.data_dir, folder + os.sep + "x"):
+        if not inside(self.real_root, folder + os.sep + "x"):
             raise FetchFailed("--data-s3: %r would land outside %s" % (key, self.data_dir))
         partial = os.path.join(folder, ".%s.%s-%s" % (os.path.basename(path), PARTIAL, uuid.uuid4().hex[:8]))
         try:
@@ -339,6 +369,15 @@ def fetch_data(spec: Dict[str, Any], tell: Callable[[str], None] = say) -> str:
     return data_dir
 
 
+def check(spec: Dict[str, Any]) -> None:
+    """What can fail at once, checked before the launch is answered: the resume checkpoint as its
+    entry says, the data prefix holding objects. FetchFailed with the fix."""
+    if isinstance(spec.get("resume_s3"), dict):
+        check_resume(spec["resume_s3"])
+    if isinstance(spec.get("data_s3"), dict):
+        _listing(s3_client(spec["data_s3"]), str(spec["data_s3"].get("uri") or ""))
+
+
 def fetch(run_dir: str, spec: Dict[str, Any]) -> Dict[str, str]:
     """Everything the spec asks for; the RUNCTL_* variables that point the script at it."""
     env: Dict[str, str] = {}
@@ -352,11 +391,16 @@ def fetch(run_dir: str, spec: Dict[str, Any]) -> Dict[str, str]:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="runctl-agent s3-fetch")
     parser.add_argument("run_dir")
+    parser.add_argument("--check", action="store_true", help="only check that S3 holds what the spec names")
     args = parser.parse_args(argv)
     run_dir = os.path.abspath(args.run_dir)
     spec = read_json(os.path.join(run_dir, layout.SPEC)) or {}
     try:
-        result: Dict[str, Any] = {"ok": True, "env": fetch(run_dir, spec)}
+        if args.check:
+            check(spec)
+            result: Dict[str, Any] = {"ok": True, "env": {}}
+        else:
+            result = {"ok": True, "env": fetch(run_dir, spec)}
     except FetchFailed as exc:
         say(exc.message)
         result = {"ok": False, "error": exc.message, "hint": exc.hint}
