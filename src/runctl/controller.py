@@ -373,7 +373,7 @@ def view(row: dict[str, Any]) -> dict[str, Any]:
         "duration": state.get("duration"),
     }
     keys = ("val_loss", "eval_loss", "agent_alive", "warning", "notice", "exit_signal", "disk_full", "budget")
-    for key in (*keys, "checkpoint_s3"):
+    for key in (*keys, "checkpoint_s3", "checkpoint_s3_error", "checkpoint_s3_hint"):
         if state.get(key) is not None:
             out[key] = state[key]
     spec = row.get("spec") or {}

@@ -347,6 +347,17 @@ class TrainOptions(PolicyParams):
         ),
         BeforeValidator(_s3_uri),
     ] = None
+    data_s3: Annotated[
+        Optional[str],
+        Flag(
+            "--data-s3",
+            metavar="S3_URI",
+            help="Download the objects under S3_URI into the run's data dir (RUNCTL_DATA_DIR) on the host "
+            "before training, in parallel; objects already there (same size and ETag) are skipped",
+            example=("s3://my-bucket/datasets/mnist/", '"s3://my-bucket/datasets/mnist/"'),
+        ),
+        BeforeValidator(_s3_uri),
+    ] = None
     forward_aws_credentials: Annotated[
         Optional[Literal["session", "static"]],
         Flag(
@@ -362,9 +373,10 @@ class TrainOptions(PolicyParams):
 
     @model_validator(mode="after")
     def _forwarding_needs_a_bucket(self) -> TrainOptions:
-        if self.forward_aws_credentials is not None and self.checkpoint_s3 is None:
+        uses_s3 = self.checkpoint_s3 is not None or self.data_s3 is not None or self.resume is not None
+        if self.forward_aws_credentials is not None and not uses_s3:
             raise UsageError(
-                "--forward-aws-credentials only applies with --checkpoint-s3",
+                "--forward-aws-credentials only applies with --checkpoint-s3, --data-s3 or --resume",
                 "add --checkpoint-s3 s3://BUCKET/PREFIX, or drop --forward-aws-credentials",
             )
         return self

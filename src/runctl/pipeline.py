@@ -76,6 +76,11 @@ def build_spec(provider: Provider, request: StartRequest) -> tuple[RunSpec, Path
         on_end=provider.on_end(request),
     )
     spec.checkpoint_s3 = checkpoint_s3.spec_block(provider.name, request.checkpoint_s3, request.forward_aws_credentials)
+    if request.data_s3:
+        from . import data_s3
+
+        spec.data_s3 = data_s3.spec_block(provider.name, request.data_s3, request.forward_aws_credentials)
+        data_s3.check(spec.data_s3)  # a missing bucket or prefix, when this machine can tell: exit 2
     apply_config(spec, root, request.flags)
     if request.resume is not None:
         from .s3checkpoints import apply_resume
@@ -177,15 +182,16 @@ class Start:
 
     def credentials(self) -> checkpoint_s3.Forwarded | None:
         mode = self.request.forward_aws_credentials
-        if not mode or not self.spec.checkpoint_s3:
+        if not mode or not (self.spec.checkpoint_s3 or self.spec.data_s3 or self.spec.resume_s3):
             return None
         return checkpoint_s3.credentials(mode, self.say)
 
     def forward(self, transport: Transport, forwarded: checkpoint_s3.Forwarded) -> None:
         """The credentials into a 0600 file on the host; the spec names the file, never its content."""
-        assert self.spec.checkpoint_s3 is not None
         path = self.credentials_file = checkpoint_s3.install(transport, self.spec.run_id, forwarded)
-        self.spec.checkpoint_s3.update(credentials_file=path, credentials_forwarded=True)
+        for block in (self.spec.checkpoint_s3, self.spec.data_s3, self.spec.resume_s3):
+            if block is not None:  # each S3 user on the host (uploader, fetcher) finds the file in its own
+                block.update(credentials_file=path, credentials_forwarded=True)
         until = " until %s" % forwarded.expires if forwarded.expires else ""
         self.say(
             "forwarded %s AWS credentials%s to %s:%s (0600; deleted when the run ends)"

@@ -164,6 +164,38 @@ CASES: dict[str, Case] = {
     "ssh-toml-hang-timeout-negative": Case(
         SSH, ("runctl.toml", "hang_timeout", "more than 0"), files=policies("hang_timeout = -5")
     ),
+    # ---- S3 flags: refused before anything starts, and before S3 is asked (see test_s3_catalog and
+    # test_s3_data for the refusals that need a bucket: missing bucket, empty prefix, unknown name)
+    "checkpoint-s3-not-a-uri": Case((*LOCAL, "--checkpoint-s3", "/tmp/ckpts"), ("--checkpoint-s3", "s3://")),
+    "checkpoint-s3-bad-bucket": Case(
+        (*SSH, "--checkpoint-s3", "s3://My_Bucket/x"), ("--checkpoint-s3", "not a valid bucket name", "s3://my-bucket")
+    ),
+    "checkpoint-s3-dotdot": Case((*LOCAL, "--checkpoint-s3", "s3://bucket/a/../b"), ("--checkpoint-s3", "'..' part")),
+    "data-s3-not-a-uri": Case(
+        (*LOCAL, "--data-s3", "https://bucket.s3.amazonaws.com/x/"), ("--data-s3", "not an s3:// URI")
+    ),
+    "data-s3-bad-bucket": Case((*SSH, "--data-s3", "s3://x/data/"), ("--data-s3", "not a valid bucket name")),
+    "data-s3-empty-part": Case((*LOCAL, "--data-s3", "s3://bucket/a//b/"), ("--data-s3", "empty")),
+    "data-s3-blank": Case((*LOCAL, "--data-s3", ""), ("--data-s3", "not an s3:// URI")),
+    "forward-without-s3": Case(
+        (*SSH, "--forward-aws-credentials"), ("only applies with --checkpoint-s3, --data-s3 or --resume",)
+    ),
+    "forward-bad-mode": Case(
+        (*SSH, "--checkpoint-s3", "s3://bucket/x", "--forward-aws-credentials=always"),
+        ("--forward-aws-credentials", "session or static", "'always'"),
+    ),
+    "forward-on-local": Case(
+        (*LOCAL, "--checkpoint-s3", "s3://bucket/x", "--forward-aws-credentials"),
+        ("for remote hosts", "drop --forward-aws-credentials"),
+    ),
+    "forward-on-local-data": Case(
+        (*LOCAL, "--data-s3", "s3://bucket/x/", "--forward-aws-credentials=static"),
+        ("for remote hosts", "drop --forward-aws-credentials"),
+    ),
+    "resume-and-resume-from-ssh": Case((*SSH, "--resume", "latest", "--resume-from", "c.pt"), ("keep one",)),
+    "resume-latest-without-prefix-ssh": Case((*SSH, "--resume", "latest"), ("--checkpoint-s3",)),
+    "resume-bad-uri-ssh": Case((*SSH, "--resume", "s3://B/k.pt"), ("not a valid bucket name",)),
+    "resume-empty": Case((*LOCAL, "--resume", ""), ("--resume",)),
     "ssh-exec-no-command": Case(("ssh", "exec", "h"), ("missing argument", "see: runctl ssh exec --help")),
     "ssh-status-missing-identity": Case(("ssh", "status", "h", "-i", "{tmp}/no-key"), ("identity file",)),
     # ---- an unreachable host is exit 4, and a train leaves no record

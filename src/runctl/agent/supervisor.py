@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 from ..core import completion, layout, policies
 from ..core import status as st
 from ..core.fsutil import PRIVATE_FILE, atomic_write, atomic_write_json, read_json, release_space, write_failed
-from . import descendants, ending, ops, procs, pyenv, starting, uploads
+from . import descendants, ending, fetches, ops, procs, pyenv, starting, uploads
 from .intake import Intake
 from .notify import Notifier
 from .onend import EndStep
@@ -294,6 +294,28 @@ class Supervisor:
         os.write(self.log_fd, ("[runctl] checkpoints go to %s (verified uploads)\n" % uri).encode())
         self.state["checkpoint_s3"] = uploads.summary(self.uploads.state)
 
+    def fetch_inputs(self, env: Dict[str, str], check_only: bool = False) -> None:
+        """With resume_s3 or data_s3 in the spec: the checkpoint and the data on the host, verified,
+        before the script starts (`check_only`: only S3's answer that they are there); a download
+        that fails or does not verify fails the run (it never trains from scratch, or without its data)."""
+        if not fetches.needed(self.spec):
+            return
+        self.write_status(status=st.SETTING_UP)
+        self.event("s3_fetch_checking" if check_only else "s3_fetch_started")
+        try:
+            found = fetches.fetch(
+                self.spec, self.run_dir, self.project_dir, self.log_fd, self.run_setup_step, check_only
+            )
+        except fetches.FetchFailed as exc:
+            self.event("s3_fetch_failed", error=exc.message)
+            raise SetupFailed(1, exc.message, checkpoint_s3_error=True, checkpoint_s3_hint=exc.hint) from None
+        if check_only:
+            return
+        self.event("s3_fetch_finished", env=found)
+        env.update(found)
+        if not self.spec.get("checkpoint_s3"):
+            self.forget_credentials()  # nothing else on the host needs forwarded credentials now
+
     def poll_uploads(self, mono: float) -> None:
         if self.uploads is None:
             return
@@ -340,10 +362,11 @@ class Supervisor:
 
     def forget_credentials(self) -> None:
         """Delete the AWS credentials the controller forwarded for the uploads, once they are over."""
-        cfg = self.spec.get("checkpoint_s3")
-        removed = uploads.forget_credentials(cfg if isinstance(cfg, dict) else {})
-        if removed:
-            self.record.try_event("checkpoint_s3_credentials_removed", path=removed)
+        for key in ("checkpoint_s3", "data_s3", "resume_s3"):
+            cfg = self.spec.get(key)
+            removed = uploads.forget_credentials(cfg if isinstance(cfg, dict) else {})
+            if removed:
+                self.record.try_event("checkpoint_s3_credentials_removed", path=removed)
 
     def supervise(self) -> int:
         # Orphaned descendants come to this agent, not init, so none escapes the run's tree.
@@ -356,10 +379,12 @@ class Supervisor:
             env = starting.environment(self.spec, self.run_dir, self.checkpoint_dir())
             # Before the launcher's answer: a bucket the host cannot use fails the start itself (exit 4).
             self.start_uploads(env)
-            if self.spec.get("python_env") or self.spec.get("setup"):
+            self.fetch_inputs(env, check_only=True)  # what S3 refuses at once fails the start too
+            if self.spec.get("python_env") or self.spec.get("setup") or fetches.needed(self.spec):
                 # Answer the launcher now, so the controller follows the setup output as it happens.
                 self.write_status(status=st.SETTING_UP)
                 self.ready({"ok": True, "run_id": self.run_id, "agent_pid": os.getpid(), "state": self.state})
+            self.fetch_inputs(env)
             self.spawn(env)
         except SetupFailed as exc:
             return self.fail_before_start(exc.message, started_setup=True, **exc.extra)

@@ -34,7 +34,7 @@ def train(
         "local", script, project_dir, opts.name, opts.env, python, script_args or [], opts.notify, opts.metrics_regex,
         opts.checkpoint_dir, opts.resume_from, None, opts.tty, list(opts.checkpoint_glob), opts.policies(),
         {"hourly_price": hourly_price}, checkpoint_s3=opts.checkpoint_s3,
-        forward_aws_credentials=opts.forward_aws_credentials, resume=opts.resume,
+        forward_aws_credentials=opts.forward_aws_credentials, resume=opts.resume, data_s3=opts.data_s3,
     )  # fmt: skip
     run_train(request, opts.output, opts.wait, opts.timeout, "here")
 

@@ -55,6 +55,7 @@ def train_request(
         opts.metrics_regex, opts.checkpoint_dir, opts.resume_from, setup, opts.tty, list(opts.checkpoint_glob),
         opts.policies(), {**own, **options}, say=None if opts.output == Output.json else say,
         checkpoint_s3=opts.checkpoint_s3, forward_aws_credentials=opts.forward_aws_credentials, resume=opts.resume,
+        data_s3=opts.data_s3,
     )  # fmt: skip
 
 

@@ -40,6 +40,8 @@ def wait_for(
         run = controller.await_uploads(store, current, say if output == Output.text else None)
     if run.get("disk_full"):
         disk_full(run, output)
+    if run.get("checkpoint_s3_error") and run.get("status") == st.FAILED and not run.get("started_at"):
+        s3_failed(run, output)
     report_end(run, output)
     release_failed(store, run)
     return st.exit_code_for(run["status"])
@@ -69,6 +71,18 @@ def disk_full(run: dict[str, Any], output: Output) -> None:
     error = WriteFailed("disk_full", str(run["disk_full"]), "" if run["provider"] == "local" else run["host"])
     error.message = "run %s failed: %s" % (run["run_id"], error.message)
     raise error
+
+
+def s3_failed(run: dict[str, Any], output: Output) -> None:
+    """A run the host could not give its S3 inputs (or bucket) failed before training: a host error (exit 4)."""
+    from ..core.errors import HostError
+
+    if output == Output.json:
+        emit_json(run)
+    raise HostError(
+        "run %s failed before training: %s" % (run["run_id"], run.get("termination_message")),
+        run.get("checkpoint_s3_hint") or "see the run log: runctl runs logs %s" % run["run_id"],
+    )
 
 
 def report_end(run: dict[str, Any], output: Output) -> None:

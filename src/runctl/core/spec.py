@@ -57,6 +57,9 @@ class RunSpec:
     #  "run_id": the source run's id or None, "region": name or None, "endpoint_url": url or None}.
     # It is also the run's link to its source: `runs status` shows "resumed from RUN/NAME (step S)".
     resume_s3: Optional[Dict[str, Any]] = None
+    # Objects downloaded from S3 into the run's data dir before the script starts (storage/fetcher.py):
+    # {"uri": "s3://bucket/path", "region": name, "endpoint_url": url, "credentials_file": path}.
+    data_s3: Optional[Dict[str, Any]] = None
     # The host's price in USD per hour, set once the host is known: the agent enforces `max_cost`
     # from it and its own clock, so a budget holds with the controller gone.
     hourly_price: Optional[float] = None

@@ -75,6 +75,7 @@ class StartRequest:
     say: Callable[[str], None] | None = None  # progress for people (stderr); None = quiet
     checkpoint_s3: str | None = None  # --checkpoint-s3 s3://bucket/prefix (checked)
     forward_aws_credentials: str | None = None  # --forward-aws-credentials: "session" or "static"
+    data_s3: str | None = None  # --data-s3 s3://bucket/path (checked)
     resume: str | None = None  # --resume: latest | NAME | RUN_ID[/NAME] | s3://bucket/key (resolved in build_spec)
 
 

@@ -27,8 +27,8 @@ from .objects import BadUri, parse_uri
 
 DEFAULT_REGION = "us-east-1"
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
-PART_SIZE = 16 * 1024 * 1024
-THREADS = 8
+PART_SIZE = 8 * 1024 * 1024  # as boto3 TransferConfig: 8 MiB parts, 10 at once
+THREADS = 10
 # Answers that a later attempt may not get: S3's own codes for overload, timeouts and 5xx.
 TRANSIENT_CODES = (
     "SlowDown",
