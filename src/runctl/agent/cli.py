@@ -75,6 +75,11 @@ def dispatch(argv: Optional[List[str]] = None) -> int:
         from ..storage.uploader import main as s3_upload
 
         return s3_upload(list(argv if argv is not None else sys.argv[1:])[1:])
+    if (argv if argv is not None else sys.argv[1:])[:1] == ["s3-fetch"]:
+        # What the run needs from S3 before its script starts (resume checkpoint), the same way.
+        from ..storage.fetcher import main as s3_fetch
+
+        return s3_fetch(list(argv if argv is not None else sys.argv[1:])[1:])
     args = parser.parse_args(argv)
 
     if args.command == "launch":

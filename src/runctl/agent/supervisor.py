@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 from ..core import completion, layout, policies
 from ..core import status as st
 from ..core.fsutil import PRIVATE_FILE, atomic_write, atomic_write_json, read_json, release_space, write_failed
-from . import descendants, ending, ops, procs, pyenv, spotwatch, starting, uploads
+from . import descendants, ending, fetches, ops, procs, pyenv, spotwatch, starting, uploads
 from .intake import Intake
 from .notify import Notifier
 from .onend import EndStep
@@ -323,6 +323,21 @@ class Supervisor:
         os.write(self.log_fd, ("[runctl] checkpoints go to %s (verified uploads)\n" % uri).encode())
         self.state["checkpoint_s3"] = uploads.summary(self.uploads.state)
 
+    def fetch_inputs(self, env: Dict[str, str]) -> None:
+        """With resume_s3 in the spec: the checkpoint on the host, verified, before the script starts;
+        a download that fails or does not verify fails the run (it never trains from scratch)."""
+        if not fetches.needed(self.spec):
+            return
+        self.write_status(status=st.SETTING_UP)
+        self.event("s3_fetch_started")
+        try:
+            found = fetches.fetch(self.spec, self.run_dir, self.project_dir, self.log_fd, self.run_setup_step)
+        except fetches.FetchFailed as exc:
+            self.event("s3_fetch_failed", error=exc.message)
+            raise SetupFailed(1, exc.message, checkpoint_s3_error=True, checkpoint_s3_hint=exc.hint) from None
+        self.event("s3_fetch_finished", env=found)
+        env.update(found)
+
     def poll_uploads(self, mono: float) -> None:
         if self.uploads is None:
             return
@@ -391,6 +406,7 @@ class Supervisor:
             env = starting.environment(self.spec, self.run_dir, self.checkpoint_dir())
             # Before the launcher's answer: a bucket the host cannot use fails the start itself (exit 4).
             self.start_uploads(env)
+            self.fetch_inputs(env)
             if self.spec.get("python_env") or self.spec.get("setup"):
                 # Answer the launcher now, so the controller follows the setup output as it happens.
                 self.write_status(status=st.SETTING_UP)

@@ -142,6 +142,13 @@ def uploader_argv(
     python: str, run_dir: str, since: float, cfg: Optional[Dict[str, Any]] = None
 ) -> Tuple[List[str], Dict[str, str]]:
     """The command and environment of the uploader: this agent's code (its zip, or its source tree)."""
+    return tool_command(python, ["s3-upload", run_dir, "--since", repr(since)], cfg)
+
+
+def tool_command(
+    python: str, args: List[str], cfg: Optional[Dict[str, Any]] = None
+) -> Tuple[List[str], Dict[str, str]]:
+    """A command of this agent's code run by the tool environment's `python`, with uploader_env(cfg)."""
     env = uploader_env(cfg or {})
     root = starting.artifact_root()
     if root:
@@ -150,7 +157,7 @@ def uploader_argv(
         source = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         entry = ["-m", "runctl.agent"]
         env["PYTHONPATH"] = source + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return [python, *entry, "s3-upload", run_dir, "--since", repr(since)], env
+    return [python, *entry, *args], env
 
 
 def summary(state: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
