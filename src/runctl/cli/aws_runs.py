@@ -93,6 +93,7 @@ def train(
         from .starting import follow_chain
 
         follow_chain(db, spec, request, relaunch, opts, where)
+        return
     announce_and_follow(db, spec, state, opts.output, opts.wait, opts.timeout, where)
 
 
