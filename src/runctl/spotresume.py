@@ -138,6 +138,8 @@ class Chain:
         self.cloud = Ec2Instances(instance.region)
         self.plan = Relaunch.of(self.cloud, instance)
         self.reach = request.options["reach"]
+        if not self.plan.spot:
+            say("%s is an on-demand instance: --auto-resume acts only on spot interruptions" % instance.id)
 
     def follow(self, first_run: str, output: Any, timeout: float | None) -> int:
         """Follow each run to its end; relaunch after a spot interruption while relaunches are left."""
@@ -170,7 +172,11 @@ class Chain:
             % (previous, attempt, self.limit + 1, self.limit)
         )
         keep_ip = self.wait_gone(ended)
-        instance = self.launch(attempt, keep_ip)
+        try:
+            instance = self.launch(attempt, keep_ip)
+        except RunctlError as exc:
+            exc.message = "could not relaunch run %s after its spot interruption: %s" % (previous, exc.message)
+            raise
         request = copy.copy(self.request)
         request.options = {
             **self.request.options,

@@ -30,7 +30,7 @@ from tests.integration.test_aws_train import (  # noqa: F401  (aws, project: the
 )
 from tests.integration.test_s3_aws import host_events, manifest, role_instance  # noqa: F401  (fixture)
 from tests.integration.test_s3_ssh import wheelhouse  # noqa: F401  (the fixture)
-from tests.support.aws import ACCOUNT_ID, REGION, Ec2World
+from tests.support.aws import ACCOUNT_ID, REGION, Ec2World, FaultProxy
 from tests.support.imds import Imds
 from tests.support.runs import poll
 from tests.support.s3server import ACCESS_KEY, SECRET_KEY, S3Server
@@ -43,11 +43,11 @@ ARGS = ["--epochs", str(EPOCHS), "--steps-per-epoch", str(STEPS_PER_EPOCH), "--d
 SPOT = {"InstanceMarketOptions": {"MarketType": "spot", "SpotOptions": {"SpotInstanceType": "one-time"}}}
 
 
-def spot_cli(aws: Aws, s3: S3Server) -> Aws:  # noqa: F811
-    """The CLI with EC2 at the emulator and S3 at SeaweedFS (its credentials; moto takes any), and
-    the host's notice polls every 0.2 s instead of 5 s."""
+def spot_cli(aws: Aws, s3: S3Server, ec2_env: dict[str, str] | None = None) -> Aws:  # noqa: F811
+    """The CLI with EC2 at the emulator (or `ec2_env`) and S3 at SeaweedFS (its credentials; moto
+    takes any), and the host's notice polls every 0.2 s instead of 5 s."""
     env = {
-        **aws.world.env(),
+        **(ec2_env or aws.world.env()),
         "AWS_ENDPOINT_URL_S3": s3.endpoint,
         "AWS_ACCESS_KEY_ID": ACCESS_KEY,
         "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
@@ -70,6 +70,18 @@ def reclaim(world: Ec2World, instance_id: str) -> None:
 def final_upload_done(host: SshTestHost, run_id: str) -> bool:
     names = [e["event"] for e in host_events(host, run_id)]
     return "ended" in names and "checkpoint_uploads_finished" in names
+
+
+def interrupt(world: Ec2World, host: SshTestHost, imds: Imds, instance: str, cli: Aws, run_id: str) -> None:
+    """Mid-run, the notice; then EC2 takes the instance. EC2 does so at the notice's time: brought
+    forward here to once the run has stopped and its final checkpoint is verified, to keep the
+    test short. The metadata of the instance launched next has no notice."""
+    started_when(cli, run_id, step=8)
+    imds.schedule("terminate", at=time.time() + 120)
+    poll(lambda: final_upload_done(host, run_id), 90, "the interrupted run's final upload", interval=0.2)
+    time.sleep(1.0)
+    imds.clear()
+    reclaim(world, instance)
 
 
 def run_log(host: SshTestHost, run_id: str) -> str:
@@ -157,14 +169,7 @@ def test_auto_resume_continues_from_the_final_checkpoint_on_a_new_spot_instance_
         "--wait", "--", *ARGS,
     )  # fmt: skip
     first = new_run(cli, before)
-    started_when(cli, first, step=8)
-    imds.schedule("terminate", at=time.time() + 120)
-    # EC2 takes the instance at the notice's time; brought forward to once the run has stopped and
-    # its final checkpoint is verified, to keep the test short. The new instance has no notice.
-    poll(lambda: final_upload_done(role_instance, first), 90, "the interrupted run's final upload", interval=0.2)
-    time.sleep(1.0)
-    imds.clear()
-    reclaim(aws.world, instance)
+    interrupt(aws.world, role_instance, imds, instance, cli, first)
     out, err = waiter.communicate(timeout=240)
     assert waiter.returncode == 0, err
     runs = run_ids(cli) - before
@@ -207,3 +212,37 @@ def test_auto_resume_continues_from_the_final_checkpoint_on_a_new_spot_instance_
     assert "attempt 2 of 2 (--auto-resume 1); after %s; %d steps not lost" % (first, final["step"]) in text.out
     assert "relaunching (attempt 2 of 2" in err
     assert hypervisor(aws.world).errors == []
+
+
+def test_with_no_spot_capacity_the_relaunch_falls_back_to_on_demand(
+    aws: Aws,  # noqa: F811
+    role_instance: SshTestHost,  # noqa: F811
+    s3_server: S3Server,
+    imds: Imds,
+    fault_proxy: FaultProxy,
+) -> None:
+    bucket = s3_server.make_bucket()
+    instance = aws.world.launch_for(role_instance, **SPOT)
+    fault_proxy.fail("RunInstances", 1, status=500, code="InsufficientInstanceCapacity", message="no capacity")
+    cli = spot_cli(aws, s3_server, fault_proxy.env())
+    before = run_ids(cli)
+    waiter = cli.popen(
+        "aws", "train", instance, SCRIPT, *REACH, "--checkpoint-s3", "s3://%s/ck" % bucket, "--auto-resume", "2",
+        "--spot-fallback", "on-demand", "--wait", "--", *ARGS,
+    )  # fmt: skip
+    first = new_run(cli, before)
+    interrupt(aws.world, role_instance, imds, instance, cli, first)
+    out, err = waiter.communicate(timeout=240)
+    assert waiter.returncode == 0, err
+    assert "no spot capacity for g5.xlarge" in err and "launching on-demand instead" in err
+    assert len(fault_proxy.calls("RunInstances")) == 2, "spot first, then on-demand"
+    described = [r["Instances"][0] for r in aws.world.client().describe_instances()["Reservations"]]
+    relaunched = [i for i in described if i["InstanceId"] != instance]
+    assert len(relaunched) == 1 and relaunched[0].get("InstanceLifecycle") != "spot"
+    second = (run_ids(cli) - before - {first}).pop()
+    resumed = cli.status(second)
+    assert resumed["status"] == "completed" and resumed["step"] == EPOCHS * STEPS_PER_EPOCH
+    assert resumed["auto_resume"]["attempt"] == 2 and resumed["auto_resume"]["attempts"] == 3
+    spec = json.loads((role_instance.home / "runctl" / "proj" / ".runctl" / "runs" / second / "spec.json").read_text())
+    assert spec["spot"] is None, "an on-demand instance is not watched for notices"
+    assert "Training complete" in out
