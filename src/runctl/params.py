@@ -484,6 +484,7 @@ class AutoResume(BaseModel):
         Flag(
             "--spot-fallback",
             parse=str,
+            metavar="[on-demand|none]",
             help="With --auto-resume: when spot has no capacity for a relaunch, on-demand (launch that) "
             "or none (the chain ends, exit 4)",
             example=("on-demand", '"on-demand"'),
