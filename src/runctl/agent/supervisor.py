@@ -277,7 +277,7 @@ class Supervisor:
             "spot_interruption_notice",
             action=notice.action,
             time=notice.time_text,
-            seconds_left=round(notice.at - now, 1),
+            seconds_left=round(notice.at - now, 3),
             grace=decision.grace,
             term_grace=decision.term_grace,
         )
