@@ -30,7 +30,7 @@ from tests.integration.test_aws_train import (  # noqa: F401  (aws, project: the
 )
 from tests.integration.test_s3_aws import host_events, manifest, role_instance  # noqa: F401  (fixture)
 from tests.integration.test_s3_ssh import wheelhouse  # noqa: F401  (the fixture)
-from tests.support.aws import ACCOUNT_ID, REGION, Ec2World, FaultProxy
+from tests.support.aws import Ec2World, FaultProxy, spot_reclaim
 from tests.support.imds import Imds
 from tests.support.runs import poll
 from tests.support.s3server import ACCESS_KEY, SECRET_KEY, S3Server
@@ -56,17 +56,6 @@ def spot_cli(aws: Aws, s3: S3Server, ec2_env: dict[str, str] | None = None) -> A
     return Aws(aws.sshenv, aws.world, aws.project, env)
 
 
-def reclaim(world: Ec2World, instance_id: str) -> None:
-    """EC2 takes a spot instance: terminated, with the state reason a spot reclaim has."""
-    from moto.ec2.models import ec2_backends
-    from moto.ec2.models.instances import StateReason
-
-    world.client().terminate_instances(InstanceIds=[instance_id])
-    found = ec2_backends[ACCOUNT_ID][REGION].get_instance_by_id(instance_id)
-    code = "Server.SpotInstanceTermination"
-    found.state_reason = StateReason(code + ": Spot instance termination", code)
-
-
 def final_upload_done(host: SshTestHost, run_id: str) -> bool:
     names = [e["event"] for e in host_events(host, run_id)]
     return "ended" in names and "checkpoint_uploads_finished" in names
@@ -81,7 +70,7 @@ def interrupt(world: Ec2World, host: SshTestHost, imds: Imds, instance: str, cli
     poll(lambda: final_upload_done(host, run_id), 90, "the interrupted run's final upload", interval=0.2)
     time.sleep(1.0)
     imds.clear()
-    reclaim(world, instance)
+    spot_reclaim(world.client(), instance)
 
 
 def run_log(host: SshTestHost, run_id: str) -> str:
