@@ -154,6 +154,8 @@ class Chain:
             ended = self.db.get(run_id)
             if not spot_interrupted(ended):
                 return code
+            assert ended is not None
+            self.settle_uploads(ended)
             attempt = len(self.runs)
             if attempt > self.limit:
                 self.say(
@@ -206,6 +208,38 @@ class Chain:
 
             record_metadata(providers.get("aws"), self.db, row)
         return spec.run_id
+
+    def settle_uploads(self, ended: dict[str, Any]) -> None:
+        """An instance taken right after its final upload may not have said so to this controller:
+        the run's manifest in S3 then says what was verified, and the store keeps that."""
+        from .checkpoint_s3 import describe
+        from .s3checkpoints import client, manifest_of, run_cfg
+
+        state = ended.get("state") or {}
+        summary = state.get("checkpoint_s3")
+        cfg = run_cfg(ended)
+        if not summary or summary.get("phase") in ("done", "failed") or cfg is None:
+            return
+        try:
+            manifest = manifest_of(client(cfg), ended)
+        except RunctlError:
+            return
+        verified = manifest.checkpoints() if manifest is not None else []
+        if not verified:
+            return
+        summary = {
+            **summary,
+            "phase": "done" if manifest is not None and manifest.ended() else summary.get("phase"),
+            "uploaded": len(verified),
+            "last": verified[-1].get("name"),
+            "pending": 0,
+            "uploading": None,
+            "message": "read from the run's manifest in S3 (its host is gone)",
+        }
+        self.db.update_state(ended["run_id"], {**state, "checkpoint_s3": summary})
+        line = describe(summary)
+        if line:
+            self.say(line)
 
     def resume_point(self) -> str | None:
         """The newest run of the chain with a verified checkpoint in S3 (its latest), else what the

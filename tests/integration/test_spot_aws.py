@@ -171,6 +171,8 @@ def test_auto_resume_continues_from_the_final_checkpoint_on_a_new_spot_instance_
     final = manifest(s3_server, bucket, first)["checkpoints"][-1]
     assert final["name"] == "checkpoint_epoch_1.json" and 8 <= final["step"] < STEPS_PER_EPOCH
     assert resumed["resumed_from"]["run_id"] == first and resumed["resumed_from"]["step"] == final["step"]
+    shown = interrupted["checkpoint_s3"]
+    assert shown["uploaded"] >= 1 and shown["last"] == final["name"], "runs status says what S3 verified"
     assert "Resumed from" in out and "step %d" % final["step"] in out
     # On a new instance, spot like the first, at the address the first gave back.
     described = [r["Instances"][0] for r in aws.world.client().describe_instances()["Reservations"]]
