@@ -11,7 +11,8 @@ as written there, on any host with python3:
 
 It fits y = 3x - 1 (plus noise) on generated data, reports loss through `runctl.training`, saves
 `checkpoints/checkpoint_epoch_N.json` atomically every --checkpoint-interval epochs (and on a
-graceful stop), resumes weights and epoch from --resume-from, and writes the completion marker.
+graceful stop), resumes weights, epoch and step from --resume-from (or the RUNCTL_RESUME_FROM the
+agent sets; mid-epoch from the step saved), and writes the completion marker.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def load(path: Path) -> dict[str, Any]:
 def train(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     w, b, step, first_epoch, loss = 0.0, 0.0, 0, 1, float("nan")
+    done_in_first = 0  # steps of the first epoch already done (a checkpoint saved mid-epoch)
     resume = Path(args.resume_from) if args.resume_from else rt.resume_from()
     if resume is not None:
         if not resume.is_file():
@@ -102,11 +104,13 @@ def train(args: argparse.Namespace) -> int:
         state = load(resume)
         w, b, step = float(state["weights"]["w"]), float(state["weights"]["b"]), int(state.get("step") or 0)
         first_epoch = state["epoch"] + (1 if state.get("epoch_complete", True) else 0)
+        if first_epoch == state["epoch"]:  # stopped mid-epoch: go on from that step, not the epoch's start
+            done_in_first = min(max(0, step - (first_epoch - 1) * args.steps_per_epoch), args.steps_per_epoch)
         print("Resumed from %s: epoch %d, step %d" % (resume, state["epoch"], step), flush=True)
     total_steps = args.epochs * args.steps_per_epoch
     last: Optional[Path] = None
     for epoch in range(first_epoch, args.epochs + 1):
-        for _ in range(args.steps_per_epoch):
+        for _ in range(args.steps_per_epoch - (done_in_first if epoch == first_epoch else 0)):
             if rt.should_stop():
                 last = save(epoch, step, w, b, loss, False, args)
                 print("Stop requested: saved checkpoint %s" % last, flush=True)

@@ -453,3 +453,76 @@ def from_config(section: Any, path: Path, model: type[PolicyParams] = PolicyPara
         example = flag_of(model.model_fields[key]).example
         hint = "for example: %s = %s, or remove the line" % (key, example[1]) if example else "remove the line"
         raise UsageError("[policies] %s in %s %s" % (key, path, first["msg"]), hint) from None
+
+
+# ---- aws train: relaunch after spot interruptions ------------------------------------------------
+
+MAX_AUTO_RESUME = 100
+SPOT_FALLBACKS = ("on-demand", "none")
+
+
+def _relaunches(value: Any) -> int:
+    """A count of relaunches: a whole number from 0 (off) to MAX_AUTO_RESUME, given as text or int."""
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(text, str) and text.lstrip("-").isdigit():
+        text = int(text)
+    if isinstance(text, bool) or not isinstance(text, int):
+        raise _refuse("must be a whole number of relaunches, got %s" % shown(value))
+    if not 0 <= text <= MAX_AUTO_RESUME:
+        raise _refuse("must be between 0 and %d relaunches, got %s" % (MAX_AUTO_RESUME, shown(value)))
+    return text
+
+
+class AutoResume(BaseModel):
+    """`--auto-resume N` and `--spot-fallback` of `aws train`: what the controller does when a run
+    ends by a spot interruption (runctl.spotresume). Checked before anything is asked of AWS."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    auto_resume: Annotated[
+        int,
+        Flag(
+            "--auto-resume",
+            metavar="N",
+            parse=str,
+            help="After a spot interruption, relaunch (spot again) and resume from the latest checkpoint "
+            "verified in S3, up to N times; needs --checkpoint-s3 and the controller running (--wait)",
+            example=("2", "2"),
+        ),
+        BeforeValidator(_relaunches),
+    ] = 0
+    spot_fallback: Annotated[
+        Literal["on-demand", "none"],
+        Flag(
+            "--spot-fallback",
+            parse=str,
+            metavar="[on-demand|none]",
+            help="With --auto-resume: when spot has no capacity for a relaunch, on-demand (launch that) "
+            "or none (the chain ends, exit 4)",
+            example=("on-demand", '"on-demand"'),
+        ),
+        _choice(*SPOT_FALLBACKS),
+    ] = "none"
+
+
+def auto_resume_options(
+    auto_resume: Optional[str], spot_fallback: Optional[str], wait: bool, checkpoint_s3: Optional[str]
+) -> AutoResume:
+    """The two flags, validated, and the combinations they need; a usage error (exit 2) otherwise."""
+    chosen = _checked(AutoResume, {"auto_resume": auto_resume, "spot_fallback": spot_fallback})
+    if spot_fallback is not None and not chosen.auto_resume:
+        raise UsageError(
+            "--spot-fallback applies to --auto-resume relaunches",
+            "add --auto-resume N (for a new instance: runctl aws create --spot --spot-fallback on-demand)",
+        )
+    if chosen.auto_resume and not wait:
+        raise UsageError(
+            "--auto-resume needs the controller running to relaunch after an interruption",
+            "add --wait (this command then follows the run and each relaunch; keep it running)",
+        )
+    if chosen.auto_resume and checkpoint_s3 is None:
+        raise UsageError(
+            "--auto-resume resumes from checkpoints verified in S3",
+            "add --checkpoint-s3 s3://BUCKET/PREFIX",
+        )
+    return chosen

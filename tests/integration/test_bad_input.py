@@ -19,6 +19,8 @@ pytestmark = pytest.mark.timeout(60)
 DIGITS_400 = "1" * 400
 LOCAL = ("local", "train", "train_stub.py")
 SSH = ("ssh", "train", "nohost.invalid", "train_stub.py")
+AWS = ("aws", "train", "i-0123456789abcdef0", "train_stub.py")
+RESUMING = (*AWS, "--wait", "--checkpoint-s3", "s3://bucket/ck")
 UNREACHABLE = "127.0.0.1:1"  # nothing listens on port 1: refused at once, no timeout to wait for
 
 
@@ -204,6 +206,22 @@ CASES: dict[str, Case] = {
     ),
     "ssh-exec-unreachable": Case(("ssh", "exec", UNREACHABLE, "--insecure-host-key", "--", "true"), code=4),
     "ssh-status-unreachable": Case(("ssh", "status", UNREACHABLE, "--insecure-host-key"), ("cannot reach",), code=4),
+    # ---- aws train --auto-resume / --spot-fallback: refused before any AWS call
+    "auto-resume-negative": Case((*RESUMING, "--auto-resume", "-1"), ("--auto-resume", "between 0 and 100")),
+    "auto-resume-not-an-integer": Case((*RESUMING, "--auto-resume", "1.5"), ("--auto-resume", "whole number")),
+    "auto-resume-text": Case((*RESUMING, "--auto-resume", "always"), ("--auto-resume", "whole number")),
+    "auto-resume-without-wait": Case(
+        (*AWS, "--checkpoint-s3", "s3://bucket/ck", "--auto-resume", "2"), ("controller running", "add --wait")
+    ),
+    "auto-resume-without-checkpoint-s3": Case(
+        (*AWS, "--wait", "--auto-resume", "2"), ("verified in S3", "--checkpoint-s3")
+    ),
+    "spot-fallback-unknown": Case(
+        (*RESUMING, "--auto-resume", "1", "--spot-fallback", "reserved"), ("--spot-fallback", "on-demand or none")
+    ),
+    "spot-fallback-without-auto-resume": Case(
+        (*AWS, "--spot-fallback", "on-demand"), ("--spot-fallback", "--auto-resume")
+    ),
     # ---- runs: ids, flags
     "unknown-run-status": Case(("runs", "status", "deadbeef"), ("deadbeef", "runs list")),
     "unknown-run-wait": Case(("runs", "wait", "deadbeef"), ("deadbeef", "runs list")),

@@ -13,6 +13,7 @@ a public IP moto invents: those are real addresses on the internet.
 * :class:`Hypervisor`: makes each instance and its host one machine (power-off inside -> stop or
   terminate per ``InstanceInitiatedShutdownBehavior``; stopped from outside -> processes end, sshd
   down; running again -> sshd up).
+* :func:`spot_reclaim`: EC2 taking a spot instance back (terminated, ``Server.SpotInstanceTermination``).
 * :class:`FaultProxy`: an HTTP proxy in front of the emulator that fails the next N calls of an
   EC2 action with a proper EC2 error, since moto itself never fails a call.
 """
@@ -405,6 +406,19 @@ def instance_initiated(instance_id: str) -> None:
     if instance is not None:
         code = "Client.InstanceInitiatedShutdown"
         instance.state_reason = StateReason(code + ": Instance initiated shutdown", code)
+
+
+def spot_reclaim(client: Any, instance_id: str) -> None:
+    """EC2 takes a spot instance back: terminated, with the state reason a spot reclaim has (the
+    emulator has no interruption API, so its backend gets the reason, as after a real one)."""
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.instances import StateReason
+
+    client.terminate_instances(InstanceIds=[instance_id])
+    instance = ec2_backends[ACCOUNT_ID][REGION].get_instance_by_id(instance_id)
+    if instance is not None:
+        code = "Server.SpotInstanceTermination"
+        instance.state_reason = StateReason(code + ": Spot instance termination", code)
 
 
 @dataclasses.dataclass

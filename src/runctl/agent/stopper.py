@@ -94,7 +94,7 @@ class Stopper:
             self.record.write_status(notice=decision.message)
             self.notify("policy")
             return
-        if self.reason is not None and decision.termination_status == st.T_BUDGET:
+        if self.reason is not None and decision.termination_status in (st.T_BUDGET, st.T_SPOT):
             self.hurry_for_budget(decision, mono)
             return
         grace = 0.0 if decision.action == policies.STOP_NOW else decision.grace
@@ -103,8 +103,8 @@ class Stopper:
         self.initiate(decision, mono, grace=grace)
 
     def hurry_for_budget(self, decision: policies.Decision, mono: float) -> None:
-        """The budget runs out while a stop is under way (say `runs stop --grace 1h`): the stop keeps
-        its reason but must end within the budget's window, like a stop the budget began."""
+        """The budget runs out (or a spot notice comes) while a stop is under way (say `runs stop
+        --grace 1h`): the stop keeps its reason but must end within that window, like a stop it began."""
         if self.budget_hurried or self.sequence is None or decision.grace is None or decision.term_grace is None:
             return
         self.budget_hurried = True
@@ -113,7 +113,10 @@ class Stopper:
             self.sequence.term_grace = min(self.sequence.term_grace, max(0.0, decision.term_grace))
         else:
             self.sequence.add(mono, decision.grace + decision.term_grace)  # brings SIGKILL forward
-        self.record.event("stop_hurried_by_budget", message=decision.message)
+        self.record.event(
+            "stop_hurried_by_budget" if decision.termination_status == st.T_BUDGET else "stop_hurried_by_spot_notice",
+            message=decision.message,
+        )
 
     def initiate(self, decision: policies.Decision, mono: float, grace: Optional[float] = None) -> None:
         """Graceful first: STOP_TRAINING for the script, then SIGTERM to the group, then SIGKILL."""

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 from ..core import completion, layout, policies
 from ..core import status as st
 from ..core.fsutil import PRIVATE_FILE, atomic_write, atomic_write_json, read_json, release_space, write_failed
-from . import descendants, ending, fetches, ops, procs, pyenv, starting, uploads
+from . import descendants, ending, fetches, ops, procs, pyenv, spotwatch, starting, uploads
 from .intake import Intake
 from .notify import Notifier
 from .onend import EndStep
@@ -80,6 +80,8 @@ class Supervisor:
         self.start_refused = False  # the command could not start: the controller that asked cleans up
         self.marker_path = os.path.join(self.project_dir, layout.MARKER)
         self.uploads: Optional[uploads.Uploads] = None
+        self.spot: Optional[spotwatch.SpotWatch] = None  # on spot instances: the interruption notice
+        self.spot_noticed_at: Optional[float] = None
 
     # ---- small helpers -------------------------------------------------------------------
 
@@ -259,6 +261,33 @@ class Supervisor:
         tracking = {"cgroup": self.state["cgroup"], "subreaper": self.subreaper}
         self.event("started", pid=self.proc.pid, command=self.spec["command"], **tracking)
         self.notify("started")
+        if self.spec.get("spot"):
+            self.spot = spotwatch.SpotWatch(self.spec["spot"], self.record.try_event)
+            self.spot.start()
+
+    def check_spot(self, mono: float) -> None:
+        """A spot interruption notice: stop the script so that it and its final upload fit the notice."""
+        if self.spot is None or self.spot.notice is None or self.spot_noticed_at is not None:
+            return
+        assert self.engine is not None
+        notice, now = self.spot.notice, time.time()
+        self.spot_noticed_at = notice.at
+        decision = spotwatch.decision(notice, self.engine.cfg, self.uploads is not None, self.spot.settings, now)
+        self.event(
+            "spot_interruption_notice",
+            action=notice.action,
+            time=notice.time_text,
+            seconds_left=round(notice.at - now, 3),
+            grace=decision.grace,
+            term_grace=decision.term_grace,
+        )
+        line = "[runctl] %s; asking the script to stop (STOP_TRAINING, SIGTERM in %.0fs)\n" % (
+            notice.describe(),
+            decision.grace,
+        )
+        os.write(self.log_fd, line.encode())
+        self.state["spot_notice"] = {"action": notice.action, "time": notice.time_text, "at": notice.at}
+        self.apply(decision)
 
     def start_uploads(self, env: Dict[str, str]) -> None:
         """With checkpoint_s3 in the spec: the uploader, running and past its bucket check, before
@@ -334,6 +363,10 @@ class Supervisor:
             timeout = float(cfg.get("final_timeout") or 600.0) + uploads.FINISH_MARGIN
         except (TypeError, ValueError):
             timeout = 600.0 + uploads.FINISH_MARGIN
+        if self.spot_noticed_at is not None:  # the instance goes at the notice's time
+            from ..core.spot import finish_timeout
+
+            timeout = finish_timeout(self.spot_noticed_at, time.time(), timeout)
         final = self.uploads.finish(timeout)
         if final is not None:
             self.record.try_event(
@@ -352,6 +385,8 @@ class Supervisor:
                 code = self.supervise()
             finally:
                 self.tracker.close()  # the run's cgroup goes with it
+                if self.spot is not None:
+                    self.spot.stop()
             if self.record.ended and not self.start_refused:
                 self.finish_uploads()
         finally:
@@ -465,6 +500,7 @@ class Supervisor:
                 self.pty.pump()
             self.intake.tail_log(now)
             self.stopper.check_controls(mono)
+            self.check_spot(mono)
             self.intake.flush_log_metrics(now)
             marker_ready = self.marker_ready(now)
             if marker_ready and not self.record.ended and self.stopper.reason is None:

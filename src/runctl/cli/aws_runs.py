@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..params import TrainOptions
+from ..params import AutoResume, TrainOptions, flag_of
 from . import options as o
 from .aws_app import app
 from .common import Output, emit_json, exit_with, store
@@ -16,6 +16,16 @@ from .trainopts import borrow, train_command
 InstanceArg = Annotated[str, typer.Argument(help="Instance id (i-...) or its Name tag")]
 RegionOpt = Annotated[str | None, typer.Option("--region", help="AWS region (default: AWS_REGION or the profile's)")]
 LOG_TAIL_LINES = 20
+
+
+def _flag_option(name: str) -> Any:
+    """A Typer option from the AutoResume field `name` (declared once, in runctl.params)."""
+    flag = flag_of(AutoResume.model_fields[name])
+    return typer.Option(*flag.decls, help=flag.help, metavar=flag.metavar)
+
+
+AutoResumeOpt = Annotated[str | None, _flag_option("auto_resume")]
+SpotFallbackOpt = Annotated[str | None, _flag_option("spot_fallback")]
 
 
 class OnEnd(str, Enum):
@@ -54,18 +64,24 @@ def train(
         AddressKind | None, typer.Option("--address", help="Reach it by its public or private address")
     ] = None,
     region: RegionOpt = None,
+    auto_resume: AutoResumeOpt = None,
+    spot_fallback: SpotFallbackOpt = None,
     **synced: Any,
 ) -> None:
     """Sync the project to INSTANCE and start SCRIPT there detached (follow it with --wait)."""
     from ..ending import record_metadata
+    from ..params import auto_resume_options
     from ..pipeline import start as start_run
     from ..providers import get
     from .starting import announce_and_follow
 
+    relaunch = auto_resume_options(auto_resume, spot_fallback, opts.wait, opts.checkpoint_s3)
     request = aws_request(
         opts, instance, script, script_args, start=start, on_end=on_end, identity=identity, ssh_user=ssh_user,
         address=address, region=region, synced=synced,
     )  # fmt: skip
+    if relaunch.auto_resume:
+        request.options.update(attempt=1, auto_resume=relaunch.auto_resume)
     db = store()
     spec, state = start_run(db, request)
     row = db.get(spec.run_id)
@@ -73,6 +89,11 @@ def train(
         record_metadata(get("aws"), db, row)
     chosen = request.options.get("instance_obj")
     where = "on %s" % chosen.label if chosen is not None else "on %s" % spec.host
+    if relaunch.auto_resume:
+        from .starting import follow_chain
+
+        follow_chain(db, spec, request, relaunch, opts, where)
+        return
     announce_and_follow(db, spec, state, opts.output, opts.wait, opts.timeout, where)
 
 

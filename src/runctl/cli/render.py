@@ -112,6 +112,10 @@ def run_detail(run: dict[str, Any]) -> None:
         origin = "%s/%s" % (source["run_id"], source["name"]) if source.get("run_id") else str(source.get("uri"))
         step = " (step %s)" % source["step"] if source.get("step") is not None else ""
         table.add_row("resumed", "resumed from %s%s" % (origin, step))
+    if run.get("auto_resume"):
+        from ..spotresume import describe_chain
+
+        table.add_row("auto-resume", describe_chain(run["auto_resume"]))
     table.add_row("pid", str(run.get("pid") or "-"))
     table.add_row("exit code", "-" if run.get("exit_code") is None else str(run["exit_code"]))
     table.add_row("run dir", run["run_dir"])

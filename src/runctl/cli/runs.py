@@ -71,6 +71,11 @@ def _detailed(db: Store, row: dict[str, Any]) -> dict[str, Any]:
     budget = current(run)
     if budget is not None:
         run["budget"] = budget
+    from ..spotresume import chain_view
+
+    chain = chain_view(db, row)
+    if chain is not None:
+        run["auto_resume"] = chain
     return run
 
 

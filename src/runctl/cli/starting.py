@@ -40,6 +40,28 @@ def announce_and_follow(
     exit_with(code)
 
 
+def follow_chain(db: Store, spec: RunSpec, request: Any, relaunch: Any, opts: Any, where: str) -> None:
+    """`--auto-resume N`: follow the run, and each relaunch after a spot interruption, to the chain's end."""
+    from ..spotresume import Chain
+
+    if opts.output == Output.text:
+        say(
+            "run %s (%s) started %s; after a spot interruption it is relaunched and resumed up to %d time(s)"
+            " while this command runs; Ctrl-C detaches (and ends the relaunches)"
+            % (spec.run_id, spec.name, where, relaunch.auto_resume)
+        )
+    chain = Chain(db, request, relaunch.auto_resume, relaunch.spot_fallback, say)
+    try:
+        code = chain.follow(spec.run_id, opts.output, opts.timeout)
+    except KeyboardInterrupt:
+        last = chain.runs[-1]
+        raise Detached(
+            "detached from run %s; it keeps going, but no relaunch follows an interruption" % last,
+            "reattach: runctl runs wait %s" % last,
+        ) from None
+    exit_with(code)
+
+
 def train_request(
     provider: str, opts: Any, script: str, script_args: list[str] | None, own: dict[str, Any], synced: dict[str, Any]
 ) -> Any:

@@ -34,7 +34,8 @@ CREATE_FLAGS = borrow(
     defaults={"instance_type": None},
 )
 TRAIN_FLAGS = [
-    *borrow(train_body, drop=("instance", "script", "script_args", "start", "on_end")),
+    # (--spot-fallback here is aws create's; --auto-resume is aws train's own, for now)
+    *borrow(train_body, drop=("instance", "script", "script_args", "start", "on_end", "auto_resume", "spot_fallback")),
     *borrow(o.synced_host_options),
 ]
 SYNCED_NAMES = tuple(p.name for p in borrow(o.synced_host_options))

@@ -60,6 +60,14 @@ class RunSpec:
     # Objects downloaded from S3 into the run's data dir before the script starts (storage/fetcher.py):
     # {"uri": "s3://bucket/path", "region": name, "endpoint_url": url, "credentials_file": path}.
     data_s3: Optional[Dict[str, Any]] = None
+    # On a spot instance, the agent watches the metadata service for an interruption notice and
+    # stops the run to fit it (agent/spotwatch.py): {"interval": s, "upload_reserve": s, "margin": s}.
+    spot: Optional[Dict[str, Any]] = None
+    # A run of an --auto-resume chain (runctl.spotresume): its attempt (1-based), the relaunches
+    # allowed after spot interruptions, and the run it resumed from.
+    attempt: Optional[int] = None
+    auto_resume: Optional[int] = None
+    resumed_from: Optional[str] = None
     # The host's price in USD per hour, set once the host is known: the agent enforces `max_cost`
     # from it and its own clock, so a budget holds with the controller gone.
     hourly_price: Optional[float] = None

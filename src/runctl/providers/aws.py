@@ -534,6 +534,13 @@ class AwsProvider(SshProvider):
         instance: Instance = request.options["instance_obj"]
         if instance.managed and instance.tags.get(tags.IDLE_STOP, "off") != "off":
             spec.watchdog = {"idle_stop": instance.tags[tags.IDLE_STOP], "notify": list(spec.notify)}
+        if instance.lifecycle == "spot":
+            from ..spotresume import spot_block
+
+            spec.spot = spot_block()
+        for key in ("attempt", "auto_resume", "resumed_from"):
+            if request.options.get(key) is not None:
+                setattr(spec, key, request.options[key])
 
     def placement(self, request: StartRequest, root: Path, script: Path) -> Placement:
         return super().placement(request, root, script)
