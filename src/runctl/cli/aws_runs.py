@@ -73,7 +73,7 @@ def train(
         record_metadata(get("aws"), db, row)
     chosen = request.options.get("instance_obj")
     where = "on %s" % chosen.label if chosen is not None else "on %s" % spec.host
-    announce_and_follow(db, spec, state, opts.output, opts.wait, opts.timeout, where)
+    announce_and_follow(db, spec, state, opts.output, opts.wait, opts.timeout, where, opts)
 
 
 def aws_request(
