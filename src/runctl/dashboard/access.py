@@ -6,7 +6,7 @@ arguments, and the log may hold anything the script printed. A page gets it once
 the page drops the token from the address bar. Reads accept the `X-Runctl-Token` header or that
 cookie. A state-changing request (POST) needs the header itself, which only a script of the
 dashboard's own pages (or a client holding the token) can send, and, when it carries an Origin, the
-dashboard's own. A Host header other than the dashboard's addresses is refused, so a DNS name
+dashboard's own (the Host it was sent to). A Host header other than the dashboard's addresses is refused, so a DNS name
 rebound to 127.0.0.1 reaches nothing. Anything else is 403 and changes nothing.
 """
 
@@ -84,7 +84,8 @@ class Guard:
         self.token = token
         names = {"127.0.0.1", "localhost", "[::1]", url_host(host)}
         self.hosts = {"%s:%d" % (name, port) for name in names}
-        self.origins = {"http://%s" % name for name in self.hosts}
+        # Bound to every address (--host 0.0.0.0): reached by any of this machine's names.
+        self.any_host = host in ("0.0.0.0", "::", "")
 
     def _matches(self, value: str | None) -> bool:
         return bool(value) and hmac.compare_digest(str(value).encode(), self.token.encode())
@@ -92,7 +93,8 @@ class Guard:
     def problem(self, scope: Scope) -> str | None:
         """Why the request is refused, or None."""
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
-        if headers.get("host", "").lower() not in self.hosts:
+        host = headers.get("host", "").lower()
+        if host not in self.hosts and not self.any_host:
             return "unknown Host %r: open the dashboard at the URL it printed" % headers.get("host", "")
         method = scope.get("method", "GET")
         if method in READ_METHODS:
@@ -104,7 +106,7 @@ class Guard:
         if not self._matches(headers.get(TOKEN_HEADER)):
             return "missing or wrong %s header" % "X-Runctl-Token"
         origin = headers.get("origin")
-        if origin is not None and origin not in self.origins:
+        if origin is not None and origin.lower() != "http://%s" % host:
             return "cross-origin request refused (Origin %s)" % origin
         if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
             return "cross-site request refused"

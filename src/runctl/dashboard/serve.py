@@ -78,15 +78,15 @@ def serve(host: str, port: int, open_browser: bool, say: Any) -> None:
 
     from .server import create_app
 
+    sock = bind(host, port)
+    port = sock.getsockname()[1]
     if not access.is_loopback(host):
-        shown = port or DEFAULT_PORT
+        shown = port
         say(
-            "warning: --host %s serves the dashboard beyond this machine over plain HTTP; every request "
+            "runctl: warning: --host %s serves the dashboard beyond this machine over plain HTTP; every request "
             "still needs the token, but anyone on the network path can read it. Prefer the default "
             "127.0.0.1 and an SSH tunnel: ssh -L %d:127.0.0.1:%d THIS_HOST" % (host, shown, shown)
         )
-    sock = bind(host, port)
-    port = sock.getsockname()[1]
     token = access.new_token()
     url = "http://%s:%d/?token=%s" % (access.url_host(host), port, token)
     app = create_app(token, host, port)

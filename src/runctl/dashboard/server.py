@@ -288,6 +288,7 @@ def create_app(token: str, host: str, port: int, stores: Stores | None = None) -
         Route("/runs/{run_id}", run_page),
         Route("/hosts", hosts_page),
         Route("/static/{name}", static),
+        Route("/favicon.ico", lambda request: Response(status_code=204)),
         Route("/api/health", api_health),
         Route("/api/runs", api_runs),
         Route("/api/events", list_events),
