@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import RUNCTL, Result
+from tests.integration.test_ssh import SshEnv
 from tests.support.runs import kill_leftover_runs, poll, run_dir, status_file, write_script
 
 pytestmark = pytest.mark.timeout(180)
@@ -94,11 +95,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     kill_leftover_runs(made.project)
 
 
-def start_dashboard(world: World, *args: str) -> Dashboard:
+def start_dashboard(world: World, *args: str, env: dict[str, str] | None = None) -> Dashboard:
     proc = subprocess.Popen(
         [*RUNCTL, "dashboard", "--port", "0", *args],
         cwd=world.project,
-        env=world.env(),
+        env=env or world.env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -304,6 +305,36 @@ def test_a_run_live_in_the_browser_then_stopped_from_it(world: World, dash: Dash
     expect(row.locator(".badge")).to_have_attribute("data-tone", "warn")
     assert errors == []
     page.close()
+
+
+def test_a_run_on_an_ssh_host_goes_live_and_stops_from_its_page(sshenv: SshEnv, tmp_path: Path, browser: Any) -> None:
+    """Remote runs are followed through the agent's stream over SSH, and their metrics read from
+    where the last read stopped."""
+    from playwright.sync_api import expect
+
+    world = make_world(tmp_path)
+    host = sshenv.hosts[0]
+    run_id = sshenv.start(host, "train.py", cwd=world.project)
+    remote = start_dashboard(world, env=sshenv.environ())
+    try:
+        page = browser.new_page()
+        page.goto("%s/runs/%s?token=%s" % (remote.base, run_id, remote.token))
+        page.wait_for_selector("#chart svg path.raw")
+        first = chart_points(page)
+        poll(lambda: chart_points(page) >= first + 5, 20, "5 more points from the SSH host")
+        expect(page.locator("#where")).to_contain_text("ssh")
+        count = page.locator("#log").inner_text().count("\n")
+        poll(lambda: page.locator("#log").inner_text().count("\n") >= count + 3, 20, "new log lines from the host")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#stop")
+        expect(page.locator("#badge .label")).to_have_text("Stopped by User", timeout=30000)
+        expect(page.locator("#checkpoints")).to_contain_text("checkpoint_step_")
+        page.close()
+    finally:
+        stop_dashboard(remote)
+        if sshenv.status(run_id, world.project)["status"] not in ("stopped", "completed", "failed"):
+            sshenv.cli("runs", "stop", run_id, "--now", cwd=world.project)
+    assert sshenv.status(run_id, world.project)["termination_status"] == "user_stop"
 
 
 # ---- the API and its guard -----------------------------------------------------------------------
