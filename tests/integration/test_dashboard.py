@@ -269,7 +269,8 @@ def test_a_run_live_in_the_browser_then_stopped_from_it(world: World, dash: Dash
     assert request(stop_url, "POST", {"X-Runctl-Token": "wrong"}, b"{}")[0] == 403
     evil = {"X-Runctl-Token": dash.token, "Origin": "http://evil.example"}
     assert request(stop_url, "POST", evil, b"{}")[0] == 403
-    cookie_only = {"Cookie": "runctl_token=%s" % dash.token, "Origin": dash.base}  # a form post carries no header
+    cookie = "runctl_token_%d=%s" % (dash.port, dash.token)
+    cookie_only = {"Cookie": cookie, "Origin": dash.base}  # what a form posted from elsewhere could carry at most
     assert request(stop_url, "POST", cookie_only, b"{}")[0] == 403
     step = status_file(world.project, run_id)["step"]
     poll(lambda: status_file(world.project, run_id).get("step", 0) > step + 3, 10, "the run going on")
@@ -346,6 +347,9 @@ def test_the_api_needs_the_token_and_answers_with_it(world: World, dash: Dashboa
     for path in ("/", "/api/runs", "/api/runs/%s/log" % run_id, "/api/hosts", "/static/app.js"):
         assert request(dash.base + path)[0] == 403, path
         assert request(dash.base + path, headers={"X-Runctl-Token": dash.token[:-1] + "x"})[0] == 403, path
+        other_port = {"Cookie": "runctl_token_%d=%s" % (dash.port + 1, dash.token)}
+        assert request(dash.base + path, headers=other_port)[0] == 403, path
+        assert request(dash.base + path, headers={"Cookie": "runctl_token_%d=%s" % (dash.port, dash.token)})[0] == 200
     rebound = {**auth, "Host": "attacker.example:%d" % dash.port}  # DNS rebinding: another name, same address
     assert request(dash.base + "/api/runs", headers=rebound)[0] == 403
 

@@ -24,7 +24,7 @@ from .. import paths
 from ..core.fsutil import atomic_write_json, read_json
 
 TOKEN_HEADER = "x-runctl-token"
-COOKIE = "runctl_token"
+COOKIE = "runctl_token_%d"  # by port: cookies are not kept apart by port, two dashboards' would clash
 STATE_FILE = "dashboard.json"
 READ_METHODS = ("GET", "HEAD")
 
@@ -82,6 +82,7 @@ class Guard:
     def __init__(self, app: Asgi, token: str, host: str, port: int) -> None:
         self.app = app
         self.token = token
+        self.port = port
         names = {"127.0.0.1", "localhost", "[::1]", url_host(host)}
         self.hosts = {"%s:%d" % (name, port) for name in names}
         # Bound to every address (--host 0.0.0.0): reached by any of this machine's names.
@@ -101,7 +102,7 @@ class Guard:
             from urllib.parse import parse_qs
 
             query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [None])[0]
-            given = headers.get(TOKEN_HEADER) or _cookie(headers.get("cookie", ""), COOKIE) or query
+            given = headers.get(TOKEN_HEADER) or _cookie(headers.get("cookie", ""), COOKIE % self.port) or query
             return None if self._matches(given) else "missing or wrong token: open the URL runctl dashboard printed"
         if not self._matches(headers.get(TOKEN_HEADER)):
             return "missing or wrong %s header" % "X-Runctl-Token"

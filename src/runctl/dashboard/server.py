@@ -81,7 +81,7 @@ def create_app(token: str, host: str, port: int, stores: Stores | None = None) -
     def page(request: Request, name: str, **values: Any) -> Response:
         response = HTMLResponse(pages.page(name, token, **values))
         if request.query_params.get("token"):
-            response.set_cookie(access.COOKIE, token, httponly=True, samesite="strict", path="/")
+            response.set_cookie(access.COOKIE % port, token, httponly=True, samesite="strict", path="/")
         response.headers["Cache-Control"] = "no-store"
         response.headers["Content-Security-Policy"] = (
             "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'"
