@@ -338,15 +338,43 @@ def test_a_run_on_an_ssh_host_goes_live_and_stops_from_its_page(sshenv: SshEnv, 
     assert sshenv.status(run_id, world.project)["termination_status"] == "user_stop"
 
 
+def test_runs_page_shows_how_runs_ended_in_seed_004s_words(world: World, dash: Dashboard, browser: Any) -> None:
+    from playwright.sync_api import expect
+
+    write_script(world.project, "quick.py", "from runctl import training as rt\nrt.report(step=1, loss=0.5)\n")
+    write_script(world.project, "crash.py", "raise RuntimeError('CUDA error: out of <b>memory</b>')\n")
+    done = world.cli("local", "train", "quick.py", "--wait", "-o", "json")
+    crashed = world.cli("local", "train", "crash.py", "--wait", "-o", "json")
+    assert (done.code, crashed.code) == (0, 1), (done.err, crashed.err)
+    page = browser.new_page()
+    page.goto(dash.url)
+    good = page.locator("#runs tbody tr[data-run-id='%s']" % done.json["run_id"])
+    expect(good.locator(".badge")).to_have_attribute("data-tone", "good")
+    expect(good.locator(".badge")).to_have_text("\u2714Training Complete")
+    bad = page.locator("#runs tbody tr[data-run-id='%s']" % crashed.json["run_id"])
+    expect(bad.locator(".badge")).to_have_attribute("data-tone", "bad")
+    expect(bad.locator(".badge .label")).to_have_text("Failed")
+    expect(bad.locator(".message.bad")).to_contain_text("RuntimeError: CUDA error: out of <b>memory</b>")  # as text
+    assert bad.locator(".message.bad b").count() == 0
+    page.select_option("#filter-status", "failed")
+    expect(page.locator("#runs tbody tr")).to_have_count(1)
+    page.goto("%s/runs/nosuchrun" % dash.base)
+    expect(page.locator("#problems")).to_contain_text("no run with id 'nosuchrun'")
+    page.close()
+
+
 # ---- the API and its guard -----------------------------------------------------------------------
 
 
 def test_the_api_needs_the_token_and_answers_with_it(world: World, dash: Dashboard) -> None:
-    run_id = next(r.name for r in (world.project / ".runctl" / "runs").iterdir())
+    run_id = world.start()
+    poll(lambda: status_file(world.project, run_id).get("step", 0) >= 5, 30, "5 reports")
+    stopped = world.cli("runs", "stop", run_id, "--grace", "10")
+    assert stopped.code == 0, stopped.err
     auth = {"X-Runctl-Token": dash.token}
     for path in ("/", "/api/runs", "/api/runs/%s/log" % run_id, "/api/hosts", "/static/app.js"):
         assert request(dash.base + path)[0] == 403, path
-        assert request(dash.base + path, headers={"X-Runctl-Token": dash.token[:-1] + "x"})[0] == 403, path
+        assert request(dash.base + path, headers={"X-Runctl-Token": "wrong" + dash.token})[0] == 403, path
         other_port = {"Cookie": "runctl_token_%d=%s" % (dash.port + 1, dash.token)}
         assert request(dash.base + path, headers=other_port)[0] == 403, path
         assert request(dash.base + path, headers={"Cookie": "runctl_token_%d=%s" % (dash.port, dash.token)})[0] == 200
@@ -354,14 +382,16 @@ def test_the_api_needs_the_token_and_answers_with_it(world: World, dash: Dashboa
     assert request(dash.base + "/api/runs", headers=rebound)[0] == 403
 
     code, runs = request(dash.base + "/api/runs?status=stopped&provider=local", headers=auth)
-    assert code == 200 and [r["run_id"] for r in runs] == [run_id]
-    assert runs[0]["badge"] == {
+    assert code == 200 and run_id in [r["run_id"] for r in runs]
+    assert {(r["status"], r["provider"]) for r in runs} == {("stopped", "local")}
+    mine = next(r for r in runs if r["run_id"] == run_id)
+    assert mine["badge"] == {
         "tone": "warn",
         "icon": "\u25a0",
         "label": "Stopped by User",
-        "message": runs[0]["termination_message"],
+        "message": mine["termination_message"],
     }
-    assert request(dash.base + "/api/runs?status=running", headers=auth) == (200, [])
+    assert request(dash.base + "/api/runs?status=nosuch", headers=auth) == (200, [])
     code, one = request(dash.base + "/api/runs/%s" % run_id, headers=auth)
     assert code == 200 and one["run"]["status"] == "stopped" and one["end_reason"][0]["text"].startswith("stopped")
     code, metrics = request(dash.base + "/api/runs/%s/metrics?since=3" % run_id, headers=auth)

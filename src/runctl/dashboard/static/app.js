@@ -414,7 +414,16 @@ function runPage() {
     });
     events.onerror = () => live("reconnecting...");
   }
-  loadDetails().then(start);
+  loadDetails()
+    .then(start)
+    .catch(async (error) => {
+      const response = await api("/api/runs/" + encodeURIComponent(RUN_ID)).catch(() => null);
+      const body = response ? await response.json().catch(() => ({})) : {};
+      $("problems-section").hidden = false;
+      $("problems").replaceChildren(el("li", body.error || String(error), "problem"));
+      $("badge").querySelector(".label").textContent = "unknown run";
+      live("");
+    });
 }
 
 // ---- hosts page --------------------------------------------------------------------------------
