@@ -15,9 +15,14 @@ def offer_dashboard(opts: Any, run_id: str, output: Output) -> str | None:
     answers), said on stderr in text mode, and opened in the browser with --open."""
     if not getattr(opts, "dashboard", False):
         return None
+    from ..core.errors import RunctlError
     from ..dashboard.launch import ensure_running, run_url
 
-    url = run_url(ensure_running(), run_id)
+    try:
+        url = run_url(ensure_running(), run_id)
+    except RunctlError as exc:  # the run is started: a dashboard that did not come up must not hide that
+        say("runctl: warning: %s; %s" % (exc.message, exc.hint or "start one with: runctl dashboard"))
+        return None
     if output == Output.text:
         say("  dashboard: %s" % url)
     if getattr(opts, "open_dashboard", False):

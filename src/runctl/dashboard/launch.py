@@ -64,10 +64,11 @@ def ensure_running() -> dict[str, Any]:
         os.close(log)
     deadline = time.monotonic() + START_SECONDS
     while time.monotonic() < deadline:
+        ended = proc.poll() is not None  # it lost the port to another started at the same moment, say
         state = access.read_state()
-        if state is not None and state.get("pid") == proc.pid and answers(state):
+        if state is not None and answers(state):
             return state
-        if proc.poll() is not None:
+        if ended:
             break
         time.sleep(0.1)
     raise HostError("the dashboard did not start", "see %s, or run: runctl dashboard" % log_path)

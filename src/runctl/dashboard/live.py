@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from .. import controller
+from .. import charts, controller
 from ..core import layout
 from ..core import status as st
 from ..core.errors import RunctlError
@@ -56,6 +56,7 @@ class RunFeed:
         self.version = 0
         self.view: dict[str, Any] = {}
         self.records: list[dict[str, Any]] = []
+        self.carried: charts.Carried = {}  # the records' metrics as chart series, carried once each
         self.metrics_offset = 0  # bytes of metrics.jsonl read so far (complete lines only)
         self.log = bytearray()  # the window of the log kept: bytes [log_end - len(log), log_end)
         self.log_end = 0
@@ -85,6 +86,7 @@ class RunFeed:
             self.metrics_offset += end
             if found:
                 self.records.extend(found)
+                charts.carry(found, self.carried)
                 self.changed()
 
     def add_log(self, data: bytes, position: int) -> None:
@@ -127,6 +129,12 @@ class RunFeed:
                 "text": data.decode("utf-8", "replace"),
                 "truncated": truncated,
             }
+
+    def series(self, metric: str) -> tuple[str, list[charts.Point]]:
+        """One metric's chart series (x label, finite points)."""
+        with self.lock:
+            pairs = list(self.carried.get(metric, ()))
+        return charts.series_of(pairs)
 
     @property
     def following(self) -> bool:
@@ -229,6 +237,10 @@ class Hub:
             position[0] += len(data)
 
         def on_frame(kind: str, payload: Any) -> None:
+            if kind != "log" and not feed.log_known:
+                with feed.lock:
+                    feed.log_known = True  # the stream has caught up with the log
+                    feed.changed()
             if kind in ("status", "end"):
                 fresh = db.get(feed.run_id) or row
                 feed.set_view(controller.view(fresh))

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .. import charts, controller
+from .. import controller
 from ..cli.common import _jsonable as _plain
 from ..core.errors import RunctlError, UsageError
 from ..report_html import LOSS_SIZE, SMOOTHING, chart
@@ -31,6 +31,7 @@ from .present import host_summaries, run_details, run_summary
 STREAM_TICK = 0.1  # how often an event stream looks for news (in memory)
 LIST_EVERY = 1.0  # how often the runs list stream rebuilds the list (from the store)
 KEEPALIVE = 15.0
+LOG_WAIT = 3.0  # how long a log request waits for a live run's follower to catch up with the log
 
 
 def _json(value: Any, status: int = 200) -> JSONResponse:
@@ -151,6 +152,11 @@ def create_app(token: str, host: str, port: int, stores: Stores | None = None) -
             return _json({"error": exc.message}, 400)
         except KeyError:
             return _json({"error": "no run with id %r" % run_id}, 404)
+        if not feed.log_known:  # a live run: its follower streams the log from its start at once
+            hub.want(run_id)
+            deadline = time.monotonic() + LOG_WAIT
+            while not feed.log_known and feed.following and time.monotonic() < deadline:
+                time.sleep(0.02)
         return _json(feed.log_since(offset))
 
     def api_chart(request: Request) -> Response:
@@ -166,8 +172,7 @@ def create_app(token: str, host: str, port: int, stores: Stores | None = None) -
             return _json({"error": "no run with id %r" % run_id}, 404)
         if not 0.0 <= smoothing < 1.0:
             return _json({"error": "smoothing must be at least 0 and below 1"}, 400)
-        records, _ = feed.metrics_since(0, limit=10**9)
-        x_label, points = charts.metric_series(records).get(metric, ("step", []))
+        x_label, points = feed.series(metric)
         size = (max(240, min(width, 2400)), LOSS_SIZE[1])
         return Response(chart(metric, x_label, points, size, smoothing), media_type="image/svg+xml")
 
@@ -188,7 +193,7 @@ def create_app(token: str, host: str, port: int, stores: Stores | None = None) -
             result = controller.stop(db, row, None if grace is None else float(grace))
         except UsageError as exc:
             return _json({"error": exc.message, "hint": exc.hint}, 409)
-        except RunctlError as exc:
+        except RunctlError as exc:  # a run still being set up, or a host out of reach
             return _json({"error": exc.message, "hint": exc.hint}, 502)
         feed = hub.want(run_id)
         feed.until_end = True  # followed to its end (and its end-of-run step), watched or not
@@ -258,7 +263,7 @@ def create_app(token: str, host: str, port: int, stores: Stores | None = None) -
 
     async def list_events(request: Request) -> Response:
         async def stream() -> AsyncIterator[str]:
-            said = None
+            said: dict[str, str] = {}
             beat = time.monotonic()
             yield "retry: 1000\n\n"
             while True:
@@ -266,12 +271,14 @@ def create_app(token: str, host: str, port: int, stores: Stores | None = None) -
                 for run in runs:
                     if run["active"]:
                         await run_in_threadpool(hub.want, run["run_id"])
-                text = json.dumps(_plain(runs), default=str)
-                if text != said:
-                    said = text
-                    beat = time.monotonic()
-                    yield "event: runs\ndata: %s\n\n" % text
-                elif time.monotonic() - beat > KEEPALIVE:
+                hosts = await run_in_threadpool(lambda: host_summaries(stores.get()))
+                for event, value in (("runs", runs), ("hosts", hosts)):
+                    text = json.dumps(_plain(value), default=str)
+                    if text != said.get(event):
+                        said[event] = text
+                        beat = time.monotonic()
+                        yield "event: %s\ndata: %s\n\n" % (event, text)
+                if time.monotonic() - beat > KEEPALIVE:
                     beat = time.monotonic()
                     yield ": keepalive\n\n"
                 await asyncio.sleep(LIST_EVERY)

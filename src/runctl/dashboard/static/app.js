@@ -429,8 +429,7 @@ function runPage() {
 // ---- hosts page --------------------------------------------------------------------------------
 
 function hostsPage() {
-  async function load() {
-    const hosts = await getJSON("/api/hosts");
+  function show(hosts) {
     $("hosts").tBodies[0].replaceChildren(
       ...hosts.map((h) => {
         const tr = el("tr");
@@ -451,10 +450,14 @@ function hostsPage() {
       })
     );
     $("hosts-empty").hidden = hosts.length > 0;
-    live("updated " + new Date().toLocaleTimeString());
   }
-  load();
-  setInterval(load, 5000);
+  getJSON("/api/hosts").then(show);
+  const events = new EventSource("/api/events");
+  events.addEventListener("hosts", (e) => {
+    show(JSON.parse(e.data));
+    live("live");
+  });
+  events.onerror = () => live("reconnecting...");
 }
 
 if (PAGE === "runs") runsPage();
