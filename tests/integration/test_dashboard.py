@@ -417,6 +417,8 @@ def test_events_stream_a_metric_within_a_second(world: World, dash: Dashboard) -
     run_id = world.start()
     try:
         poll(lambda: status_file(world.project, run_id).get("step"), 30, "the run's first report")
+        code, log = request("%s/api/runs/%s/log" % (dash.base, run_id), headers={"X-Runctl-Token": dash.token})
+        assert code == 200 and log["text"].startswith("step 1 loss"), log  # a live run's log, from its follower
         req = urllib.request.Request(
             "%s/api/runs/%s/events?metrics=0" % (dash.base, run_id), headers={"X-Runctl-Token": dash.token}
         )
