@@ -358,6 +358,14 @@ def test_runs_page_shows_how_runs_ended_in_seed_004s_words(world: World, dash: D
     assert bad.locator(".message.bad b").count() == 0
     page.select_option("#filter-status", "failed")
     expect(page.locator("#runs tbody tr")).to_have_count(1)
+    page.select_option("#filter-status", "")
+
+    # A run started while the page is open appears on it, and its end too, without a reload.
+    later = world.cli("local", "train", "quick.py", "--wait", "-o", "json")
+    assert later.code == 0, later.err
+    row = page.locator("#runs tbody tr[data-run-id='%s']" % later.json["run_id"])
+    expect(row.locator(".badge .label")).to_have_text("Training Complete")
+    assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
     page.goto("%s/runs/nosuchrun" % dash.base)
     expect(page.locator("#problems")).to_contain_text("no run with id 'nosuchrun'")
     page.close()
@@ -515,7 +523,20 @@ def test_dashboard_flag_starts_one_detached_and_the_next_run_reuses_it(tmp_path:
         assert json.loads(state_file.read_text())["pid"] == pid  # the same dashboard, not a second one
         code, listed = request(url.split("/runs/")[0] + "/api/runs", headers={"X-Runctl-Token": state["token"]})
         assert code == 200 and {r["run_id"] for r in listed} == {run_id, shown["run_id"]}
-        for rid in (run_id, shown["run_id"]):
+
+        # --open hands the run's page to the user's browser ($BROWSER, as Python's webbrowser reads it).
+        opened = tmp_path / "opened.txt"
+        browser_cmd = write_script(tmp_path, "browser.sh", '#!/bin/sh\necho "$1" >> %s\n' % opened, mode=0o755)
+        third = subprocess.run(
+            [*RUNCTL, "local", "train", "train.py", "--dashboard", "--open"],
+            cwd=world.project, env=world.env(BROWSER="%s %%s" % (tmp_path / browser_cmd)),
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert third.returncode == 0, third.stderr
+        poll(opened.exists, 10, "the browser to be asked")
+        assert opened.read_text().split() == [url.split("/runs/")[0] + "/runs/%s?token=%s" % (
+            third.stdout.strip(), state["token"])]  # fmt: skip
+        for rid in (run_id, shown["run_id"], third.stdout.strip()):
             world.cli("runs", "stop", rid, "--grace", "5")
     finally:
         kill_leftover_runs(world.project)
