@@ -20,7 +20,7 @@ _RUNS = """
   <span class="sub" id="runs-count"></span>
 </div>
 <table id="runs"><thead><tr><th>run</th><th>status</th><th>provider</th><th>host</th><th>progress</th>
-<th>ETA</th><th>$/hr</th><th>cost so far</th><th>started</th></tr></thead><tbody></tbody></table>
+<th>ETA</th><th>$/hr</th><th>cost so far</th><th>started (UTC)</th></tr></thead><tbody></tbody></table>
 <p class="sub" id="runs-empty" hidden>No runs yet. Start one: <code>runctl local train train.py</code></p>
 </section>
 """

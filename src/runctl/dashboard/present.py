@@ -21,7 +21,7 @@ def run_summary(db: Store, row: dict[str, Any], view: dict[str, Any] | None = No
     run = dict(view if view is not None else controller.view(row))
     mark = verdict.badge(run)
     run["badge"] = {"tone": mark.tone, "icon": mark.icon, "label": mark.label, "message": mark.message}
-    run["progress"] = progress(run)
+    run["progress"] = progress({**run, "eta_seconds": None})  # the ETA has its own column
     cost = run_cost(db, row)
     if cost is not None:
         run["cost"] = cost
