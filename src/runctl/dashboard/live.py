@@ -241,6 +241,14 @@ class Hub:
                 with feed.lock:
                     feed.log_known = True  # the stream has caught up with the log
                     feed.changed()
+            if kind == "reconnecting" and feed.problem is None:
+                with feed.lock:
+                    feed.problem = "connection to %s lost; reconnecting..." % row["host"]
+                    feed.changed()
+            elif kind != "log" and feed.problem is not None:
+                with feed.lock:
+                    feed.problem = None
+                    feed.changed()
             if kind in ("status", "end"):
                 fresh = db.get(feed.run_id) or row
                 feed.set_view(controller.view(fresh))

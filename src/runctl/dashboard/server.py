@@ -232,7 +232,8 @@ def create_app(token: str, host: str, port: int, stores: Stores | None = None) -
 
         async def stream() -> AsyncIterator[str]:
             nonlocal metrics_sent, log_at
-            seen, said_view, beat = -1, None, time.monotonic()
+            seen, beat = -1, time.monotonic()
+            said: tuple[Any, Any] = (None, None)  # the view and the host problem last sent
             yield "retry: 1000\n\n"
             while True:
                 hub.want(run_id)
@@ -240,8 +241,8 @@ def create_app(token: str, host: str, port: int, stores: Stores | None = None) -
                     seen = feed.version
                     with feed.lock:
                         view, problem = feed.view, feed.problem
-                    if view is not said_view:
-                        said_view = view
+                    if (view, problem) != said:
+                        said = (view, problem)
                         summary = await run_in_threadpool(summary_of, run_id)
                         yield _sse("run", {"run": summary, "problem": problem})
                     records, _ = feed.metrics_since(metrics_sent)
