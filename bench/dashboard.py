@@ -173,7 +173,12 @@ def main() -> int:
         project = make_project(root, "proj", SCRIPT)
         header = environment(env)
         dash = subprocess.Popen(
-            [RUNCTL, "dashboard", "--port", "0"], env=env, cwd=project, stdout=subprocess.PIPE, text=True
+            [RUNCTL, "dashboard", "--port", "0"],
+            env=env,
+            cwd=project,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         assert dash.stdout is not None
         url = dash.stdout.readline().strip()
