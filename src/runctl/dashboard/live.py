@@ -161,6 +161,11 @@ class Hub:
         if fresh:
             try:
                 self._load(found)
+            except BaseException:
+                found.missing = True  # nothing half loaded is kept: the next request loads it again
+                with self.lock:
+                    self.feeds.pop(run_id, None)
+                raise
             finally:
                 found.loaded.set()
         found.loaded.wait(60)  # a second request for the same run waits for the first one's load

@@ -231,12 +231,15 @@ def create_app(token: str, host: str, port: int, stores: Stores | None = None) -
             return _json({"error": "no run with id %r" % run_id}, 404)
 
         async def stream() -> AsyncIterator[str]:
-            nonlocal metrics_sent, log_at
+            nonlocal metrics_sent, log_at, feed
             seen, beat = -1, time.monotonic()
             said: tuple[Any, Any] = (None, None)  # the view and the host problem last sent
             yield "retry: 1000\n\n"
             while True:
-                hub.want(run_id)
+                try:
+                    feed = await run_in_threadpool(hub.want, run_id)
+                except KeyError:  # the run's record was removed from the store
+                    return
                 if feed.version != seen:
                     seen = feed.version
                     with feed.lock:
