@@ -435,10 +435,13 @@ def follow(
     from_start: bool = True,
     on_notice: Callable[[str], None] | None = None,
     on_end_notice: Callable[[str], None] | None = None,
+    on_frame: Callable[[str, Any], None] | None = None,
 ) -> dict[str, Any]:
     """Stream the log (when `on_log`) and status changes until the run ends; WaitTimeout after `timeout`.
 
-    `on_end_notice` hears what the end-of-run step did (checkpoints downloaded)."""
+    `on_end_notice` hears what the end-of-run step did (checkpoints downloaded); `on_frame` every
+    frame of the transport's stream once it is recorded (the dashboard: a status means new metrics
+    may be there; an exception it raises ends the following)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     row = await_launch(store, row, deadline)
     transport = transport_for(row)
@@ -463,8 +466,10 @@ def follow(
                 return record_gone(store, store.get(row["run_id"]) or row, payload, on_end_notice)
             elif kind in ("status", "end"):
                 record_state(store, store.get(row["run_id"]) or row, payload, on_end_notice)
-                if kind == "end":
-                    return view(store.get(row["run_id"]) or row)
+            if on_frame is not None:
+                on_frame(kind, payload)
+            if kind == "end":
+                return view(store.get(row["run_id"]) or row)
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(
                     "timed out after %gs; run %s is still %s and keeps going"

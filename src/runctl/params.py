@@ -371,6 +371,17 @@ class TrainOptions(PolicyParams):
         _choice(FORWARD_SESSION, FORWARD_STATIC),
     ] = None
 
+    dashboard: Annotated[
+        bool, Flag("--dashboard", help="Start (or reuse) the web dashboard and print the run's page URL")
+    ] = False
+    open_dashboard: Annotated[bool, Flag("--open", help="With --dashboard: open the run's page in the browser")] = False
+
+    @model_validator(mode="after")
+    def _open_needs_dashboard(self) -> TrainOptions:
+        if self.open_dashboard and not self.dashboard:
+            raise UsageError("--open only applies with --dashboard", "add --dashboard, or drop --open")
+        return self
+
     @model_validator(mode="after")
     def _forwarding_needs_a_bucket(self) -> TrainOptions:
         uses_s3 = self.checkpoint_s3 is not None or self.data_s3 is not None or self.resume is not None

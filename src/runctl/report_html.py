@@ -102,8 +102,11 @@ def _size(count: Any) -> str:
 # ---- charts -------------------------------------------------------------------------------------
 
 
-def chart(name: str, x_label: str, points: list[charts.Point], size: tuple[int, int]) -> str:
-    """One metric's SVG: y grid and ticks, x ticks, the raw series faint and the smoothed one over it.
+def chart(
+    name: str, x_label: str, points: list[charts.Point], size: tuple[int, int], smoothing: float = SMOOTHING
+) -> str:
+    """One metric's SVG: y grid and ticks, x ticks, the raw series faint and the smoothed one over it
+    (TensorBoard's weight `smoothing`; the dashboard's slider sets it).
 
     Both paths carry `data-points` (the series' finite points) and draw at most about two points per
     pixel of width (min and max of each column kept)."""
@@ -142,7 +145,7 @@ def chart(name: str, x_label: str, points: list[charts.Point], size: tuple[int, 
             '<text x="%.2f" y="%d" text-anchor="middle">%s</text>' % (x, base + 16, esc(charts.format_tick(tick)))
         )
     parts.append('<text x="%d" y="%d" text-anchor="end">%s</text>' % (left + plot_w, height - 2, esc(x_label)))
-    smoothed = list(zip(xs, charts.smooth(ys, SMOOTHING), strict=True))
+    smoothed = list(zip(xs, charts.smooth(ys, smoothing), strict=True))
     for cls, series in (("raw", points), ("smoothed", smoothed)):
         drawn = charts.downsample(series, plot_w)
         parts.append('<path class="%s" data-points="%d" d="%s"/>' % (cls, len(series), charts.svg_path(drawn, frame)))

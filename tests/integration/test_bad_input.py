@@ -64,6 +64,12 @@ CASES: dict[str, Case] = {
     "bad-timeout": Case((*LOCAL, "--wait", "--timeout", "5x"), ("'5x'", "15m")),
     "bad-max-duration": Case((*LOCAL, "--max-duration", "5x"), ("'5x'", "15m")),
     "timeout-without-wait": Case((*LOCAL, "--timeout", "5m"), ("--wait", "--max-duration")),
+    "open-without-dashboard": Case((*LOCAL, "--open"), ("--open only applies with --dashboard", "add --dashboard")),
+    "dashboard-port-too-big": Case(("dashboard", "--port", "70000"), ("--port must be from 0 to 65535", "--port 8765")),
+    "dashboard-port-not-a-number": Case(
+        ("dashboard", "--port", "web"), ("'--port'", "valid integer", "see: runctl dashboard --help")
+    ),
+    "dashboard-host-unknown": Case(("dashboard", "--host", "no-such-host.invalid"), ("--host", "127.0.0.1")),
     "max-duration-400-digits": Case((*LOCAL, "--max-duration", DIGITS_400), ("--max-duration", "at most 30d")),
     "max-duration-over-30-days": Case((*LOCAL, "--max-duration", "31d"), ("--max-duration", "at most 30d")),
     "max-duration-zero": Case((*LOCAL, "--max-duration", "0"), ("--max-duration", "more than 0")),

@@ -49,6 +49,12 @@ def test_a_command_builds_only_its_own_group(runctl_home: object) -> None:
     assert loaded_modules("local", "--help", watched=train_commands) == {"runctl.cli.local", *train_commands[2:]}
 
 
+def test_only_the_dashboard_imports_the_web_stack(runctl_home: object) -> None:
+    web = ("starlette", "uvicorn", "runctl.dashboard.server")
+    for args in (["--help"], ["runs", "list", "-o", "json"], ["local", "train", "--help"], ["dashboard", "--help"]):
+        assert loaded_modules(*args, watched=web) == set(), args
+
+
 LAZY_PROBE = """
 import sys
 sys.argv = ["runctl", *sys.argv[1:]]

@@ -94,7 +94,7 @@ def train(
 
         follow_chain(db, spec, request, relaunch, opts, where)
         return
-    announce_and_follow(db, spec, state, opts.output, opts.wait, opts.timeout, where)
+    announce_and_follow(db, spec, state, opts.output, opts.wait, opts.timeout, where, opts)
 
 
 def aws_request(

@@ -365,7 +365,8 @@ def train(
     if action == "terminate" and opts.output == Output.text:
         say("at its end: checkpoints pulled and verified, then %s is terminated" % target)
     try:
-        announce_and_follow(db, spec, state, opts.output, opts.wait, opts.timeout, "on Lambda instance %s" % target)
+        where = "on Lambda instance %s" % target
+        announce_and_follow(db, spec, state, opts.output, opts.wait, opts.timeout, where, opts)
     except Detached as exc:
         if action != "terminate":
             raise

@@ -36,7 +36,7 @@ def train(
         {"hourly_price": hourly_price}, checkpoint_s3=opts.checkpoint_s3,
         forward_aws_credentials=opts.forward_aws_credentials, resume=opts.resume, data_s3=opts.data_s3,
     )  # fmt: skip
-    run_train(request, opts.output, opts.wait, opts.timeout, "here")
+    run_train(request, opts.output, opts.wait, opts.timeout, "here", opts)
 
 
 @app.command()

@@ -27,6 +27,7 @@ GROUPS = {
     "checkpoint": ("runctl.cli.checkpoint", "List and download run checkpoints."),
     "resources": ("runctl.cli.resources", "Every instance on every cloud, its cost so far; sweep idle ones."),
     "cost": ("runctl.cli.cost", "What was spent, per host, run or day, from recorded usage."),
+    "dashboard": ("runctl.cli.dashboard", "Every run live in the browser: loss chart, log, cost, Stop."),
 }
 
 

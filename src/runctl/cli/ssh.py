@@ -42,7 +42,8 @@ def train(
     from .starting import run_train, train_request
 
     own = {"dest": dest, "identity": identity, "insecure_host_key": insecure_host_key, "hourly_price": hourly_price}
-    run_train(train_request("ssh", opts, script, script_args, own, synced), opts.output, opts.wait, opts.timeout)
+    request = train_request("ssh", opts, script, script_args, own, synced)
+    run_train(request, opts.output, opts.wait, opts.timeout, opts=opts)
 
 
 @app.command("exec", context_settings={"allow_interspersed_args": False})

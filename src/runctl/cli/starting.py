@@ -10,10 +10,41 @@ from ..store import Store
 from .common import Output, emit_json, exit_with, say
 
 
+def offer_dashboard(opts: Any, run_id: str, output: Output) -> str | None:
+    """With --dashboard: the run's page in the running dashboard (one is started detached if none
+    answers), said on stderr in text mode, and opened in the browser with --open."""
+    if not getattr(opts, "dashboard", False):
+        return None
+    from ..core.errors import RunctlError
+    from ..dashboard.launch import ensure_running, run_url
+
+    try:
+        url = run_url(ensure_running(), run_id)
+    except RunctlError as exc:  # the run is started: a dashboard that did not come up must not hide that
+        say("runctl: warning: %s; %s" % (exc.message, exc.hint or "start one with: runctl dashboard"))
+        return None
+    if output == Output.text:
+        say("  dashboard: %s" % url)
+    if getattr(opts, "open_dashboard", False):
+        import webbrowser
+
+        webbrowser.open(url)
+    return url
+
+
 def announce_and_follow(
-    db: Store, spec: RunSpec, state: dict[str, Any], output: Output, wait: bool, timeout: float | None, where: str
+    db: Store,
+    spec: RunSpec,
+    state: dict[str, Any],
+    output: Output,
+    wait: bool,
+    timeout: float | None,
+    where: str,
+    opts: Any = None,
 ) -> None:
-    """Print the started run (its id on stdout) or, with --wait, follow it to its end and exit accordingly."""
+    """Print the started run (its id on stdout) or, with --wait, follow it to its end and exit accordingly.
+
+    `opts` (the train options) may ask for the run's dashboard page (--dashboard, --open)."""
     from .. import controller
     from .waiting import wait_for
 
@@ -21,17 +52,20 @@ def announce_and_follow(
     assert row is not None
     if not wait:
         if output == Output.json:
-            emit_json(controller.view(row))
+            url = offer_dashboard(opts, spec.run_id, output)
+            emit_json({**controller.view(row), **({"dashboard_url": url} if url else {})})
         else:
             print(spec.run_id)
             say("started run %s (%s) %s, pid %s" % (spec.run_id, spec.name, where, state.get("pid") or "-"))
             say("  follow: runctl runs logs %s --follow" % spec.run_id)
             say("  wait:   runctl runs wait %s" % spec.run_id)
             say("  stop:   runctl runs stop %s" % spec.run_id)
+            offer_dashboard(opts, spec.run_id, output)
         return
     try:
         if output == Output.text:
             say("run %s (%s) started %s; Ctrl-C detaches" % (spec.run_id, spec.name, where))
+        offer_dashboard(opts, spec.run_id, output)
         code = wait_for(db, row, output, timeout, stream_log=True)
     except KeyboardInterrupt:
         raise Detached(
@@ -50,6 +84,7 @@ def follow_chain(db: Store, spec: RunSpec, request: Any, relaunch: Any, opts: An
             " while this command runs; Ctrl-C detaches (and ends the relaunches)"
             % (spec.run_id, spec.name, where, relaunch.auto_resume)
         )
+    offer_dashboard(opts, spec.run_id, opts.output)
     chain = Chain(db, request, relaunch.auto_resume, relaunch.spot_fallback, say)
     try:
         code = chain.follow(spec.run_id, opts.output, opts.timeout)
@@ -81,11 +116,13 @@ def train_request(
     )  # fmt: skip
 
 
-def run_train(request: Any, output: Output, wait: bool, timeout: float | None, where: str | None = None) -> None:
+def run_train(
+    request: Any, output: Output, wait: bool, timeout: float | None, where: str | None = None, opts: Any = None
+) -> None:
     """The end of every `<provider> train`: start the request through the pipeline, then announce or follow."""
     from ..pipeline import start
     from .common import store
 
     db = store()
     spec, state = start(db, request)
-    announce_and_follow(db, spec, state, output, wait, timeout, where or "on %s" % spec.host)
+    announce_and_follow(db, spec, state, output, wait, timeout, where or "on %s" % spec.host, opts)

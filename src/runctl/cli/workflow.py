@@ -169,6 +169,9 @@ class Flow:
         assert row is not None
         say("run %s started on %s; Ctrl-C stops it (checkpoint saved, pulled) and releases the instance" % (
             spec.run_id, request.options["instance_obj"].label))  # fmt: skip
+        from .starting import offer_dashboard
+
+        offer_dashboard(self.opts, spec.run_id, self.opts.output)
         try:
             code = wait_for(self.db, row, self.opts.output, self.opts.timeout, stream_log=True)
         except (Detached, WaitTimeout) as exc:

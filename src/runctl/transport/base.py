@@ -80,8 +80,9 @@ class Transport(Protocol):
         """("log", bytes), ("status", dict), ("heartbeat", None) ... ("end", dict)."""
         ...
 
-    def read_file(self, path: str, tail: int | None = None) -> bytes | None:
-        """The file's bytes (with `tail`, only its last `tail` bytes), or None when it cannot be read."""
+    def read_file(self, path: str, tail: int | None = None, start: int | None = None) -> bytes | None:
+        """The file's bytes (with `tail`, only its last `tail` bytes; with `start`, those from byte
+        `start` on), or None when it cannot be read."""
         ...
 
     def to_dict(self) -> dict[str, Any]:

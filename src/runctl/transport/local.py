@@ -85,11 +85,13 @@ class LocalTransport:
     def follow(self, run_dir: str, offset: int, seq: int) -> Iterator[tuple[str, Any]]:
         return ops.follow(run_dir, offset, seq, poll=0.02, heartbeat=0.25)
 
-    def read_file(self, path: str, tail: int | None = None) -> bytes | None:
+    def read_file(self, path: str, tail: int | None = None, start: int | None = None) -> bytes | None:
         try:
             with open(path, "rb") as handle:
                 if tail is not None:
                     handle.seek(max(0, os.fstat(handle.fileno()).st_size - tail))
+                elif start:
+                    handle.seek(start)
                 return handle.read()
         except OSError:
             return None

@@ -499,8 +499,12 @@ class SshTransport:
             args += ["--grace", str(grace)]
         return self.agent_json(*args)
 
-    def read_file(self, path: str, tail: int | None = None) -> bytes | None:
-        command = "cat %s" % shlex.quote(path) if tail is None else "tail -c %d %s" % (tail, shlex.quote(path))
+    def read_file(self, path: str, tail: int | None = None, start: int | None = None) -> bytes | None:
+        command = "cat %s" % shlex.quote(path)
+        if tail is not None:
+            command = "tail -c %d %s" % (tail, shlex.quote(path))
+        elif start:
+            command = "tail -c +%d %s" % (int(start) + 1, shlex.quote(path))
         proc = self.run(command, check=False)
         return proc.stdout if proc.returncode == 0 else None
 
