@@ -147,6 +147,13 @@ def require_runctl() -> None:
         raise SystemExit("no runctl console script at %s (install the package in this venv)" % RUNCTL)
 
 
+def ratio_cells(r: dict[str, Any]) -> tuple[Any, ...]:
+    """A row's cells: measured, the alternative, their ratio and the target."""
+    target = r.get("target_label") or "<= %g %s" % (r["target"], r["unit"])
+    return (r["name"], "%.3f %s" % (r["measured"], r["unit"]), r["alternative"],
+            "%.3f %s" % (r["alternative_value"], r["unit"]), "%.2fx" % r["ratio"], target)  # fmt: skip
+
+
 def report(rows: list[dict[str, Any]], as_json: bool, document: dict[str, Any], table: Callable[[], None]) -> int:
     """Print `document` as JSON or the table; the exit status: 1 when a row missed its target."""
     if as_json:

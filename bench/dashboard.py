@@ -41,6 +41,7 @@ from _common import (
     make_row,
     median,
     print_table,
+    ratio_cells,
     read_json,
     report,
     require_runctl,
@@ -275,14 +276,9 @@ def main() -> int:
     ]  # fmt: skip
     document: dict[str, Any] = {"environment": header, "rows": rows}
 
-    def cells(r: dict[str, Any]) -> tuple[Any, ...]:
-        target = r.get("target_label") or "<= %g %s" % (r["target"], r["unit"])
-        return (r["name"], "%.3f %s" % (r["measured"], r["unit"]), r["alternative"],
-                "%.3f %s" % (r["alternative_value"], r["unit"]), "%.2fx" % r["ratio"], target)  # fmt: skip
-
     line = "%-40s %-10s %-30s %-10s %-7s %-16s %s"
     titles = ("measurement", "dashboard", "alternative", "value", "ratio", "target")
-    return report(rows, args.json, document, lambda: print_table(header, line, titles, rows, cells))
+    return report(rows, args.json, document, lambda: print_table(header, line, titles, rows, ratio_cells))
 
 
 if __name__ == "__main__":

@@ -212,6 +212,19 @@ def refresh(store: Store, row: dict[str, Any]) -> dict[str, Any]:
     return view(store.get(row["run_id"]) or row)
 
 
+def refreshed_or_last_known(store: Store, row: dict[str, Any]) -> dict[str, Any]:
+    """The run refreshed for a listing (`runs list`, the dashboard): one whose run dir cannot be
+    read or written shows its last known state with the reason, and never breaks the others."""
+    import sqlite3
+
+    try:
+        return refresh(store, row)
+    except (OSError, sqlite3.Error, RunctlError) as exc:
+        stale = view(row)
+        stale["warning"] = "last known state; %s" % (exc.message if isinstance(exc, RunctlError) else exc)
+        return stale
+
+
 def record_state(
     store: Store, row: dict[str, Any], state: dict[str, Any], say: Callable[[str], None] | None = None
 ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,20 @@ class Lambda:
             "--",
             *script_args,
             timeout=timeout,
+        )
+
+    def popen_train(self) -> subprocess.Popen[str]:
+        """A `lambda train` in the background (to interrupt it)."""
+        from tests.integration.test_ssh import RUNCTL
+
+        return subprocess.Popen(
+            [*RUNCTL, "lambda", "train", "--instance-type", TYPE, SCRIPT, "--ssh-user", "root"],
+            cwd=str(self.project),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.sshenv.environ(self.fake.env()),
         )
 
     def status(self, run_id: str) -> dict[str, Any]:
@@ -329,20 +344,9 @@ def test_setup_failure_after_the_launch_terminates_what_it_launched(lam: Lambda)
 
 def test_ctrl_c_while_booting_terminates_what_it_launched(lam: Lambda) -> None:
     import signal
-    import subprocess
-
-    from tests.integration.test_ssh import RUNCTL
 
     lam.fake.boot_seconds = 30.0
-    proc = subprocess.Popen(
-        [*RUNCTL, "lambda", "train", "--instance-type", TYPE, SCRIPT, "--ssh-user", "root"],
-        cwd=str(lam.project),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=lam.sshenv.environ(lam.fake.env()),
-    )
+    proc = lam.popen_train()
     try:
         poll(lambda: lam.launched(), 30, "the launch")
         poll(lambda: any(c[1] == "GET" and "/instances/" in c[2] for c in lam.fake.calls), 10, "a status read")
@@ -360,20 +364,9 @@ def test_ctrl_c_while_the_launched_instance_is_first_read_terminates_it(lam: Lam
     """The window between the launch's answer and the first read of the instance (retried here):
     the instance exists, the caller does not have it yet, and Ctrl-C must not leave it billing."""
     import signal
-    import subprocess
-
-    from tests.integration.test_ssh import RUNCTL
 
     lam.fake.fail_get_after_launch(50)
-    proc = subprocess.Popen(
-        [*RUNCTL, "lambda", "train", "--instance-type", TYPE, SCRIPT, "--ssh-user", "root"],
-        cwd=str(lam.project),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=lam.sshenv.environ(lam.fake.env()),
-    )
+    proc = lam.popen_train()
     try:
         poll(lambda: lam.launched(), 30, "the launch")
         poll(lambda: any(c[1] == "GET" and "/instances/" in c[2] and c[3] >= 500 for c in lam.fake.calls), 10,

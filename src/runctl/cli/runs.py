@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..core import status as st
-from ..core.errors import RunctlError, RunGone, UsageError
+from ..core.errors import RunGone, UsageError
 from . import options as o
 from .common import Detached, Output, duration_option, emit_json, exit_with, say, store
 
@@ -27,10 +27,11 @@ def list_runs(
     output: o.OutputOpt = Output.text,
 ) -> None:
     """Active runs and those that ended in the last day."""
+    from .. import controller
     from .render import run_table
 
     db = store()
-    runs = [_listed(db, row) for row in db.list(include_all=all_runs)]
+    runs = [controller.refreshed_or_last_known(db, row) for row in db.list(include_all=all_runs)]
     if output == Output.json:
         emit_json(runs)
     elif runs:
@@ -40,21 +41,6 @@ def list_runs(
             "no runs%s; start one with: runctl local train SCRIPT"
             % ("" if all_runs else " in the last day (--all shows older)")
         )
-
-
-def _listed(db: Store, row: dict[str, Any]) -> dict[str, Any]:
-    """A run for the list: one whose run dir cannot be read or written shows its last known state
-    with the reason, and never breaks the list of the others."""
-    import sqlite3
-
-    from .. import controller
-
-    try:
-        return controller.refresh(db, row)
-    except (OSError, sqlite3.Error, RunctlError) as exc:
-        stale = controller.view(row)
-        stale["warning"] = "last known state; %s" % (exc.message if isinstance(exc, RunctlError) else exc)
-        return stale
 
 
 def _detailed(db: Store, row: dict[str, Any]) -> dict[str, Any]:

@@ -65,7 +65,7 @@ def create_app(token: str, host: str, port: int, stores: Stores | None = None) -
         feed = hub.feeds.get(run_id)
         view = feed.view if feed is not None and feed.following and feed.view else None
         if view is None:
-            view = _refreshed(db, row)
+            view = controller.refreshed_or_last_known(db, row)
         return run_summary(db, db.get(run_id) or row, view)
 
     def listing(refresh: bool) -> list[dict[str, Any]]:
@@ -74,7 +74,7 @@ def create_app(token: str, host: str, port: int, stores: Stores | None = None) -
         for row in db.list(include_all=True):
             followed = hub.feeds.get(row["run_id"])
             view = None if refresh and not (followed and followed.following) else controller.view(row)
-            out.append(run_summary(db, row, view if view is not None else _refreshed(db, row)))
+            out.append(run_summary(db, row, view if view is not None else controller.refreshed_or_last_known(db, row)))
         return out
 
     # ---- pages ----------------------------------------------------------------------------------
@@ -320,15 +320,3 @@ def create_app(token: str, host: str, port: int, stores: Stores | None = None) -
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.hub = hub
     return access.Guard(app, token, host, port)
-
-
-def _refreshed(db: Any, row: dict[str, Any]) -> dict[str, Any]:
-    """The run refreshed as `runs list` does it: a host that does not answer leaves its last known state."""
-    import sqlite3
-
-    try:
-        return controller.refresh(db, row)
-    except (OSError, sqlite3.Error, RunctlError) as exc:
-        stale = controller.view(row)
-        stale["warning"] = "last known state; %s" % (exc.message if isinstance(exc, RunctlError) else exc)
-        return stale
