@@ -117,9 +117,10 @@ def test_data_is_downloaded_then_skipped_then_refetched_when_changed(
     changed = b"a new version"
     put_all(s3_server, bucket, "sets/mnist/", {"train/part-1.bin": changed})
     (data / "with space.txt").write_bytes(b"edited here")  # a local edit is not what the index says
-    third = train(cli, script, "--data-s3", uri)
+    third = train(cli, script, "--data-s3", uri, "--checkpoint-s3", "s3://%s/ck" % bucket)
     log = log_of(local_project, third)
     assert "2 to fetch" in log and "3 unchanged" in log, log
+    assert log.count("S3 transfers use boto3") == 1, "downloads and uploads share one tool interpreter"
     assert (data / "train" / "part-1.bin").read_bytes() == changed
     assert (data / "with space.txt").read_bytes() == b"spaces"
     assert "data file 'train/part-1.bin' %s" % digest(changed) in log

@@ -22,9 +22,6 @@ FETCH_RESULT = "s3_fetch.json"  # storage.fetcher.FETCH_RESULT (that module need
 ENV_KEYS = ("RUNCTL_RESUME_FROM", "RUNCTL_DATA_DIR")
 
 
-_PYTHON: Dict[str, str] = {}
-
-
 class FetchFailed(Exception):
     def __init__(self, message: str, hint: Optional[str] = None) -> None:
         super().__init__(message)
@@ -64,10 +61,7 @@ def fetch(
     """Run the fetcher as a step of the run (`check_only`: only its look at S3); the variables for
     the script, or FetchFailed."""
     try:
-        python = _PYTHON.get("tool") or uploads.tool_python(
-            project_dir, log_fd, lambda argv: run_step(argv, dict(os.environ))
-        )
-        _PYTHON["tool"] = python  # one agent supervises one run: its check and download share it
+        python = uploads.tool_python(project_dir, log_fd, lambda argv: run_step(argv, dict(os.environ)))
     except Exception as exc:  # pyenv.EnvSetupFailed, or the venv build could not start
         raise FetchFailed(
             "downloads from S3 need boto3 on the host: %s" % exc,

@@ -85,11 +85,18 @@ def _locked(path: str) -> Iterator[None]:
         os.close(fd)
 
 
+# One agent supervises one run: its downloads and uploads share the interpreter chosen first.
+_CHOSEN: Dict[str, str] = {}
+
+
 def tool_python(project_dir: str, log_fd: int, run: Callable[[List[str]], int]) -> str:
-    """The interpreter the uploader runs with: the agent's own when it has boto3, else the tool venv's."""
+    """The interpreter S3 transfers run with: the agent's own when it has boto3, else the tool venv's."""
+    if "python" in _CHOSEN:
+        return _CHOSEN["python"]
     own = sys.executable or "python3"
     if has_boto3(own):
         os.write(log_fd, ("[runctl] S3 transfers use boto3 of %s\n" % own).encode())
+        _CHOSEN["python"] = own
         return own
     env = tool_env_spec()
     with _locked(os.path.join(pyenv.venv_root(), env["hash"] + ".lock")):
@@ -98,6 +105,7 @@ def tool_python(project_dir: str, log_fd: int, run: Callable[[List[str]], int]) 
         raise pyenv.EnvSetupFailed(
             "the tool environment %s has no usable boto3" % os.path.dirname(os.path.dirname(python))
         )
+    _CHOSEN["python"] = python
     return python
 
 
