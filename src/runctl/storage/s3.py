@@ -80,6 +80,10 @@ def client(
         connect_timeout=timeout,
         read_timeout=max(timeout, 60.0),
         max_pool_connections=THREADS * 2,
+        # Every body runctl sends carries its SHA-256 in a signed checksum header that S3 checks, so
+        # the SigV4 payload hash would hash each part a second time. botocore already skips it over
+        # https; this skips it over plain http too (emulators, S3-compatible stores on a LAN).
+        s3={"payload_signing_enabled": False},
     )
     endpoint = source.get("AWS_ENDPOINT_URL_S3") or source.get("AWS_ENDPOINT_URL") or None
     return session.client("s3", region_name=region or DEFAULT_REGION, endpoint_url=endpoint, config=config)
