@@ -197,12 +197,9 @@ def plain_entry(s3: Any, bucket: str, key: str) -> Optional[Dict[str, Any]]:
     """An entry for an object no manifest lists: its size and ETag only (what S3 says of it)."""
     from . import s3 as s3api
 
-    try:
-        head = s3.head_object(Bucket=bucket, Key=key)
-    except Exception as exc:
-        if s3api.error_code(exc) in ("NoSuchKey", "404", "NotFound"):
-            return None
-        raise
+    head = s3api.head_or_none(s3, bucket, key)
+    if head is None:
+        return None
     return {
         "name": key.rstrip("/").rsplit("/", 1)[-1],
         "size": int(head.get("ContentLength", 0)),

@@ -204,12 +204,9 @@ def _listing(client: Any, uri: str) -> Tuple[str, List[Tuple[str, Dict[str, Any]
 def _head(client: Any, bucket: str, key: str) -> Optional[Dict[str, Any]]:
     from . import s3
 
-    try:
-        head = client.head_object(Bucket=bucket, Key=key)
-    except Exception as exc:
-        if s3.error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-            return None
-        raise
+    head = s3.head_or_none(client, bucket, key)
+    if head is None:
+        return None
     return {"Key": key, "Size": head.get("ContentLength", 0), "ETag": head.get("ETag", "")}
 
 

@@ -243,6 +243,16 @@ def verify(s3: Any, bucket: str, key: str, size: int, checksum: str) -> Dict[str
     return dict(head)
 
 
+def head_or_none(s3: Any, bucket: str, key: str) -> Optional[Dict[str, Any]]:
+    """The object's HEAD, or None when there is no such object (other errors raise)."""
+    try:
+        return dict(s3.head_object(Bucket=bucket, Key=key))
+    except Exception as exc:
+        if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+
+
 # ---- JSON documents (the manifest) -------------------------------------------------------------
 
 
