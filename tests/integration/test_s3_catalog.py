@@ -20,7 +20,7 @@ from runctl.storage import checksums, objects, s3
 from tests.integration.test_bad_input import check_clean_failure, runs_in_store
 from tests.integration.test_s3_checkpoints import FAST, finished, started
 from tests.support.runs import kill_leftover_runs, poll, run_dir, status_file, write_script
-from tests.support.s3server import S3Server
+from tests.support.s3server import S3Server, aws_only_at
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -39,11 +39,7 @@ def bucket(s3_server: S3Server) -> str:
 @pytest.fixture
 def env(runctl_home: Path, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """This machine's AWS settings point at SeaweedFS only (for `runctl` processes and in-process calls)."""
-    for key in [k for k in os.environ if k.startswith("AWS_")]:
-        monkeypatch.delenv(key)
-    for key, value in s3_server.env().items():
-        monkeypatch.setenv(key, value)
-    return dict(os.environ)
+    return aws_only_at(s3_server, monkeypatch)
 
 
 def put_checkpoint(client: Any, bucket: str, prefix: str, run_id: str, name: str, data: bytes, t: float) -> dict:

@@ -9,7 +9,6 @@ that changed in S3 after `--resume` resolved it fails the run on the host before
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from tests.integration.test_s3_ssh import wheelhouse  # noqa: F401 - the session
 from tests.integration.test_ssh import SshEnv, make_project, remote_project
 from tests.support.imds import Imds
 from tests.support.runs import events, kill_leftover_runs, run_dir, status_file, write_script
-from tests.support.s3server import ACCESS_KEY, REGION, SECRET_KEY, S3Server
+from tests.support.s3server import ACCESS_KEY, REGION, SECRET_KEY, S3Server, aws_only_at
 from tests.support.sshhosts import SshTestHost
 
 RESUMABLE = """
@@ -46,11 +45,7 @@ RESUMABLE = """
 @pytest.fixture
 def env(runctl_home: Path, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """This machine's AWS settings point at SeaweedFS only (for `runctl` processes and in-process calls)."""
-    for key in [k for k in os.environ if k.startswith("AWS_")]:
-        monkeypatch.delenv(key)
-    for key, value in s3_server.env().items():
-        monkeypatch.setenv(key, value)
-    return dict(os.environ)
+    return aws_only_at(s3_server, monkeypatch)
 
 
 @pytest.fixture

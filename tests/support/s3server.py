@@ -263,3 +263,13 @@ class S3Server:
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             found += [item["Key"] for item in page.get("Contents", [])]
         return sorted(found)
+
+
+def aws_only_at(server: S3Server, monkeypatch: Any) -> dict[str, str]:
+    """This process's AWS settings point at `server` only (for `runctl` processes and in-process
+    calls; pytest's monkeypatch undoes it); the environment to run `runctl` with."""
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    return dict(os.environ)
